@@ -1,0 +1,61 @@
+# Tally: the two quick-start commands are `make demo` and `make test`.
+SHELL := /bin/bash
+SERVICES := scripts/services/services.sh
+CARGO ?= cargo
+# Integration tests start real node processes; two cores run two test threads well.
+TEST_THREADS ?= 2
+
+.PHONY: help services services-down services-status build build-release demo demo-down \
+        test check fmt clippy unit-tests integration-tests outage-tests bench schema
+
+help:
+	@echo "make demo            services up, build, start a node, send events, print the URLs"
+	@echo "make demo-down       stop the demo node(s)"
+	@echo "make test            services up, rustfmt check, clippy -D warnings, all tests"
+	@echo "make services        start Kafka and Cassandra (fetched from Maven Central, cached)"
+	@echo "make services-down   stop the services this project started"
+	@echo "make services-status report each service"
+	@echo "make bench           run the benchmark suite (see README, Performance)"
+
+services:
+	@$(SERVICES) up
+
+services-down:
+	@$(SERVICES) down
+
+services-status:
+	@$(SERVICES) status
+
+build:
+	$(CARGO) build --workspace
+
+build-release:
+	$(CARGO) build --release --workspace
+
+demo: services build-release
+	@scripts/demo.sh up
+
+demo-down:
+	@scripts/demo.sh down
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests and integration tests against the real services, in parallel.
+unit-tests:
+	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+# Tests that stop a shared service run alone, after everything else.
+outage-tests:
+	$(CARGO) test -p tally-node --test service_outage -- --ignored --test-threads=1
+
+test: services fmt clippy unit-tests outage-tests
+
+schema:
+	$(CARGO) run -q -p tally-node -- schema > docs/event.schema.json
+
+bench: services build-release
+	@scripts/bench.sh

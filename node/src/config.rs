@@ -1,0 +1,337 @@
+//! Node configuration: one typed struct per TOML section, loaded once at start.
+//!
+//! A config file is TOML; every key can be overridden by an environment variable named
+//! `TALLY_<SECTION>__<KEY>` (double underscore between section and key), for example
+//! `TALLY_KAFKA__BROKERS=10.0.0.5:9092`. Unknown keys are rejected, with the key and the
+//! file named, so a typo never silently falls back to a default. The doc comments on the
+//! fields below are the user documentation of each setting.
+//!
+//! Not for: runtime reconfiguration. A changed file takes effect on the next start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and HTTP address of this node.
+    pub node: NodeConfig,
+    /// Where Kafka is and which topics Tally reads and writes.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Where Cassandra / ScyllaDB is and how the keyspace is replicated.
+    #[serde(default)]
+    pub cassandra: CassandraConfig,
+    /// Shard behaviour: checkpoints, passivation, viewer expiry, batching.
+    #[serde(default)]
+    pub shard: ShardConfig,
+    /// HTTP ingest limits and group commit.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Stable name of this node, unique in the cluster (used in logs, ownership records
+    /// and the ingest producer's transactional id).
+    pub id: String,
+    /// Address the HTTP API listens on. Port 0 picks a free port (tests use this).
+    pub api_addr: SocketAddr,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap brokers.
+    pub brokers: String,
+    /// Topic of all player and viewer events, keyed by player id.
+    pub player_topic: String,
+    /// Topic of channel-changing events, keyed by channel id.
+    pub channel_topic: String,
+    /// Topic receiving rejected ingest input, with the reason in a header.
+    pub dlq_topic: String,
+    /// Partition count used when Tally creates the topics (existing topics keep theirs).
+    pub partitions: i32,
+    /// Replication factor used when Tally creates the topics.
+    pub replication_factor: i32,
+    /// Consumer group under which durable offsets are committed (for lag tools only:
+    /// Tally assigns partitions itself and resumes from Cassandra).
+    pub group_id: String,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            player_topic: "player-events".into(),
+            channel_topic: "channel-events".into(),
+            dlq_topic: "events-dlq".into(),
+            partitions: 8,
+            replication_factor: 1,
+            group_id: "tally".into(),
+        }
+    }
+}
+
+/// `[cassandra]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CassandraConfig {
+    /// Contact points, `host:port`.
+    pub contact_points: Vec<String>,
+    /// Keyspace holding all of Tally's tables; created by the first migration.
+    pub keyspace: String,
+    /// Replication of the keyspace when the first migration creates it.
+    pub replication: Replication,
+}
+
+impl Default for CassandraConfig {
+    fn default() -> Self {
+        Self {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "tally".into(),
+            replication: Replication::Simple { factor: 1 },
+        }
+    }
+}
+
+/// `[cassandra.replication]`: `strategy = "simple"` with `factor`, or
+/// `strategy = "network_topology"` with `datacenters = { dc1 = 3, ... }`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Replication {
+    /// SimpleStrategy: fine for a single data centre and for local use.
+    Simple { factor: u32 },
+    /// NetworkTopologyStrategy: production, one replication factor per data centre.
+    NetworkTopology { datacenters: BTreeMap<String, u32> },
+}
+
+impl Replication {
+    /// The CQL replication map, e.g. `{'class': 'SimpleStrategy', 'replication_factor': 1}`.
+    pub fn to_cql(&self) -> String {
+        match self {
+            Replication::Simple { factor } => {
+                format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
+            }
+            Replication::NetworkTopology { datacenters } => {
+                let dcs: Vec<String> = datacenters
+                    .iter()
+                    .map(|(dc, rf)| format!("'{dc}': {rf}"))
+                    .collect();
+                format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
+            }
+        }
+    }
+}
+
+/// `[shard]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardConfig {
+    /// How often dirty entities are written to Cassandra, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+    /// An entity untouched for this long (wall clock) is checkpointed and evicted from
+    /// memory; its next event or query loads it back.
+    pub passivate_after_secs: u64,
+    /// A viewer whose last heartbeat is older than this, in event time, is expired from
+    /// its channel (judged against the partition's event-time watermark).
+    pub viewer_timeout_secs: u64,
+    /// Most records handed to a shard in one batch.
+    pub max_batch: usize,
+    /// Batches in flight between the Kafka poll loop and the shards, per node. When all are
+    /// taken the poll loop waits, so a slow shard pushes back on Kafka.
+    pub max_inflight_batches: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval_ms: 1000,
+            passivate_after_secs: 600,
+            viewer_timeout_secs: 120,
+            max_batch: 2000,
+            max_inflight_batches: 64,
+        }
+    }
+}
+
+impl ShardConfig {
+    pub fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
+    }
+    pub fn passivate_after(&self) -> Duration {
+        Duration::from_secs(self.passivate_after_secs)
+    }
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// Most events in one request; more get 413.
+    pub max_batch_events: usize,
+    /// Concurrent requests are gathered for this long into one Kafka transaction.
+    pub linger_ms: u64,
+    /// Most records in one Kafka transaction.
+    pub max_transaction_records: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_batch_events: 20_000,
+            linger_ms: 5,
+            max_transaction_records: 50_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, applies `TALLY_...` environment overrides, and validates the result.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        if !path.exists() {
+            bail!("config file {} does not exist", path.display());
+        }
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("TALLY")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .with_context(|| format!("read config file {}", path.display()))?;
+        let cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the values serde cannot: names, ranges, the relations between settings.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node.id.trim().is_empty() {
+            bail!("node.id must not be empty");
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            bail!("kafka.brokers must not be empty");
+        }
+        if self.kafka.partitions < 1 {
+            bail!(
+                "kafka.partitions must be at least 1, got {}",
+                self.kafka.partitions
+            );
+        }
+        if self.kafka.player_topic == self.kafka.channel_topic {
+            bail!("kafka.player_topic and kafka.channel_topic must differ");
+        }
+        if self.cassandra.contact_points.is_empty() {
+            bail!("cassandra.contact_points must name at least one host:port");
+        }
+        let ks = &self.cassandra.keyspace;
+        if ks.is_empty()
+            || ks.len() > 48
+            || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || !ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        {
+            bail!("cassandra.keyspace {ks:?} must be 1-48 letters, digits or '_', starting with a letter");
+        }
+        if self.shard.checkpoint_interval_ms == 0 {
+            bail!("shard.checkpoint_interval_ms must be positive");
+        }
+        if self.shard.max_batch == 0 || self.shard.max_inflight_batches == 0 {
+            bail!("shard.max_batch and shard.max_inflight_batches must be positive");
+        }
+        if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
+            bail!("ingest.max_batch_events and ingest.max_body_bytes must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile_path::TempPath {
+        tempfile_path::TempPath::with(text)
+    }
+
+    /// A tiny temp-file helper; the tests need nothing more.
+    mod tempfile_path {
+        use super::Write;
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn with(text: &str) -> Self {
+                let p = std::env::temp_dir().join(format!(
+                    "tally-config-test-{}-{}.toml",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
+                std::fs::File::create(&p)
+                    .and_then(|mut f| f.write_all(text.as_bytes()))
+                    .expect("write temp config");
+                TempPath(p)
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let f = write("[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n");
+        let cfg = Config::load(&f.0).unwrap();
+        assert_eq!(cfg.kafka.player_topic, "player-events");
+        assert_eq!(cfg.cassandra.replication, Replication::Simple { factor: 1 });
+        assert_eq!(cfg.shard.checkpoint_interval_ms, 1000);
+    }
+
+    #[test]
+    fn misspelled_key_is_named() {
+        let f =
+            write("[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[kafka]\nbrokrs = \"x:1\"\n");
+        let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+        assert!(err.contains("brokrs"), "{err}");
+        assert!(err.contains(&f.0.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn network_topology_replication_renders_cql() {
+        let f = write(
+            "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[cassandra.replication]\nstrategy = \"network_topology\"\ndatacenters = { dc1 = 3, dc2 = 2 }\n",
+        );
+        let cfg = Config::load(&f.0).unwrap();
+        assert_eq!(
+            cfg.cassandra.replication.to_cql(),
+            "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
+        );
+    }
+
+    #[test]
+    fn bad_keyspace_is_rejected() {
+        let f = write(
+            "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[cassandra]\nkeyspace = \"a-b\"\n",
+        );
+        let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+        assert!(err.contains("cassandra.keyspace"), "{err}");
+    }
+}

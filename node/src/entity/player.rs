@@ -1,0 +1,290 @@
+//! The player entity: everything Tally counts about one player (who is also a viewer).
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{EventBody, KINDS};
+
+/// How many channels a player view lists by watch time.
+pub const TOP_CHANNELS: usize = 5;
+
+/// Live counters of one player. Kept compact: a million of these stay resident.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Player {
+    /// Events applied, by kind, indexed like [`KINDS`].
+    pub events_by_kind: [u32; KINDS.len()],
+    /// Completed sessions (a start followed by an end).
+    pub sessions: u32,
+    /// Start time of the open session, if one is open.
+    pub session_open_since: Option<i64>,
+    /// Sum of the lengths of completed sessions, milliseconds.
+    pub playtime_ms: u64,
+    /// Finished matches.
+    pub matches: u32,
+    pub kills: u64,
+    pub deaths: u64,
+    /// Sum of survival seconds over finished matches.
+    pub survival_secs_total: u64,
+    pub best_survival_secs: u32,
+    /// Best (lowest) placement so far; 0 = no match yet.
+    pub best_placement: u32,
+    pub purchases: u32,
+    /// Revenue in minor units per ISO currency, sorted by currency.
+    pub revenue: Vec<([u8; 3], u64)>,
+    pub level: u32,
+    pub achievements: u32,
+    pub chat_messages: u32,
+    pub follows: u32,
+    /// Latest event time seen.
+    pub last_seen: i64,
+    /// Channel being watched now and the event time watch time was last accrued.
+    pub watching: Option<(Box<str>, i64)>,
+    /// Watch time per channel, milliseconds.
+    pub watch_ms: Vec<(Box<str>, u64)>,
+}
+
+/// A player as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlayerView {
+    pub id: String,
+    pub events: u64,
+    pub events_by_kind: std::collections::BTreeMap<String, u32>,
+    pub sessions: u32,
+    pub session_open: bool,
+    pub playtime_ms: u64,
+    pub matches: u32,
+    pub kills: u64,
+    pub deaths: u64,
+    pub avg_kills_per_match: f64,
+    pub avg_survival_secs: f64,
+    pub best_survival_secs: u32,
+    pub best_placement: Option<u32>,
+    pub purchases: u32,
+    pub revenue: std::collections::BTreeMap<String, u64>,
+    pub level: u32,
+    pub achievements: u32,
+    pub chat_messages: u32,
+    pub follows: u32,
+    pub last_seen: i64,
+    pub current_channel: Option<String>,
+    /// Top channels by watch time: (channel, milliseconds), longest first.
+    pub top_channels: Vec<(String, u64)>,
+}
+
+impl Player {
+    /// Applies one event at event time `ts`. Pure and total: every valid event applies.
+    pub fn apply(&mut self, ts: i64, body: &EventBody) {
+        self.events_by_kind[body.kind_index()] += 1;
+        self.last_seen = self.last_seen.max(ts);
+        match body {
+            EventBody::SessionStart {} => self.session_open_since = Some(ts),
+            EventBody::SessionEnd {} => {
+                if let Some(start) = self.session_open_since.take() {
+                    self.sessions += 1;
+                    self.playtime_ms += (ts - start).max(0) as u64;
+                }
+            }
+            EventBody::MatchStart { .. } => {}
+            EventBody::MatchEnd {
+                kills,
+                deaths,
+                survival_secs,
+                placement,
+                ..
+            } => {
+                self.matches += 1;
+                self.kills += *kills as u64;
+                self.deaths += *deaths as u64;
+                self.survival_secs_total += *survival_secs as u64;
+                self.best_survival_secs = self.best_survival_secs.max(*survival_secs);
+                if self.best_placement == 0 || (*placement > 0 && *placement < self.best_placement)
+                {
+                    self.best_placement = *placement;
+                }
+            }
+            EventBody::Purchase {
+                amount, currency, ..
+            } => {
+                self.purchases += 1;
+                let code: [u8; 3] = currency.as_bytes().try_into().unwrap_or(*b"???");
+                match self.revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
+                    Ok(i) => self.revenue[i].1 += amount,
+                    Err(i) => self.revenue.insert(i, (code, *amount)),
+                }
+            }
+            EventBody::LevelUp { level } => self.level = self.level.max(*level),
+            EventBody::Achievement { .. } => self.achievements += 1,
+            EventBody::ChatMessage { .. } => self.chat_messages += 1,
+            EventBody::Follow { .. } => self.follows += 1,
+            EventBody::ViewerJoin { channel } | EventBody::ViewerHeartbeat { channel } => {
+                self.accrue(ts);
+                if self.watching.as_ref().map(|(c, _)| &**c) != Some(channel.as_str()) {
+                    self.watching = Some((channel.as_str().into(), ts));
+                }
+            }
+            EventBody::ViewerSwitch { to, .. } => {
+                self.accrue(ts);
+                self.watching = Some((to.as_str().into(), ts));
+            }
+            EventBody::ViewerLeave { .. } => {
+                self.accrue(ts);
+                self.watching = None;
+            }
+        }
+    }
+
+    /// Adds the time since the last accrual to the channel being watched.
+    fn accrue(&mut self, ts: i64) {
+        let Some((channel, since)) = self.watching.as_mut() else {
+            return;
+        };
+        let delta = (ts - *since).max(0) as u64;
+        *since = (*since).max(ts);
+        if delta == 0 {
+            return;
+        }
+        match self.watch_ms.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, ms)) => *ms += delta,
+            None => self.watch_ms.push((channel.clone(), delta)),
+        }
+    }
+
+    pub fn view(&self, id: &str) -> PlayerView {
+        let mut top: Vec<(String, u64)> = self
+            .watch_ms
+            .iter()
+            .map(|(c, ms)| (c.to_string(), *ms))
+            .collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(TOP_CHANNELS);
+        let per_match = |total: u64| {
+            if self.matches == 0 {
+                0.0
+            } else {
+                total as f64 / self.matches as f64
+            }
+        };
+        PlayerView {
+            id: id.to_string(),
+            events: self.events_by_kind.iter().map(|&n| n as u64).sum(),
+            events_by_kind: KINDS
+                .iter()
+                .zip(self.events_by_kind)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect(),
+            sessions: self.sessions,
+            session_open: self.session_open_since.is_some(),
+            playtime_ms: self.playtime_ms,
+            matches: self.matches,
+            kills: self.kills,
+            deaths: self.deaths,
+            avg_kills_per_match: per_match(self.kills),
+            avg_survival_secs: per_match(self.survival_secs_total),
+            best_survival_secs: self.best_survival_secs,
+            best_placement: (self.best_placement > 0).then_some(self.best_placement),
+            purchases: self.purchases,
+            revenue: self
+                .revenue
+                .iter()
+                .map(|(c, a)| (String::from_utf8_lossy(c).into_owned(), *a))
+                .collect(),
+            level: self.level,
+            achievements: self.achievements,
+            chat_messages: self.chat_messages,
+            follows: self.follows,
+            last_seen: self.last_seen,
+            current_channel: self.watching.as_ref().map(|(c, _)| c.to_string()),
+            top_channels: top,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(c: &str) -> EventBody {
+        EventBody::ViewerJoin { channel: c.into() }
+    }
+
+    #[test]
+    fn sessions_and_matches() {
+        let mut p = Player::default();
+        p.apply(1_000, &EventBody::SessionStart {});
+        p.apply(61_000, &EventBody::SessionEnd {});
+        p.apply(70_000, &EventBody::SessionEnd {}); // no open session: counted as event only
+        for (kills, survival, place) in [(3, 100, 4), (5, 300, 1)] {
+            p.apply(
+                80_000,
+                &EventBody::MatchEnd {
+                    match_id: "m".into(),
+                    kills,
+                    deaths: 1,
+                    survival_secs: survival,
+                    placement: place,
+                },
+            );
+        }
+        let v = p.view("p");
+        assert_eq!(
+            (v.sessions, v.playtime_ms, v.session_open),
+            (1, 60_000, false)
+        );
+        assert_eq!((v.matches, v.kills, v.deaths), (2, 8, 2));
+        assert_eq!(v.avg_kills_per_match, 4.0);
+        assert_eq!(v.avg_survival_secs, 200.0);
+        assert_eq!((v.best_survival_secs, v.best_placement), (300, Some(1)));
+        assert_eq!(v.events, 5);
+        assert_eq!(v.events_by_kind["session_end"], 2);
+    }
+
+    #[test]
+    fn revenue_per_currency() {
+        let mut p = Player::default();
+        for (amount, cur) in [(100, "USD"), (250, "EUR"), (50, "USD")] {
+            p.apply(
+                1,
+                &EventBody::Purchase {
+                    item: "i".into(),
+                    amount,
+                    currency: cur.into(),
+                },
+            );
+        }
+        let v = p.view("p");
+        assert_eq!(v.purchases, 3);
+        assert_eq!(v.revenue["USD"], 150);
+        assert_eq!(v.revenue["EUR"], 250);
+    }
+
+    #[test]
+    fn watch_time_per_channel() {
+        let mut p = Player::default();
+        p.apply(0, &join("a"));
+        p.apply(
+            10_000,
+            &EventBody::ViewerHeartbeat {
+                channel: "a".into(),
+            },
+        );
+        p.apply(
+            25_000,
+            &EventBody::ViewerSwitch {
+                from: "a".into(),
+                to: "b".into(),
+            },
+        );
+        p.apply(
+            30_000,
+            &EventBody::ViewerLeave {
+                channel: "b".into(),
+            },
+        );
+        let v = p.view("p");
+        assert_eq!(
+            v.top_channels,
+            vec![("a".into(), 25_000), ("b".into(), 5_000)]
+        );
+        assert_eq!(v.current_channel, None);
+    }
+}

@@ -1,0 +1,280 @@
+//! Cassandra / ScyllaDB access: connecting with retry, and the few statements Tally runs.
+//!
+//! Entity and progress rows are written `USING TIMESTAMP` derived from the Kafka offset
+//! they reflect ([`write_timestamp`]), so Cassandra's last-write-wins keeps the newest
+//! state whoever writes last. Not for: deciding what to write or when (see `checkpoint`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use tracing::warn;
+
+use crate::config::CassandraConfig;
+
+/// The write timestamp of a row reflecting everything up to `offset` (inclusive).
+/// Offsets start at 0 and Cassandra timestamps must be positive, hence the +1.
+pub fn write_timestamp(offset: i64) -> i64 {
+    offset + 1
+}
+
+/// Opens a session, retrying with capped exponential backoff until it succeeds or
+/// `give_up` is reached. Each failure is logged with the contact points.
+pub async fn connect(
+    cfg: &CassandraConfig,
+    give_up: Option<Duration>,
+) -> anyhow::Result<Arc<Session>> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = SessionBuilder::new()
+            .known_nodes(&cfg.contact_points)
+            .connection_timeout(Duration::from_secs(3))
+            .build()
+            .await;
+        match attempt {
+            Ok(session) => return Ok(Arc::new(session)),
+            Err(e) => {
+                if give_up.is_some_and(|g| started.elapsed() >= g) {
+                    return Err(e).with_context(|| {
+                        format!("connect to cassandra at {}", cfg.contact_points.join(","))
+                    });
+                }
+                warn!(contact_points = %cfg.contact_points.join(","), error = %e, retry_in_ms = delay.as_millis() as u64, "cassandra unreachable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// A stored entity row.
+#[derive(Debug, Clone)]
+pub struct EntityRow {
+    pub state: Vec<u8>,
+    pub applied_offset: i64,
+}
+
+/// Where a shard resumes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub resume_offset: i64,
+    pub watermark_ms: i64,
+}
+
+/// Summary columns of a channel row, enough for top-N views without loading the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelSummary {
+    pub id: String,
+    pub concurrent: i32,
+    pub peak: i32,
+    pub follows: i64,
+}
+
+/// Prepared statements over one keyspace.
+pub struct Store {
+    pub session: Arc<Session>,
+    insert_player: PreparedStatement,
+    select_player: PreparedStatement,
+    insert_channel: PreparedStatement,
+    select_channel: PreparedStatement,
+    select_channel_summaries: PreparedStatement,
+    insert_progress: PreparedStatement,
+    select_progress: PreparedStatement,
+}
+
+impl Store {
+    pub async fn prepare(session: Arc<Session>, keyspace: &str) -> anyhow::Result<Store> {
+        let p = |cql: String| {
+            let session = session.clone();
+            async move {
+                session
+                    .prepare(cql.clone())
+                    .await
+                    .with_context(|| format!("prepare {cql}"))
+            }
+        };
+        Ok(Store {
+            insert_player: p(format!(
+                "INSERT INTO {keyspace}.players (id, state, applied_offset) VALUES (?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_player: p(format!(
+                "SELECT state, applied_offset FROM {keyspace}.players WHERE id = ?"
+            ))
+            .await?,
+            insert_channel: p(format!(
+                "INSERT INTO {keyspace}.channels (partition, id, state, applied_offset, concurrent, peak, follows) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_channel: p(format!(
+                "SELECT state, applied_offset FROM {keyspace}.channels WHERE partition = ? AND id = ?"
+            ))
+            .await?,
+            select_channel_summaries: p(format!(
+                "SELECT id, concurrent, peak, follows FROM {keyspace}.channels WHERE partition = ?"
+            ))
+            .await?,
+            insert_progress: p(format!(
+                "INSERT INTO {keyspace}.shard_progress (topic, partition, resume_offset, watermark_ms, owner, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_progress: p(format!(
+                "SELECT resume_offset, watermark_ms FROM {keyspace}.shard_progress WHERE topic = ? AND partition = ?"
+            ))
+            .await?,
+            session,
+        })
+    }
+
+    pub async fn write_player(&self, id: &str, row: &EntityRow) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.insert_player,
+                (
+                    id,
+                    &row.state,
+                    row.applied_offset,
+                    write_timestamp(row.applied_offset),
+                ),
+            )
+            .await
+            .with_context(|| format!("write player {id}"))?;
+        Ok(())
+    }
+
+    pub async fn read_player(&self, id: &str) -> anyhow::Result<Option<EntityRow>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_player, (id,))
+            .await
+            .with_context(|| format!("read player {id}"))?
+            .into_rows_result()
+            .with_context(|| format!("read player {id}"))?
+            .maybe_first_row::<(Vec<u8>, i64)>()
+            .with_context(|| format!("decode player row {id}"))?;
+        Ok(row.map(|(state, applied_offset)| EntityRow {
+            state,
+            applied_offset,
+        }))
+    }
+
+    pub async fn write_channel(
+        &self,
+        partition: i32,
+        summary: &ChannelSummary,
+        row: &EntityRow,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.insert_channel,
+                (
+                    partition,
+                    &summary.id,
+                    &row.state,
+                    row.applied_offset,
+                    summary.concurrent,
+                    summary.peak,
+                    summary.follows,
+                    write_timestamp(row.applied_offset),
+                ),
+            )
+            .await
+            .with_context(|| format!("write channel {}", summary.id))?;
+        Ok(())
+    }
+
+    pub async fn read_channel(
+        &self,
+        partition: i32,
+        id: &str,
+    ) -> anyhow::Result<Option<EntityRow>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_channel, (partition, id))
+            .await
+            .with_context(|| format!("read channel {id}"))?
+            .into_rows_result()
+            .with_context(|| format!("read channel {id}"))?
+            .maybe_first_row::<(Vec<u8>, i64)>()
+            .with_context(|| format!("decode channel row {id}"))?;
+        Ok(row.map(|(state, applied_offset)| EntityRow {
+            state,
+            applied_offset,
+        }))
+    }
+
+    pub async fn channel_summaries(&self, partition: i32) -> anyhow::Result<Vec<ChannelSummary>> {
+        let rows = self
+            .session
+            .execute_iter(self.select_channel_summaries.clone(), (partition,))
+            .await
+            .with_context(|| format!("read channel summaries of partition {partition}"))?
+            .rows_stream::<(String, Option<i32>, Option<i32>, Option<i64>)>()
+            .context("decode channel summaries")?
+            .try_collect::<Vec<_>>()
+            .await
+            .with_context(|| format!("read channel summaries of partition {partition}"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, concurrent, peak, follows)| ChannelSummary {
+                id,
+                concurrent: concurrent.unwrap_or(0),
+                peak: peak.unwrap_or(0),
+                follows: follows.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Records that everything below `progress.resume_offset` is durable.
+    pub async fn write_progress(
+        &self,
+        topic: &str,
+        partition: i32,
+        progress: Progress,
+        owner: &str,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.insert_progress,
+                (
+                    topic,
+                    partition,
+                    progress.resume_offset,
+                    progress.watermark_ms,
+                    owner,
+                    // resume_offset r reflects records up to r - 1.
+                    write_timestamp(progress.resume_offset - 1),
+                ),
+            )
+            .await
+            .with_context(|| format!("write progress of {topic}/{partition}"))?;
+        Ok(())
+    }
+
+    pub async fn read_progress(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> anyhow::Result<Option<Progress>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_progress, (topic, partition))
+            .await
+            .with_context(|| format!("read progress of {topic}/{partition}"))?
+            .into_rows_result()
+            .with_context(|| format!("read progress of {topic}/{partition}"))?
+            .maybe_first_row::<(i64, i64)>()
+            .with_context(|| format!("decode progress of {topic}/{partition}"))?;
+        Ok(row.map(|(resume_offset, watermark_ms)| Progress {
+            resume_offset,
+            watermark_ms,
+        }))
+    }
+}

@@ -1,0 +1,306 @@
+//! Test harness for integration tests against the real Kafka and Cassandra.
+//!
+//! Each test gets its own topics and keyspace (unique names), so tests run in parallel and
+//! reruns never collide. Nodes are real `tally-node` processes on port 0, killed and
+//! restarted like in production. Fails with a clear message when the services are down.
+#![allow(dead_code)]
+
+pub mod model;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_node::config::{IngestConfig, KafkaConfig};
+use tally_node::event::Event;
+use tally_node::ingest::{records_for, Ingest};
+use tally_node::metrics::Metrics;
+
+pub const KAFKA: &str = "127.0.0.1:9092";
+pub const CASSANDRA: &str = "127.0.0.1:9042";
+
+/// Panics with a clear message unless Kafka and Cassandra both accept connections.
+pub fn require_services() {
+    for (name, addr) in [("kafka", KAFKA), ("cassandra", CASSANDRA)] {
+        let ok = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok();
+        assert!(
+            ok,
+            "{name} is not serving on {addr}: start the services with `make services` \
+             (integration tests need the real Kafka and Cassandra)"
+        );
+    }
+}
+
+/// A name no other test or earlier run uses: `<prefix>_<pid>_<time>_<counter>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        % 1_000_000_000_000;
+    format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The isolated resources of one test.
+#[derive(Clone)]
+pub struct TestEnv {
+    pub name: String,
+    pub keyspace: String,
+    pub player_topic: String,
+    pub channel_topic: String,
+    pub dlq_topic: String,
+    pub partitions: i32,
+    pub dir: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new(name: &str, partitions: i32) -> TestEnv {
+        require_services();
+        let id = unique(name);
+        let dir = std::env::temp_dir().join("tally-tests").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        TestEnv {
+            keyspace: format!("t_{}", id.replace('-', "_"))
+                .chars()
+                .take(48)
+                .collect(),
+            player_topic: format!("{id}.players"),
+            channel_topic: format!("{id}.channels"),
+            dlq_topic: format!("{id}.dlq"),
+            partitions,
+            name: id,
+            dir,
+        }
+    }
+
+    pub fn kafka_config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: KAFKA.into(),
+            player_topic: self.player_topic.clone(),
+            channel_topic: self.channel_topic.clone(),
+            dlq_topic: self.dlq_topic.clone(),
+            partitions: self.partitions,
+            replication_factor: 1,
+            group_id: format!("{}-group", self.name),
+        }
+    }
+
+    /// A node config for this test; `extra` is appended (TOML sections).
+    pub fn node_config(&self, node_id: &str, extra: &str) -> String {
+        format!(
+            r#"[node]
+id = "{node_id}"
+api_addr = "127.0.0.1:0"
+
+[kafka]
+brokers = "{KAFKA}"
+player_topic = "{}"
+channel_topic = "{}"
+dlq_topic = "{}"
+partitions = {}
+group_id = "{}-group"
+
+[cassandra]
+contact_points = ["{CASSANDRA}"]
+keyspace = "{}"
+
+{extra}
+"#,
+            self.player_topic,
+            self.channel_topic,
+            self.dlq_topic,
+            self.partitions,
+            self.name,
+            self.keyspace
+        )
+    }
+
+    /// A producer using the node's own ingest path (transactions, partitioner).
+    pub fn producer(&self) -> (Ingest, std::thread::JoinHandle<()>) {
+        Ingest::start(
+            &self.kafka_config(),
+            &IngestConfig::default(),
+            &unique("test-producer"),
+            (self.partitions, self.partitions),
+            Arc::new(Metrics::default()),
+        )
+        .expect("start test producer")
+    }
+}
+
+/// Produces `events` in transactions of `per_txn` events each.
+pub async fn produce(ingest: &Ingest, events: &[Event], per_txn: usize) {
+    for chunk in events.chunks(per_txn) {
+        let records = chunk.iter().flat_map(records_for).collect();
+        ingest.produce(records).await.expect("produce to kafka");
+    }
+}
+
+/// A running `tally-node` process.
+pub struct NodeProcess {
+    child: Option<Child>,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub base: String,
+    /// Lines at ERROR level seen in the log (tests may assert there are none).
+    pub errors: Arc<Mutex<Vec<String>>>,
+    starts: u32,
+}
+
+impl NodeProcess {
+    /// Writes the config and starts the node; returns once its API address is known.
+    pub fn start(env: &TestEnv, node_id: &str, extra: &str) -> NodeProcess {
+        let config_path = env.dir.join(format!("{node_id}.toml"));
+        std::fs::write(&config_path, env.node_config(node_id, extra)).unwrap();
+        let mut n = NodeProcess {
+            child: None,
+            log_path: env.dir.join(format!("{node_id}.log")),
+            config_path,
+            base: String::new(),
+            errors: Arc::new(Mutex::new(Vec::new())),
+            starts: 0,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally-node"))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tally-node");
+        let (tx, rx) = mpsc::channel();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let errors = self.errors.clone();
+        let start_no = self.starts;
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let mut log = log.try_clone().unwrap();
+            let errors = errors.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = writeln!(log, "[start {start_no}] {line}");
+                    if let Some(i) = line.find("api listening on http://") {
+                        let rest = &line[i + "api listening on ".len()..];
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                    }
+                    if line.contains(" ERROR ") {
+                        errors.lock().unwrap().push(line);
+                    }
+                }
+            });
+        }
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "tally-node did not report its api address; see {}",
+                    self.log_path.display()
+                )
+            });
+        self.base = base;
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not ready within {timeout:?}; see {}",
+                self.log_path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the node again with the same config (a new process, a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the node before restarting it");
+        self.spawn();
+    }
+
+    /// A Prometheus counter's value (summed over label sets).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,230 @@
+//! Exactly-once counters against the real Kafka and Cassandra: a seeded stream of mixed
+//! events, compared entity by entity with the reference model, through kill -9, clean
+//! restarts and passivation.
+
+mod common;
+
+use std::time::Duration;
+
+use common::model::{generate, Model, StreamSpec};
+use common::{produce, NodeProcess, TestEnv};
+use rand::{Rng, SeedableRng};
+
+const TIMEOUT_SECS: u64 = 60;
+/// Fast checkpoints and a short viewer timeout, so tests exercise both.
+fn shard_config(passivate_after_secs: u64) -> String {
+    shard_config_with(passivate_after_secs, 200)
+}
+
+fn shard_config_with(passivate_after_secs: u64, checkpoint_interval_ms: u64) -> String {
+    format!(
+        "[shard]\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counter_exact_after_100k_events() {
+    let env = TestEnv::new("exact", 4);
+    let spec = StreamSpec {
+        seed: 11,
+        events: 100_000,
+        players: 2_000,
+        channels: 40,
+        start_ts: 1_700_000_000_000,
+    };
+    let events = generate(&spec);
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&events);
+
+    let node = NodeProcess::start(&env, "n1", &shard_config(600));
+    node.wait_ready(Duration::from_secs(60)).await;
+    let (producer, _t) = env.producer();
+    produce(&producer, &events, 2_000).await;
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(120))
+        .await;
+
+    // Top-N agrees with the model too.
+    let top = common::model::get_json(
+        &reqwest::Client::new(),
+        &node.url("/v1/channels/top?by=peak&limit=5"),
+    )
+    .await
+    .unwrap();
+    let mut want: Vec<(String, u64)> = model
+        .channels
+        .iter()
+        .map(|(id, c)| (id.clone(), c.peak))
+        .collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let got: Vec<(String, u64)> = top["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["peak"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want[..5].to_vec());
+    assert!(
+        node.errors.lock().unwrap().is_empty(),
+        "unexpected ERROR lines: {:?}",
+        node.errors.lock().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_keeps_every_counter_exact() {
+    let env = TestEnv::new("crash", 4);
+    let spec = StreamSpec {
+        seed: 23,
+        events: 100_000,
+        players: 2_000,
+        channels: 40,
+        start_ts: 1_700_000_000_000,
+    };
+    let events = generate(&spec);
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&events);
+
+    // Checkpoints back to back, so that kills often land between a checkpoint's entity
+    // rows and its progress row (entities stored ahead of the resume offset).
+    let mut node = NodeProcess::start(&env, "n1", &shard_config_with(600, 20));
+    node.wait_ready(Duration::from_secs(60)).await;
+    let (producer, _t) = env.producer();
+    // The stream is produced steadily over several seconds while the node is killed with
+    // kill -9 at random moments and restarted: mid-batch, mid-checkpoint, mid-load.
+    let stream = tokio::spawn(async move {
+        for chunk in events.chunks(1_000) {
+            produce(&producer, chunk, 1_000).await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut kills = 0;
+    while !stream.is_finished() && kills < 6 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
+        let applied_before_kill = node.metric("tally_records_applied_total").await;
+        node.kill9();
+        kills += 1;
+        node.restart();
+        node.wait_ready(Duration::from_secs(60)).await;
+        assert!(
+            applied_before_kill > 0 || kills > 1,
+            "the node was killed before doing any work"
+        );
+    }
+    stream.await.unwrap();
+    assert!(
+        kills >= 3,
+        "only {kills} kills happened while the stream ran"
+    );
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(120))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_checkpoints_so_a_clean_restart_replays_nothing() {
+    let env = TestEnv::new("sigterm", 2);
+    let spec = StreamSpec {
+        seed: 5,
+        events: 10_000,
+        players: 300,
+        channels: 10,
+        start_ts: 1_700_000_000_000,
+    };
+    let events = generate(&spec);
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&events);
+
+    let mut node = NodeProcess::start(&env, "n1", &shard_config(600));
+    node.wait_ready(Duration::from_secs(60)).await;
+    let (producer, _t) = env.producer();
+    produce(&producer, &events, 1_000).await;
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(60))
+        .await;
+
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "tally-node exited with {status} on SIGTERM"
+    );
+    node.restart();
+    node.wait_ready(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        node.metric("tally_records_consumed_total").await,
+        0,
+        "a clean restart replayed records"
+    );
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(30))
+        .await;
+    assert_eq!(node.metric("tally_records_applied_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivated_entities_come_back_identical() {
+    let env = TestEnv::new("passivate", 2);
+    let spec = StreamSpec {
+        seed: 8,
+        events: 20_000,
+        players: 500,
+        channels: 12,
+        start_ts: 1_700_000_000_000,
+    };
+    let events = generate(&spec);
+    let (first, second) = events.split_at(events.len() / 2);
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+
+    let node = NodeProcess::start(&env, "n1", &shard_config(1));
+    node.wait_ready(Duration::from_secs(60)).await;
+    let (producer, _t) = env.producer();
+    produce(&producer, first, 1_000).await;
+    model.apply_all(first);
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(60))
+        .await;
+
+    // Idle for longer than passivate_after: everything is checkpointed and evicted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    loop {
+        let cluster = common::model::get_json(&client, &node.url("/v1/cluster"))
+            .await
+            .unwrap();
+        let resident: u64 = cluster["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["resident_entities"].as_u64().unwrap())
+            .sum();
+        if resident == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{resident} entities still resident"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        node.metric("tally_entity_passivations_total").await
+            >= (model.players.len() + model.channels.len()) as u64
+    );
+    // Queries and new events reactivate them from Cassandra with identical state.
+    produce(&producer, second, 1_000).await;
+    model.apply_all(second);
+    model
+        .assert_converges(|| node.base.clone(), Duration::from_secs(60))
+        .await;
+    assert!(
+        node.metric("tally_entity_loads_total").await > 0,
+        "no entity was loaded back"
+    );
+}
