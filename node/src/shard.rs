@@ -305,22 +305,29 @@ impl ShardState {
                 Entities::Players(m) => {
                     let slot = m.get_mut(&key).expect("activated above");
                     slot.touched = touched;
-                    (offset > slot.offset).then(|| {
-                        slot.state.apply(event.ts, &event.body);
-                        slot.offset = offset;
-                    })
+                    entity::apply_record(
+                        &mut slot.state,
+                        &mut slot.offset,
+                        offset,
+                        &event,
+                        watermark,
+                        timeout,
+                    )
                 }
                 Entities::Channels(m) => {
                     let slot = m.get_mut(&key).expect("activated above");
                     slot.touched = touched;
-                    (offset > slot.offset).then(|| {
-                        slot.state
-                            .apply(event.ts, &event.player, &event.body, watermark, timeout);
-                        slot.offset = offset;
-                    })
+                    entity::apply_record(
+                        &mut slot.state,
+                        &mut slot.offset,
+                        offset,
+                        &event,
+                        watermark,
+                        timeout,
+                    )
                 }
             };
-            if changed.is_some() {
+            if changed {
                 applied += 1;
                 self.dirty.insert(key);
             }

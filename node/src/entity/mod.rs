@@ -15,6 +15,46 @@ pub use player::{Player, PlayerView};
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::Event;
+
+/// An entity a shard hosts: a pure state machine over the records of its partition.
+pub trait Entity: Default {
+    /// Applies one event. `watermark` is the partition's event-time watermark including
+    /// this event; `timeout_ms` the viewer timeout. No I/O, no clock.
+    fn apply_event(&mut self, event: &Event, watermark: i64, timeout_ms: i64);
+}
+
+impl Entity for Player {
+    fn apply_event(&mut self, event: &Event, _watermark: i64, _timeout_ms: i64) {
+        self.apply(event.ts, &event.body);
+    }
+}
+
+impl Entity for Channel {
+    fn apply_event(&mut self, event: &Event, watermark: i64, timeout_ms: i64) {
+        self.apply(event.ts, &event.player, &event.body, watermark, timeout_ms);
+    }
+}
+
+/// The exactly-once rule for one record: apply the record at `offset` unless the entity
+/// already reflects it (`applied` is the offset of the last record applied, -1 for none).
+/// Returns whether the entity changed.
+pub fn apply_record<E: Entity>(
+    state: &mut E,
+    applied: &mut i64,
+    offset: i64,
+    event: &Event,
+    watermark: i64,
+    timeout_ms: i64,
+) -> bool {
+    if offset <= *applied {
+        return false;
+    }
+    state.apply_event(event, watermark, timeout_ms);
+    *applied = offset;
+    true
+}
+
 /// The stored form of an entity: a version tag, then the state. A new layout becomes a new
 /// variant, and loading converts older ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,3 +73,6 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> anyhow::Result<T> {
         .map_err(|e| anyhow::anyhow!("decode entity blob of {} bytes: {e}", bytes.len()))?;
     Ok(state)
 }
+
+#[cfg(test)]
+mod properties;
