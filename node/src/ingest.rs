@@ -149,14 +149,26 @@ impl Ingest {
         if records.is_empty() {
             return Ok(());
         }
+        self.submit(records).await?.await
+    }
+
+    /// Queues `records` and returns a future of Kafka's answer without waiting for it.
+    /// Batches submitted one after another by one caller reach Kafka in that order, which
+    /// lets a caller pipeline batches and still know the order of its records.
+    pub async fn submit(
+        &self,
+        records: Vec<OutRecord>,
+    ) -> Result<impl std::future::Future<Output = Result<(), IngestError>>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { records, reply })
             .await
             .map_err(|_| IngestError::Closed)?;
-        rx.await
-            .map_err(|_| IngestError::Closed)?
-            .map_err(IngestError::Kafka)
+        Ok(async move {
+            rx.await
+                .map_err(|_| IngestError::Closed)?
+                .map_err(IngestError::Kafka)
+        })
     }
 }
 

@@ -1,6 +1,362 @@
-//! `tally-loadtest`: the command-line entry point of the load tester.
+//! `tally-loadtest`: parses arguments and runs a scenario from the library.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("tally-loadtest: no scenario is available in this build yet");
-    std::process::ExitCode::from(2)
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
+use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
+use tally_loadtest::report::{self, RunReport};
+use tally_loadtest::verify::{self, VerifyOpts};
+use tally_loadtest::{baseline, probe};
+use tally_node::config::KafkaConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "tally-loadtest",
+    version,
+    about = "Load generator and exact verifier for Tally"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// P players emitting sessions, matches, purchases, chat and follows.
+    Players(PlayersArgs),
+    /// Plain rdkafka consume-and-discard of a topic: the throughput yardstick.
+    Baseline(BaselineArgs),
+    /// Measures a node's apply rate from its metrics until it applied N records.
+    ConsumeRate(ConsumeRateArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ViaArg {
+    Kafka,
+    Http,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Seed: the same seed generates the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Tally API addresses (host:port, comma-separated) for HTTP ingest, verification and
+    /// latency probes.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// Send straight to Kafka (partitioned as Tally expects) or through HTTP ingest.
+    #[arg(long, value_enum, default_value_t = ViaArg::Kafka)]
+    via: ViaArg,
+    /// Target events per second, or "max".
+    #[arg(long, default_value = "max")]
+    rate: String,
+    /// After sending, wait until the cluster reports exactly the expected state.
+    #[arg(long)]
+    verify: bool,
+    /// Verify only this many randomly chosen players (all channels are always checked).
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Give up verifying after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    verify_timeout: u64,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Kafka bootstrap brokers (with --via kafka).
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "player-events")]
+    player_topic: String,
+    #[arg(long, default_value = "channel-events")]
+    channel_topic: String,
+    /// Events per batch (a Kafka transaction or an HTTP request).
+    #[arg(long, default_value_t = 2000)]
+    batch: usize,
+    /// Parallel HTTP requests (each player always in the same lane).
+    #[arg(long, default_value_t = 8)]
+    lanes: usize,
+    /// Prefix of every id; default "lt<seed>-<unix time>-" keeps runs apart.
+    #[arg(long)]
+    id_prefix: Option<String>,
+    /// The cluster's shard.viewer_timeout_secs (expected concurrent viewers depend on it).
+    #[arg(long, default_value_t = 120)]
+    viewer_timeout_secs: u64,
+    /// Milliseconds between latency probes (0 = no probes).
+    #[arg(long, default_value_t = 100)]
+    probe_interval_ms: u64,
+}
+
+#[derive(Args)]
+struct PlayersArgs {
+    /// Number of players.
+    #[arg(long, default_value_t = 1_000_000)]
+    players: u64,
+    /// Number of channels followed and chatted in.
+    #[arg(long, default_value_t = 5_000)]
+    channels: u64,
+    /// Number of events to send.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct BaselineArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "player-events")]
+    topic: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    records: u64,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct ConsumeRateArgs {
+    /// The node's API address (host:port).
+    #[arg(long)]
+    node: String,
+    /// Stop when the node has applied this many records.
+    #[arg(long)]
+    records: u64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn parse_rate(s: &str) -> anyhow::Result<Option<f64>> {
+    if s == "max" {
+        return Ok(None);
+    }
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(Some(r)),
+        _ => bail!("--rate: expected a positive number of events per second or \"max\", got {s:?}"),
+    }
+}
+
+fn write_json(
+    path: &Option<std::path::PathBuf>,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(value)? + "\n")
+            .with_context(|| format!("write {}", p.display()))?;
+        eprintln!("tally-loadtest: results written to {}", p.display());
+    }
+    Ok(())
+}
+
+async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
+    let c = &args.common;
+    if args.players == 0 || args.channels == 0 {
+        bail!("--players and --channels must be at least 1");
+    }
+    if c.batch == 0 || c.lanes == 0 {
+        bail!("--batch and --lanes must be at least 1");
+    }
+    let rate = parse_rate(&c.rate)?;
+    if (c.verify || c.via == ViaArg::Http) && c.nodes.is_empty() {
+        bail!(
+            "--nodes: name at least one Tally API address (host:port) for --verify or --via http"
+        );
+    }
+    let kafka = KafkaConfig {
+        brokers: c.brokers.clone(),
+        player_topic: c.player_topic.clone(),
+        channel_topic: c.channel_topic.clone(),
+        ..Default::default()
+    };
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let prefix = c
+        .id_prefix
+        .clone()
+        .unwrap_or_else(|| format!("lt{}-{}-", c.seed, now.as_secs()));
+    let spec = PlayersSpec {
+        players: args.players,
+        channels: args.channels,
+        events: args.events,
+        seed: c.seed,
+        id_prefix: prefix.clone(),
+        start_ts: now.as_millis() as i64,
+    };
+    let channel_partitions = match tally_loadtest::topic_partitions(&kafka).await {
+        Ok((_, ch)) => ch,
+        Err(e) if c.via == ViaArg::Http => {
+            eprintln!("tally-loadtest: cannot read channel partitions ({e:#}); channel concurrency checks assume 8");
+            8
+        }
+        Err(e) => return Err(e),
+    };
+    let mut expected = Expected::new(channel_partitions, c.viewer_timeout_secs as i64 * 1000);
+    let via = Arc::new(match c.via {
+        ViaArg::Kafka => Via::Kafka(kafka),
+        ViaArg::Http => Via::Http(c.nodes.clone()),
+    });
+    let progress = Arc::new(Progress::default());
+    let ctrl_c = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("tally-loadtest: Ctrl-C: stopping after the batches in flight");
+                progress.stop.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let ticker = tokio::spawn(report::progress_loop(progress.clone(), args.events));
+    let probes = (c.probe_interval_ms > 0).then(|| {
+        tokio::spawn(probe::run(
+            via.clone(),
+            c.nodes.clone(),
+            prefix.clone(),
+            Duration::from_millis(c.probe_interval_ms),
+            progress.clone(),
+        ))
+    });
+    let opts = DriveOpts {
+        batch: c.batch,
+        rate,
+        lanes: c.lanes,
+        pipeline: 8,
+    };
+    let started = Instant::now();
+    let sent = drive::drive(PlayersGen::new(spec), &via, &opts, &mut expected, &progress).await;
+    let secs = started.elapsed().as_secs_f64();
+    let interrupted = progress.stop.swap(true, Ordering::SeqCst);
+    ctrl_c.abort();
+    let per_second = ticker.await.unwrap_or_default();
+    let (hist, timeouts) = match probes {
+        Some(p) => p
+            .await
+            .unwrap_or_else(|_| (hdrhistogram::Histogram::new(3).expect("histogram"), 0)),
+        None => (hdrhistogram::Histogram::new(3).expect("histogram"), 0),
+    };
+    sent?;
+    let events_sent = progress.sent.load(Ordering::Relaxed);
+    let mut report = RunReport {
+        scenario: "players".into(),
+        seed: c.seed,
+        via: if c.via == ViaArg::Kafka {
+            "kafka"
+        } else {
+            "http"
+        }
+        .into(),
+        events_sent,
+        errors: progress.errors.load(Ordering::Relaxed),
+        secs,
+        events_per_sec: events_sent as f64 / secs.max(1e-9),
+        per_second,
+        latency: probe::Latency::from_histogram(&hist, timeouts),
+        verify: None,
+        interrupted,
+    };
+    if c.verify && !interrupted {
+        eprintln!(
+            "tally-loadtest: verifying {} players and {} channels",
+            expected.players.len(),
+            expected.channels.len()
+        );
+        let v = verify::verify(
+            &expected,
+            &VerifyOpts {
+                nodes: c.nodes.clone(),
+                timeout: Duration::from_secs(c.verify_timeout),
+                sample: c.sample,
+                seed: c.seed,
+                concurrency: 64,
+            },
+        )
+        .await;
+        for m in v.mismatches.iter().take(50) {
+            eprintln!("MISMATCH {m}");
+        }
+        report.verify = Some(v);
+    }
+    println!("{}", report::table(&report));
+    write_json(&c.json, &report)?;
+    let exact = report
+        .verify
+        .as_ref()
+        .is_none_or(|v| v.mismatches.is_empty());
+    Ok(exact && report.errors == 0)
+}
+
+async fn consume_rate(args: ConsumeRateArgs) -> anyhow::Result<bool> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/metrics", args.node);
+    let applied = || async {
+        let text = client.get(&url).send().await.ok()?.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.starts_with("tally_records_applied_total"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let now = Instant::now();
+        let n = applied().await.unwrap_or(0);
+        if n > 0 && first.is_none() {
+            first = Some((now, n));
+        }
+        if n >= args.records {
+            let (t0, n0) = first.expect("set above");
+            let secs = now.duration_since(t0).as_secs_f64().max(1e-3);
+            let result = serde_json::json!({ "records": n, "secs": secs, "records_per_sec": (n - n0) as f64 / secs });
+            println!("{result}");
+            write_json(&args.json, &result)?;
+            return Ok(true);
+        }
+        if now > deadline {
+            bail!(
+                "node {} applied only {n} of {} records within {} s",
+                args.node,
+                args.records,
+                args.timeout
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Players(a) => players(a).await,
+        Command::Baseline(a) => tokio::task::spawn_blocking(move || {
+            let r = baseline::consume_and_discard(
+                &a.brokers,
+                &a.topic,
+                a.records,
+                Duration::from_secs(3),
+            )?;
+            println!("{}", serde_json::to_string(&r)?);
+            write_json(&a.json, &r)?;
+            Ok(true)
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("baseline task: {e}"))),
+        Command::ConsumeRate(a) => consume_rate(a).await,
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("tally-loadtest: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

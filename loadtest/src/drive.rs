@@ -1,0 +1,269 @@
+//! Sending a generated stream into a cluster, at a target rate or as fast as possible,
+//! keeping the expected state of exactly the events the cluster acknowledged.
+//!
+//! Order matters for exactness: an entity's state depends on the order of its events. Via
+//! Kafka, one pipelined submitter feeds Tally's own transactional ingest producer, so
+//! records reach Kafka in generation order. Via HTTP, events are split into lanes by player
+//! (a player's events always take the same lane, one request at a time), so each player's
+//! order is kept while lanes run in parallel.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use tally_node::config::{IngestConfig, KafkaConfig};
+use tally_node::event::Event;
+use tally_node::ingest::{records_for, Ingest};
+use tally_node::metrics::Metrics;
+use tally_node::partitioner::partition_for;
+
+use crate::players::Expected;
+
+/// Where events go.
+pub enum Via {
+    /// Straight to Kafka, partitioned exactly as Tally expects.
+    Kafka(KafkaConfig),
+    /// Through the HTTP ingest of these nodes (`host:port`), round robin with failover.
+    Http(Vec<String>),
+}
+
+/// Counters shared with the progress display.
+#[derive(Default)]
+pub struct Progress {
+    pub sent: AtomicU64,
+    pub errors: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+/// How to send.
+pub struct DriveOpts {
+    pub batch: usize,
+    /// Events per second; None = as fast as possible.
+    pub rate: Option<f64>,
+    /// Parallel HTTP lanes.
+    pub lanes: usize,
+    /// Batches in flight towards Kafka.
+    pub pipeline: usize,
+}
+
+/// Paces sending to a target rate.
+struct Pacer {
+    rate: Option<f64>,
+    started: Instant,
+}
+
+impl Pacer {
+    async fn wait(&self, sent: u64) {
+        if let Some(rate) = self.rate {
+            let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// Sends every event of `events`; applies acknowledged ones to `expected`.
+pub async fn drive(
+    events: impl Iterator<Item = Event>,
+    via: &Via,
+    opts: &DriveOpts,
+    expected: &mut Expected,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    match via {
+        Via::Kafka(kafka) => drive_kafka(events, kafka, opts, expected, progress).await,
+        Via::Http(nodes) => drive_http(events, nodes, opts, expected, progress).await,
+    }
+}
+
+/// A producer that writes exactly what Tally's HTTP ingest would.
+pub fn kafka_producer(kafka: &KafkaConfig, partitions: (i32, i32)) -> anyhow::Result<Ingest> {
+    let id = format!("loadtest-{}-{}", std::process::id(), rand::random::<u32>());
+    let cfg = IngestConfig {
+        linger_ms: 2,
+        ..Default::default()
+    };
+    let (ingest, _thread) =
+        Ingest::start(kafka, &cfg, &id, partitions, Arc::new(Metrics::default()))
+            .with_context(|| format!("start kafka producer for {}", kafka.brokers))?;
+    Ok(ingest)
+}
+
+async fn drive_kafka(
+    events: impl Iterator<Item = Event>,
+    kafka: &KafkaConfig,
+    opts: &DriveOpts,
+    expected: &mut Expected,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let partitions = crate::topic_partitions(kafka).await?;
+    let ingest = kafka_producer(kafka, partitions)?;
+    let pacer = Pacer {
+        rate: opts.rate,
+        started: Instant::now(),
+    };
+    let mut inflight: VecDeque<(Vec<Event>, _)> = VecDeque::new();
+    let mut events = events.peekable();
+    let mut queued = 0u64;
+    loop {
+        if progress.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
+        let done = batch.is_empty();
+        if !done {
+            pacer.wait(queued).await;
+            queued += batch.len() as u64;
+            let records = batch.iter().flat_map(records_for).collect();
+            let answer = ingest.submit(records).await.context("submit to kafka")?;
+            inflight.push_back((batch, Box::pin(answer)));
+        }
+        // Settle the oldest batches, in order, when the pipeline is full or at the end.
+        while inflight.len() > opts.pipeline || (done && !inflight.is_empty()) {
+            let (batch, answer) = inflight.pop_front().expect("non-empty");
+            settle(
+                batch,
+                answer.await.map_err(|e| e.to_string()),
+                expected,
+                progress,
+            );
+        }
+        if done {
+            break;
+        }
+    }
+    for (batch, answer) in inflight {
+        settle(
+            batch,
+            answer.await.map_err(|e| e.to_string()),
+            expected,
+            progress,
+        );
+    }
+    Ok(())
+}
+
+fn settle(
+    batch: Vec<Event>,
+    result: Result<(), String>,
+    expected: &mut Expected,
+    progress: &Progress,
+) {
+    match result {
+        Ok(()) => {
+            for e in &batch {
+                expected.apply(e);
+            }
+            progress
+                .sent
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            progress
+                .errors
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            eprintln!(
+                "tally-loadtest: batch of {} events failed: {e}",
+                batch.len()
+            );
+        }
+    }
+}
+
+/// Posts one NDJSON batch, trying each node in turn; Ok only for a 202 with no rejection.
+pub async fn post_batch(
+    client: &reqwest::Client,
+    nodes: &[String],
+    first: usize,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 0..nodes.len().max(1) * 3 {
+        let node = &nodes[(first + attempt) % nodes.len()];
+        let r = client
+            .post(format!("http://{node}/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().as_u16() == 202 => {
+                let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+                if v["rejected"].as_array().is_some_and(|a| !a.is_empty()) {
+                    return Err(format!("{node} rejected events: {}", v["rejected"]));
+                }
+                return Ok(());
+            }
+            Ok(r) => {
+                last = format!(
+                    "{node}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )
+            }
+            Err(e) => last = format!("{node}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
+    }
+    Err(last)
+}
+
+async fn drive_http(
+    events: impl Iterator<Item = Event>,
+    nodes: &[String],
+    opts: &DriveOpts,
+    expected: &mut Expected,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !nodes.is_empty(),
+        "--nodes must name at least one node for --via http"
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .context("build http client")?;
+    let lanes = opts.lanes.max(1);
+    let pacer = Pacer {
+        rate: opts.rate,
+        started: Instant::now(),
+    };
+    let mut events = events.peekable();
+    let mut queued = 0u64;
+    while events.peek().is_some() && !progress.stop.load(Ordering::Relaxed) {
+        // One round: a batch per lane, all lanes in parallel, each player in one lane.
+        let mut per_lane: Vec<Vec<Event>> = vec![Vec::new(); lanes];
+        for e in events.by_ref().take(opts.batch * lanes) {
+            let lane = partition_for(&e.player, lanes as i32) as usize;
+            per_lane[lane].push(e);
+        }
+        pacer.wait(queued).await;
+        queued += per_lane.iter().map(|b| b.len() as u64).sum::<u64>();
+        let results: Vec<(Vec<Event>, Result<(), String>)> =
+            futures::stream::iter(per_lane.into_iter().enumerate())
+                .map(|(lane, batch)| {
+                    let client = client.clone();
+                    async move {
+                        if batch.is_empty() {
+                            return (batch, Ok(()));
+                        }
+                        let mut body = Vec::with_capacity(batch.len() * 160);
+                        for e in &batch {
+                            body.extend_from_slice(&e.to_json());
+                            body.push(b'\n');
+                        }
+                        let r = post_batch(&client, nodes, lane, body).await;
+                        (batch, r)
+                    }
+                })
+                .buffer_unordered(lanes)
+                .collect()
+                .await;
+        for (batch, r) in results {
+            settle(batch, r, expected, progress);
+        }
+    }
+    Ok(())
+}

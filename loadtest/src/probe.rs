@@ -1,0 +1,124 @@
+//! End-to-end latency: a probe event is created, sent like the load, and the probe polls
+//! the owner's state until the event's effect is visible. Each probe is a `level_up` of a
+//! dedicated probe player with a rising level, so "visible" is `level >= k`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use tally_node::event::{Event, EventBody};
+use tally_node::ingest::records_for;
+
+use crate::drive::{post_batch, Progress, Via};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Latency {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub timeouts: u64,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>, timeouts: u64) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            timeouts,
+        }
+    }
+}
+
+/// Runs probes every `interval` until `progress.stop` is set; returns the histogram (µs).
+pub async fn run(
+    via: Arc<Via>,
+    nodes: Vec<String>,
+    prefix: String,
+    interval: Duration,
+    progress: Arc<Progress>,
+) -> (Histogram<u64>, u64) {
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds");
+    let mut timeouts = 0;
+    if nodes.is_empty() {
+        return (hist, 0);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let producer = match via.as_ref() {
+        Via::Kafka(kafka) => match crate::topic_partitions(kafka)
+            .await
+            .and_then(|p| crate::drive::kafka_producer(kafka, p))
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("tally-loadtest: latency probes disabled: {e:#}");
+                return (hist, 0);
+            }
+        },
+        Via::Http(_) => None,
+    };
+    let player = format!("{prefix}probe");
+    let mut level = 0u32;
+    while !progress.stop.load(Ordering::Relaxed) {
+        level += 1;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let event = Event {
+            v: 1,
+            id: format!("{prefix}probe-{level}"),
+            ts: now_ms,
+            player: player.clone(),
+            body: EventBody::LevelUp { level },
+        };
+        let created = Instant::now();
+        let sent = match &producer {
+            Some(p) => p
+                .produce(records_for(&event))
+                .await
+                .map_err(|e| e.to_string()),
+            None => post_batch(&client, &nodes, level as usize, event.to_json()).await,
+        };
+        if sent.is_err() {
+            timeouts += 1;
+            continue;
+        }
+        let node = &nodes[level as usize % nodes.len()];
+        let url = format!("http://{node}/v1/players/{player}");
+        let visible = loop {
+            if created.elapsed() > Duration::from_secs(30) || progress.stop.load(Ordering::Relaxed)
+            {
+                break false;
+            }
+            if let Ok(r) = client.get(&url).send().await {
+                if let Ok(v) = r.json::<serde_json::Value>().await {
+                    if v["player"]["level"]
+                        .as_u64()
+                        .is_some_and(|l| l >= level as u64)
+                    {
+                        break true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if visible {
+            let _ = hist.record(created.elapsed().as_micros().max(1) as u64);
+        } else {
+            timeouts += 1;
+        }
+        tokio::time::sleep(interval.saturating_sub(created.elapsed())).await;
+    }
+    (hist, timeouts)
+}
