@@ -16,24 +16,27 @@ pub struct BaselineResult {
     pub records_per_sec: f64,
 }
 
-/// Reads `topic` (all partitions, read_committed, from offset 0) until `records` were seen
-/// or nothing arrives for `idle`.
+/// Reads `topics` (all partitions, read_committed, from offset 0) until `records` were
+/// seen or nothing arrives for `idle`.
 pub fn consume_and_discard(
     brokers: &str,
-    topic: &str,
+    topics: &[String],
     records: u64,
     idle: Duration,
 ) -> anyhow::Result<BaselineResult> {
     let consumer: BaseConsumer = crate::baseline_config(brokers)
         .create()
         .context("create kafka consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("read metadata of {topic}"))?;
     let mut tpl = TopicPartitionList::new();
-    for p in md.topics().first().context("topic missing")?.partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("read metadata of {topic}"))?;
+        for p in md.topics().first().context("topic missing")?.partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
     }
+    let topic = topics.join(",");
     consumer.assign(&tpl).context("assign partitions")?;
     let mut seen = 0u64;
     let mut first: Option<Instant> = None;

@@ -16,9 +16,8 @@ pub const EVENT_VERSION: u32 = 1;
 pub const MAX_ID_LEN: usize = 128;
 
 /// One event as it travels on the wire and in Kafka.
-// Unknown fields are rejected by the kind's variant: serde's `deny_unknown_fields` cannot
-// sit on a struct with a flattened field; the schema still says so.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+// Decoded through the flat `Wire` form (see there); serialized and documented as below.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Event {
     /// Schema version; must be 1.
@@ -35,7 +34,7 @@ pub struct Event {
 }
 
 /// The kind of an event and its fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EventBody {
     SessionStart {},
@@ -151,52 +150,30 @@ impl EventBody {
 impl Event {
     /// Parses and validates one JSON event. The error names the field and the reason.
     pub fn parse(bytes: &[u8]) -> Result<Event, Rejection> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| Rejection::new("event", format!("malformed json: {e}")))?;
-        Self::from_value(value)
-    }
-
-    /// Validates an already-parsed JSON value.
-    pub fn from_value(value: serde_json::Value) -> Result<Event, Rejection> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| Rejection::new("event", "expected a json object"))?;
-        match obj.get("v") {
-            None => return Err(Rejection::new("v", "missing field")),
-            Some(v) if v.as_u64() == Some(EVENT_VERSION as u64) => {}
-            Some(v) if v.is_u64() => {
-                return Err(Rejection::new(
-                    "v",
-                    format!("unsupported version {v}, this node understands {EVENT_VERSION}"),
-                ))
+        let wire: Wire = match serde_json::from_slice(bytes) {
+            Ok(w) => w,
+            Err(e) if e.is_syntax() || e.is_eof() => {
+                return Err(Rejection::new("event", format!("malformed json: {e}")))
             }
-            Some(v) => return Err(Rejection::new("v", format!("expected an integer, got {v}"))),
-        }
-        match obj.get("kind") {
-            None => return Err(Rejection::new("kind", "missing field")),
-            Some(serde_json::Value::String(k)) if !KINDS.contains(&k.as_str()) => {
-                return Err(Rejection::new(
-                    "kind",
-                    format!("unknown kind {k:?}, expected one of {}", KINDS.join(", ")),
-                ))
-            }
-            Some(serde_json::Value::String(_)) => {}
-            Some(k) => {
-                return Err(Rejection::new(
-                    "kind",
-                    format!("expected a string, got {k}"),
-                ))
-            }
-        }
-        let event: Event = match serde_json::from_value(value.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                return Err(Rejection::new(
-                    culprit(&value, &e.to_string()),
-                    e.to_string(),
-                ))
+            // Slow path, only for bad input: decode again, tracking the field's path.
+            Err(_) => {
+                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let e = match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
+                    Ok(_) => unreachable!("decoding failed once"),
+                    Err(e) => e,
+                };
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let field = field_in_message(&inner).unwrap_or(path);
+                let field = if field == "." || field.is_empty() {
+                    "event".to_string()
+                } else {
+                    field
+                };
+                return Err(Rejection::new(field, inner));
             }
         };
+        let event = wire.into_event()?;
         event.validate()?;
         Ok(event)
     }
@@ -295,6 +272,143 @@ impl Event {
     }
 }
 
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Wire::deserialize(d)?
+            .into_event()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The flat form events are decoded from: the envelope and every kind's fields, optional.
+/// A flat struct decodes several times faster than serde's flattened, internally tagged
+/// enum, and serde can then name the field of a type error. Which fields a kind requires
+/// and allows is checked in [`Wire::into_event`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    v: Option<u32>,
+    id: Option<String>,
+    ts: Option<i64>,
+    player: Option<String>,
+    kind: Option<String>,
+    match_id: Option<String>,
+    kills: Option<u32>,
+    deaths: Option<u32>,
+    survival_secs: Option<u32>,
+    placement: Option<u32>,
+    item: Option<String>,
+    amount: Option<u64>,
+    currency: Option<String>,
+    level: Option<u32>,
+    achievement: Option<String>,
+    channel: Option<String>,
+    text: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
+    value.ok_or_else(|| Rejection::new(field, "missing field"))
+}
+
+impl Wire {
+    fn into_event(mut self) -> Result<Event, Rejection> {
+        let v = required("v", self.v)?;
+        if v != EVENT_VERSION {
+            return Err(Rejection::new(
+                "v",
+                format!("unsupported version {v}, this node understands {EVENT_VERSION}"),
+            ));
+        }
+        let kind = required("kind", self.kind.take())?;
+        let w = &mut self;
+        let body = match kind.as_str() {
+            "session_start" => EventBody::SessionStart {},
+            "session_end" => EventBody::SessionEnd {},
+            "match_start" => EventBody::MatchStart {
+                match_id: required("match_id", w.match_id.take())?,
+            },
+            "match_end" => EventBody::MatchEnd {
+                match_id: required("match_id", w.match_id.take())?,
+                kills: required("kills", w.kills.take())?,
+                deaths: required("deaths", w.deaths.take())?,
+                survival_secs: required("survival_secs", w.survival_secs.take())?,
+                placement: required("placement", w.placement.take())?,
+            },
+            "purchase" => EventBody::Purchase {
+                item: required("item", w.item.take())?,
+                amount: required("amount", w.amount.take())?,
+                currency: required("currency", w.currency.take())?,
+            },
+            "level_up" => EventBody::LevelUp {
+                level: required("level", w.level.take())?,
+            },
+            "achievement" => EventBody::Achievement {
+                achievement: required("achievement", w.achievement.take())?,
+            },
+            "chat_message" => EventBody::ChatMessage {
+                channel: required("channel", w.channel.take())?,
+                text: required("text", w.text.take())?,
+            },
+            "follow" => EventBody::Follow {
+                channel: required("channel", w.channel.take())?,
+            },
+            "viewer_join" => EventBody::ViewerJoin {
+                channel: required("channel", w.channel.take())?,
+            },
+            "viewer_leave" => EventBody::ViewerLeave {
+                channel: required("channel", w.channel.take())?,
+            },
+            "viewer_switch" => EventBody::ViewerSwitch {
+                from: required("from", w.from.take())?,
+                to: required("to", w.to.take())?,
+            },
+            "viewer_heartbeat" => EventBody::ViewerHeartbeat {
+                channel: required("channel", w.channel.take())?,
+            },
+            other => {
+                return Err(Rejection::new(
+                    "kind",
+                    format!(
+                        "unknown kind {other:?}, expected one of {}",
+                        KINDS.join(", ")
+                    ),
+                ))
+            }
+        };
+        let leftovers = [
+            ("match_id", w.match_id.is_some()),
+            ("kills", w.kills.is_some()),
+            ("deaths", w.deaths.is_some()),
+            ("survival_secs", w.survival_secs.is_some()),
+            ("placement", w.placement.is_some()),
+            ("item", w.item.is_some()),
+            ("amount", w.amount.is_some()),
+            ("currency", w.currency.is_some()),
+            ("level", w.level.is_some()),
+            ("achievement", w.achievement.is_some()),
+            ("channel", w.channel.is_some()),
+            ("text", w.text.is_some()),
+            ("from", w.from.is_some()),
+            ("to", w.to.is_some()),
+        ];
+        if let Some((field, _)) = leftovers.iter().find(|(_, present)| *present) {
+            return Err(Rejection::new(
+                *field,
+                format!("unknown field for kind {kind}"),
+            ));
+        }
+        Ok(Event {
+            v,
+            id: required("id", self.id)?,
+            ts: required("ts", self.ts)?,
+            player: required("player", self.player)?,
+            body,
+        })
+    }
+}
+
 fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::new(field, "must not be empty"));
@@ -309,34 +423,6 @@ fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
         return Err(Rejection::new(field, "must not contain control characters"));
     }
     Ok(())
-}
-
-/// The field a deserialization error is about. serde names missing and unknown fields in
-/// its message; for a mistyped field inside the flattened kind it gives no path, so the
-/// field is found by elimination: without the culprit, the error becomes "missing field".
-fn culprit(value: &serde_json::Value, message: &str) -> String {
-    if let Some(f) = field_in_message(message) {
-        return f;
-    }
-    let Some(obj) = value.as_object() else {
-        return "event".into();
-    };
-    // Kind fields first: a missing envelope field is reported before the kind's fields.
-    const ENVELOPE: [&str; 4] = ["v", "id", "ts", "player"];
-    let (envelope, fields): (Vec<&String>, Vec<&String>) = obj
-        .keys()
-        .filter(|k| k.as_str() != "kind")
-        .partition(|k| ENVELOPE.contains(&k.as_str()));
-    for key in fields.into_iter().chain(envelope) {
-        let mut probe = obj.clone();
-        probe.remove(key);
-        if let Err(e) = serde_json::from_value::<Event>(serde_json::Value::Object(probe)) {
-            if field_in_message(&e.to_string()).as_deref() == Some(key.as_str()) {
-                return key.to_string();
-            }
-        }
-    }
-    "event".into()
 }
 
 /// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" messages.

@@ -133,6 +133,49 @@ struct Slot<E> {
     offset: i64,
     /// Seconds since shard start of the last event or query.
     touched: u32,
+    /// Changed since the last checkpoint snapshot (its key is in `ShardState::dirty`).
+    dirty: bool,
+}
+
+/// Applies one record to a resident entity; a newly dirtied key joins `dirty`.
+#[allow(clippy::too_many_arguments)]
+fn apply_in<E: entity::Entity>(
+    m: &mut HashMap<String, Slot<E>>,
+    key: String,
+    offset: i64,
+    event: &Event,
+    watermark: i64,
+    timeout: i64,
+    touched: u32,
+    dirty: &mut Vec<String>,
+) -> bool {
+    let slot = m.get_mut(&key).expect("activated before applying");
+    slot.touched = touched;
+    let changed = entity::apply_record(
+        &mut slot.state,
+        &mut slot.offset,
+        offset,
+        event,
+        watermark,
+        timeout,
+    );
+    if changed && !slot.dirty {
+        slot.dirty = true;
+        dirty.push(key);
+    }
+    changed
+}
+
+/// Marks resident entities dirty again (their checkpoint failed).
+fn mark_dirty<E>(m: &mut HashMap<String, Slot<E>>, keys: Vec<String>, dirty: &mut Vec<String>) {
+    for key in keys {
+        if let Some(slot) = m.get_mut(&key) {
+            if !slot.dirty {
+                slot.dirty = true;
+                dirty.push(key);
+            }
+        }
+    }
 }
 
 /// The hosted entities of one kind.
@@ -144,8 +187,8 @@ enum Entities {
 pub struct ShardState {
     args: ShardArgs,
     entities: Entities,
-    /// Keys changed since the last checkpoint snapshot.
-    dirty: HashSet<String>,
+    /// Keys changed since the last checkpoint snapshot (each once; see `Slot::dirty`).
+    dirty: Vec<String>,
     /// Keys that may have a stored row not in memory: anything, if the partition was ever
     /// checkpointed before this shard started; else just what this shard passivated.
     passivated: HashSet<String>,
@@ -187,6 +230,13 @@ impl ShardState {
 
     fn timeout_ms(&self) -> i64 {
         self.args.cfg.viewer_timeout_secs as i64 * 1000
+    }
+
+    fn is_resident(&self, key: &str) -> bool {
+        match &self.entities {
+            Entities::Players(m) => m.contains_key(key),
+            Entities::Channels(m) => m.contains_key(key),
+        }
     }
 
     fn resident(&self) -> usize {
@@ -247,6 +297,7 @@ impl ShardState {
                             state,
                             offset,
                             touched,
+                            dirty: false,
                         },
                     );
                 }
@@ -261,6 +312,7 @@ impl ShardState {
                             state,
                             offset,
                             touched,
+                            dirty: false,
                         },
                     );
                 }
@@ -280,7 +332,9 @@ impl ShardState {
             }
             match decode_record(rec) {
                 Ok((key, event)) => {
-                    keys.push(key.clone());
+                    if !self.is_resident(&key) {
+                        keys.push(key.clone());
+                    }
                     parsed.push((rec.offset, Some((key, event))));
                 }
                 Err(reason) => {
@@ -301,35 +355,17 @@ impl ShardState {
             let Some((key, event)) = item else { continue };
             self.watermark = self.watermark.max(event.ts);
             let watermark = self.watermark;
+            let dirty = &mut self.dirty;
             let changed = match &mut self.entities {
                 Entities::Players(m) => {
-                    let slot = m.get_mut(&key).expect("activated above");
-                    slot.touched = touched;
-                    entity::apply_record(
-                        &mut slot.state,
-                        &mut slot.offset,
-                        offset,
-                        &event,
-                        watermark,
-                        timeout,
-                    )
+                    apply_in(m, key, offset, &event, watermark, timeout, touched, dirty)
                 }
                 Entities::Channels(m) => {
-                    let slot = m.get_mut(&key).expect("activated above");
-                    slot.touched = touched;
-                    entity::apply_record(
-                        &mut slot.state,
-                        &mut slot.offset,
-                        offset,
-                        &event,
-                        watermark,
-                        timeout,
-                    )
+                    apply_in(m, key, offset, &event, watermark, timeout, touched, dirty)
                 }
             };
             if changed {
                 applied += 1;
-                self.dirty.insert(key);
             }
         }
         self.args.metrics.add_applied(self.args.kind, applied);
@@ -338,7 +374,7 @@ impl ShardState {
 
     /// Takes a consistent snapshot of every dirty entity and the progress it makes durable.
     fn snapshot(&mut self) -> Snapshot {
-        let dirty: Vec<String> = self.dirty.drain().collect();
+        let dirty = std::mem::take(&mut self.dirty);
         let timeout = self.timeout_ms();
         let watermark = self.watermark;
         let mut snap = Snapshot {
@@ -353,14 +389,16 @@ impl ShardState {
             },
         };
         for key in dirty {
-            match &self.entities {
+            match &mut self.entities {
                 Entities::Players(m) => {
-                    let slot = &m[&key];
+                    let slot = m.get_mut(&key).expect("dirty keys are resident");
+                    slot.dirty = false;
                     snap.entities
                         .push(checkpoint::entity_row(key, &slot.state, slot.offset, None));
                 }
                 Entities::Channels(m) => {
-                    let slot = &m[&key];
+                    let slot = m.get_mut(&key).expect("dirty keys are resident");
+                    slot.dirty = false;
                     let summary = summarize(&key, &slot.state, watermark, timeout);
                     snap.entities.push(checkpoint::entity_row(
                         key,
@@ -409,12 +447,11 @@ impl ShardState {
         let now = self.now_secs();
         let watermark = self.watermark;
         let timeout = self.timeout_ms();
-        let dirty = &self.dirty;
         let passivated = &mut self.passivated;
         let mut evicted = 0u64;
         match &mut self.entities {
             Entities::Players(m) => m.retain(|k, s| {
-                let keep = now.saturating_sub(s.touched) < idle || dirty.contains(k);
+                let keep = now.saturating_sub(s.touched) < idle || s.dirty;
                 if !keep {
                     passivated.insert(k.clone());
                     evicted += 1;
@@ -424,7 +461,7 @@ impl ShardState {
             Entities::Channels(m) => {
                 let summaries = &mut self.summaries;
                 m.retain(|k, s| {
-                    let keep = now.saturating_sub(s.touched) < idle || dirty.contains(k);
+                    let keep = now.saturating_sub(s.touched) < idle || s.dirty;
                     if !keep {
                         passivated.insert(k.clone());
                         summaries.insert(k.clone(), summarize(k, &s.state, watermark, timeout));
@@ -539,9 +576,7 @@ fn decode_record(rec: &Record) -> Result<(String, Event), String> {
         .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))?
         .to_string();
     let payload = rec.payload.as_deref().ok_or("record has no value")?;
-    let event: Event =
-        serde_json::from_slice(payload).map_err(|e| format!("invalid event json: {e}"))?;
-    event.validate().map_err(|r| r.to_string())?;
+    let event = Event::parse(payload).map_err(|r| format!("invalid event: {r}"))?;
     Ok((key, event))
 }
 
@@ -580,7 +615,7 @@ impl Actor for Shard {
             stored_before_start: args.progress.is_some(),
             passivated: summaries.keys().cloned().collect(),
             summaries,
-            dirty: HashSet::new(),
+            dirty: Vec::new(),
             next_offset: durable.resume_offset,
             watermark: durable.watermark_ms,
             durable,
@@ -637,7 +672,11 @@ impl Actor for Shard {
                     }
                     Err(e) => {
                         error!(partition = state.args.partition, error = %e, "checkpoint failed; will retry");
-                        state.dirty.extend(keys);
+                        let dirty = &mut state.dirty;
+                        match &mut state.entities {
+                            Entities::Players(m) => mark_dirty(m, keys, dirty),
+                            Entities::Channels(m) => mark_dirty(m, keys, dirty),
+                        }
                     }
                 }
             }

@@ -110,8 +110,13 @@ struct PlayersArgs {
 struct BaselineArgs {
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
-    #[arg(long, default_value = "player-events")]
-    topic: String,
+    /// Topics to read, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "player-events,channel-events"
+    )]
+    topics: Vec<String>,
     /// Stop after this many records.
     #[arg(long)]
     records: u64,
@@ -339,7 +344,7 @@ async fn main() -> std::process::ExitCode {
         Command::Baseline(a) => tokio::task::spawn_blocking(move || {
             let r = baseline::consume_and_discard(
                 &a.brokers,
-                &a.topic,
+                &a.topics,
                 a.records,
                 Duration::from_secs(3),
             )?;

@@ -1,0 +1,145 @@
+//! The load tester against a real node (in-process) on the real Kafka and Cassandra: a
+//! players run verifies exact, and a deliberately wrong expected counter is reported.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
+use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
+use tally_loadtest::verify::{verify, VerifyOpts};
+use tally_node::config::{
+    CassandraConfig, Config, IngestConfig, KafkaConfig, NodeConfig, ShardConfig,
+};
+
+fn require_services() {
+    for (name, addr) in [("kafka", "127.0.0.1:9092"), ("cassandra", "127.0.0.1:9042")] {
+        assert!(
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok(),
+            "{name} is not serving on {addr}: start the services with `make services`"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
+    require_services();
+    let id = format!("ltverify_{}_{}", std::process::id(), rand::random::<u32>());
+    let port = free_port();
+    let kafka = KafkaConfig {
+        player_topic: format!("{id}.players"),
+        channel_topic: format!("{id}.channels"),
+        dlq_topic: format!("{id}.dlq"),
+        partitions: 3,
+        group_id: id.clone(),
+        ..Default::default()
+    };
+    let cfg = Config {
+        node: NodeConfig {
+            id: "lt-node".into(),
+            api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        },
+        kafka: kafka.clone(),
+        cassandra: CassandraConfig {
+            keyspace: id.clone(),
+            ..Default::default()
+        },
+        shard: ShardConfig {
+            checkpoint_interval_ms: 200,
+            ..Default::default()
+        },
+        ingest: IngestConfig::default(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = tokio::spawn(tally_node::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let base = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://{base}/readyz"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "node not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let spec = PlayersSpec {
+        players: 300,
+        channels: 20,
+        events: 8_000,
+        seed: 42,
+        id_prefix: format!("{id}-"),
+        start_ts: 1_700_000_000_000,
+    };
+    let mut expected = Expected::new(3, 120_000);
+    let progress = Progress::default();
+    let opts = DriveOpts {
+        batch: 500,
+        rate: None,
+        lanes: 1,
+        pipeline: 4,
+    };
+    drive::drive(
+        PlayersGen::new(spec),
+        &Via::Kafka(kafka),
+        &opts,
+        &mut expected,
+        &progress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        progress.sent.load(std::sync::atomic::Ordering::Relaxed),
+        8_000
+    );
+
+    let vopts = VerifyOpts {
+        nodes: vec![base.clone()],
+        timeout: Duration::from_secs(60),
+        sample: None,
+        seed: 1,
+        concurrency: 16,
+    };
+    let report = verify(&expected, &vopts).await;
+    assert!(
+        report.mismatches.is_empty(),
+        "{:?}",
+        &report.mismatches[..report.mismatches.len().min(10)]
+    );
+    assert_eq!(report.players_checked, expected.players.len());
+
+    // One deliberately wrong expected counter is found and named, and nothing else.
+    let victim = expected.players.keys().min().unwrap().clone();
+    expected.players.get_mut(&victim).unwrap().kills += 1;
+    let report = verify(
+        &expected,
+        &VerifyOpts {
+            timeout: Duration::from_secs(2),
+            ..vopts
+        },
+    )
+    .await;
+    assert!(
+        !report.mismatches.is_empty(),
+        "a wrong counter went unnoticed"
+    );
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .all(|m| m.starts_with(&format!("player {victim}.")) && m.contains("kills")),
+        "{:?}",
+        report.mismatches
+    );
+    let _ = stop_tx.send(());
+    node.await.unwrap().unwrap();
+}

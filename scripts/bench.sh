@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# bench.sh - Tally's benchmark suite against the local services, release builds only.
+#
+# Each benchmark uses its own topics and keyspace. Results: bench/results/<name>.json and a
+# Markdown table (bench/results/table.md) for the README's Performance section.
+#
+#   scripts/bench.sh                 the whole suite
+#   BENCH_PLAYERS=1000000 BENCH_EVENTS=4000000 scripts/bench.sh node   one benchmark
+#
+# Benchmarks:
+#   node   one node consuming a pre-filled topic vs. a plain rdkafka consume-and-discard of
+#          the same records in the same run; resident memory per player entity; Cassandra
+#          writes per second vs. events per second in a steady stream.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+NODE_BIN=target/release/tally-node
+LT=target/release/tally-loadtest
+OUT=bench/results
+WORK=.services/bench
+mkdir -p "$OUT" "$WORK"
+for b in "$NODE_BIN" "$LT"; do
+  [ -x "$b" ] || { echo "bench: $b missing: run 'make build-release'" >&2; exit 1; }
+done
+
+PLAYERS=${BENCH_PLAYERS:-1000000}
+EVENTS=${BENCH_EVENTS:-4000000}
+STEADY_RATE=${BENCH_STEADY_RATE:-20000}
+STEADY_SECS=${BENCH_STEADY_SECS:-30}
+MACHINE="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+
+log() { echo "bench: $*" >&2; }
+rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+metric() { curl -fs "http://$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
+
+# start_node NAME -> sets NODE_PID, NODE_ADDR; config in $WORK/NAME.toml
+start_node() {
+  local name=$1 port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  NODE_ADDR=127.0.0.1:$port
+  cat > "$WORK/$name.toml" <<EOT
+[node]
+id = "$name"
+api_addr = "$NODE_ADDR"
+[kafka]
+player_topic = "$name.players"
+channel_topic = "$name.channels"
+dlq_topic = "$name.dlq"
+partitions = 8
+group_id = "$name"
+[cassandra]
+keyspace = "$(echo "$name" | tr -c 'a-z0-9_\n' '_')"
+EOT
+  RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
+  NODE_PID=$!
+  for _ in $(seq 1 240); do
+    curl -fs "http://$NODE_ADDR/readyz" > /dev/null 2>&1 && return 0
+    kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; return 1; }
+    sleep 0.25
+  done
+  log "node $name not ready"; return 1
+}
+
+stop_node() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+bench_node() {
+  local name="bench_node_$(date +%s)"
+  log "node: starting a node on fresh topics ($name)"
+  start_node "$name"
+  local pid=$NODE_PID addr=$NODE_ADDR
+  local rss0; rss0=$(rss_kib "$pid")
+  # Pause the node while the topics fill, so it consumes a pre-filled topic.
+  kill -STOP "$pid"
+  log "node: pre-filling $EVENTS events of $PLAYERS players (node paused)"
+  "$LT" players --players "$PLAYERS" --events "$EVENTS" --seed 1 --probe-interval-ms 0 \
+    --player-topic "$name.players" --channel-topic "$name.channels" --batch 5000 \
+    --json "$OUT/node-prefill.json" > /dev/null
+  log "node: baseline: plain rdkafka consume-and-discard of the same topics"
+  local records
+  "$LT" baseline --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline.json" > /dev/null
+  records=$(python3 -c "import json; print(json.load(open('$OUT/baseline.json'))['records'])")
+  log "node: resuming the node; measuring until it applied $records records"
+  kill -CONT "$pid"
+  "$LT" consume-rate --node "$addr" --records "$records" --json "$OUT/node-consume.json" > /dev/null
+  sleep 3   # let the last checkpoint finish
+  local rss1 resident
+  rss1=$(rss_kib "$pid")
+  resident=$(curl -fs "http://$addr/v1/cluster" | python3 -c 'import json,sys; print(sum(s["resident_entities"] for s in json.load(sys.stdin)["shards"] if s["kind"]=="players"))')
+
+  log "node: steady stream of $STEADY_RATE events/s for $STEADY_SECS s: Cassandra writes vs events"
+  local a0 w0 a1 w1
+  a0=$(metric "$addr" tally_records_applied_total); w0=$(metric "$addr" tally_checkpoint_rows_total)
+  "$LT" players --players "$PLAYERS" --events $((STEADY_RATE * STEADY_SECS)) --rate "$STEADY_RATE" --seed 2 \
+    --nodes "$addr" --probe-interval-ms 50 --player-topic "$name.players" --channel-topic "$name.channels" \
+    --json "$OUT/node-steady.json" > /dev/null
+  sleep 2
+  a1=$(metric "$addr" tally_records_applied_total); w1=$(metric "$addr" tally_checkpoint_rows_total)
+  stop_node "$pid"
+
+  python3 - "$OUT" "$rss0" "$rss1" "$resident" "$a0" "$a1" "$w0" "$w1" "$STEADY_SECS" "$MACHINE" "$PLAYERS" "$EVENTS" "$STEADY_RATE" <<'PY'
+import json, sys
+out, rss0, rss1, resident, a0, a1, w0, w1, secs, machine, players, events, rate = sys.argv[1:]
+rss0, rss1, resident, a0, a1, w0, w1, secs = map(float, (rss0, rss1, resident, a0, a1, w0, w1, secs))
+base = json.load(open(f"{out}/baseline.json"))
+node = json.load(open(f"{out}/node-consume.json"))
+steady = json.load(open(f"{out}/node-steady.json"))
+res = {
+  "machine": machine,
+  "baseline_records_per_sec": base["records_per_sec"],
+  "node_records_per_sec": node["records_per_sec"],
+  "node_vs_baseline": node["records_per_sec"] / base["records_per_sec"],
+  "records": base["records"],
+  "rss_before_kib": rss0, "rss_after_kib": rss1, "players_resident": resident,
+  "bytes_per_player": (rss1 - rss0) * 1024 / max(resident, 1),
+  "steady_events_per_sec": (a1 - a0) / secs, "steady_cassandra_rows_per_sec": (w1 - w0) / secs,
+  "steady_latency": steady["latency"],
+}
+json.dump(res, open(f"{out}/node.json", "w"), indent=2)
+cmd = f"BENCH_PLAYERS={players} BENCH_EVENTS={events} scripts/bench.sh node"
+rows = [
+  ("Plain rdkafka consume-and-discard (baseline)", f"{res['baseline_records_per_sec']:,.0f} records/s", cmd),
+  ("One node applying a pre-filled topic", f"{res['node_records_per_sec']:,.0f} records/s = {100*res['node_vs_baseline']:.0f}% of baseline", cmd),
+  (f"Resident memory per player ({resident:,.0f} players)", f"{res['bytes_per_player']:,.0f} bytes", cmd),
+  (f"Cassandra writes during a steady {rate} events/s stream", f"{res['steady_cassandra_rows_per_sec']:,.0f} rows/s for {res['steady_events_per_sec']:,.0f} records/s applied", cmd),
+  ("End-to-end latency in that stream (p50 / p99 / max)", f"{steady['latency']['p50_ms']:.0f} / {steady['latency']['p99_ms']:.0f} / {steady['latency']['max_ms']:.0f} ms", cmd),
+]
+with open(f"{out}/table.md", "w") as f:
+  f.write(f"Machine: {machine}.\n\n| what | result | command |\n|---|---|---|\n")
+  for r in rows:
+    f.write(f"| {r[0]} | {r[1]} | `{r[2]}` |\n")
+print(open(f"{out}/table.md").read())
+PY
+}
+
+case "${1:-all}" in
+  node|all) bench_node ;;
+  *) echo "usage: $0 [node|all]" >&2; exit 2 ;;
+esac
