@@ -50,6 +50,9 @@ partitions = 8
 group_id = "$name"
 [cassandra]
 keyspace = "$(echo "$name" | tr -c 'a-z0-9_\n' '_')"
+[cluster]
+cluster_id = "$name"
+gossip_addr = "127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 EOT
   RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
   NODE_PID=$!

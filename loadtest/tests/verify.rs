@@ -8,7 +8,7 @@ use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
 use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
 use tally_loadtest::verify::{verify, VerifyOpts};
 use tally_node::config::{
-    CassandraConfig, Config, IngestConfig, KafkaConfig, NodeConfig, ShardConfig,
+    CassandraConfig, ClusterConfig, Config, IngestConfig, KafkaConfig, NodeConfig, ShardConfig,
 };
 
 fn require_services() {
@@ -56,6 +56,14 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
             ..Default::default()
         },
         ingest: IngestConfig::default(),
+        cluster: ClusterConfig {
+            cluster_id: id.clone(),
+            gossip_addr: std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap(),
+            ..Default::default()
+        },
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let node = tokio::spawn(tally_node::run(cfg, async {

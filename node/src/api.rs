@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::event::{Event, Rejection, MAX_ID_LEN};
 use crate::ingest::{dead_letter, records_for, IngestError};
 use crate::node::NodeState;
-use crate::partitioner::partition_for;
-use crate::shard::{sort_top, ShardKind, ShardMsg, TopBy, TopEntry};
+use crate::routing::{self, RouteError};
+use crate::shard::{ShardKind, TopBy};
 
 /// Every way a request can fail, and its status.
 #[derive(Debug, thiserror::Error)]
@@ -228,68 +228,49 @@ fn check_path_id(what: &str, id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn shard_of(
-    core: &crate::node::Core,
-    kind: ShardKind,
-    partition: i32,
-) -> Result<&ractor::ActorRef<ShardMsg>, ApiError> {
-    core.shards.get(&(kind, partition)).ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "partition {partition} of {kind:?} is not served by this node"
-        ))
-    })
+fn is_forwarded(req: &HttpRequest) -> bool {
+    req.headers().contains_key(routing::FORWARDED)
 }
 
-async fn player(state: Data, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+fn answer(result: Result<routing::Answer, RouteError>) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok((status, body)) => Ok(HttpResponse::build(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+        )
+        .json(body)),
+        Err(RouteError::NotFound(m)) => Err(ApiError::NotFound(m)),
+        Err(RouteError::Unavailable(m)) => Err(ApiError::Unavailable(m)),
+    }
+}
+
+async fn player(
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     check_path_id("player", &id)?;
     let core = core(&state)?;
-    let shard = shard_of(
-        core,
-        ShardKind::Players,
-        partition_for(&id, core.player_partitions),
-    )?;
-    let answer = ractor::call_t!(shard, ShardMsg::Player, 10_000, id.clone())
-        .map_err(|e| ApiError::Unavailable(format!("player {id}: shard did not answer: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("player {id}: {e}")))?;
-    match answer {
-        None => Err(ApiError::NotFound(format!("player {id}: no events seen"))),
-        Some((view, freshness)) => Ok(HttpResponse::Ok().json(json!({
-            "player": view,
-            "freshness": freshness,
-            "stale": false,
-            "served_by": state.cfg.node.id,
-        }))),
-    }
+    answer(routing::lookup(&state, core, ShardKind::Players, &id, is_forwarded(&req)).await)
 }
 
-async fn channel(state: Data, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn channel(
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     check_path_id("channel", &id)?;
     let core = core(&state)?;
-    let shard = shard_of(
-        core,
-        ShardKind::Channels,
-        partition_for(&id, core.channel_partitions),
-    )?;
-    let answer = ractor::call_t!(shard, ShardMsg::Channel, 10_000, id.clone())
-        .map_err(|e| ApiError::Unavailable(format!("channel {id}: shard did not answer: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("channel {id}: {e}")))?;
-    match answer {
-        None => Err(ApiError::NotFound(format!("channel {id}: no events seen"))),
-        Some((view, freshness)) => Ok(HttpResponse::Ok().json(json!({
-            "channel": view,
-            "freshness": freshness,
-            "stale": false,
-            "served_by": state.cfg.node.id,
-        }))),
-    }
+    answer(routing::lookup(&state, core, ShardKind::Channels, &id, is_forwarded(&req)).await)
 }
 
 #[derive(Deserialize)]
 struct TopQuery {
     by: Option<String>,
     limit: Option<String>,
+    /// `local=1`: only this node's shards (what nodes ask each other).
+    local: Option<String>,
 }
 
 /// Parses `by` and `limit` of a top-N query; errors name the parameter.
@@ -320,33 +301,91 @@ fn parse_top(q: &TopQuery) -> Result<(TopBy, usize), ApiError> {
 
 async fn top_channels(state: Data, query: web::Query<TopQuery>) -> Result<HttpResponse, ApiError> {
     let (by, limit) = parse_top(&query)?;
+    let by_name = query.by.as_deref().unwrap_or("concurrent");
     let core = core(&state)?;
-    let mut all: Vec<TopEntry> = Vec::new();
-    for ((kind, _), shard) in &core.shards {
-        if *kind != ShardKind::Channels {
-            continue;
-        }
-        let part = ractor::call_t!(shard, ShardMsg::Top, 10_000, by, limit).map_err(|e| {
-            ApiError::Unavailable(format!("top channels: shard did not answer: {e}"))
-        })?;
-        all.extend(part);
-    }
-    sort_top(&mut all, by);
-    all.truncate(limit);
-    Ok(HttpResponse::Ok()
-        .json(json!({ "by": query.by.as_deref().unwrap_or("concurrent"), "channels": all })))
+    let (channels, stale) = if query.local.as_deref() == Some("1") {
+        (routing::local_top(core, by, limit).await, false)
+    } else {
+        routing::cluster_top(&state, core, by, by_name, limit).await
+    };
+    Ok(HttpResponse::Ok().json(json!({ "by": by_name, "channels": channels, "stale": stale })))
 }
 
-async fn cluster(state: Data, _req: HttpRequest) -> HttpResponse {
+#[derive(Deserialize)]
+struct ClusterQuery {
+    local: Option<String>,
+}
+
+/// This node's part of the cluster view: its shards with lag and checkpoint age, and its
+/// recent ownership changes.
+async fn local_view(state: &Arc<NodeState>) -> serde_json::Value {
     let shards = state.shard_stats().await;
-    HttpResponse::Ok().json(json!({
-        "members": [{
-            "id": state.cfg.node.id,
-            "api_addr": state.cfg.node.api_addr.to_string(),
-            "status": if state.readiness().ready { "ready" } else { "starting" },
-        }],
+    // A broker round trip per partition: keep it off the actix worker.
+    let st = state.clone();
+    let lag: Vec<(String, i32, i64)> =
+        web::block(move || st.core.get().map(|c| c.source.lag()).unwrap_or_default())
+            .await
+            .unwrap_or_default();
+    let shards: Vec<serde_json::Value> = shards
+        .into_iter()
+        .map(|s| {
+            let topic = state.topic(s.kind);
+            let lag = lag
+                .iter()
+                .find(|(t, p, _)| t == topic && *p == s.partition)
+                .map(|l| l.2);
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            v["lag"] = json!(lag);
+            v
+        })
+        .collect();
+    json!({
+        "node_id": state.cfg.node.id,
+        "ready": state.readiness().ready,
         "shards": shards,
-    }))
+        "recent_changes": state.recent_changes(),
+    })
+}
+
+async fn cluster(state: Data, query: web::Query<ClusterQuery>) -> Result<HttpResponse, ApiError> {
+    let local = local_view(&state).await;
+    if query.local.as_deref() == Some("1") {
+        return Ok(HttpResponse::Ok().json(local));
+    }
+    let core = core(&state)?;
+    let members = core.membership.members();
+    let mut nodes = vec![local];
+    for m in members.iter().filter(|m| m.node_id != state.cfg.node.id) {
+        let Some(addr) = &m.api_addr else { continue };
+        match routing::get_remote(&state, addr, "/v1/cluster?local=1").await {
+            Ok((200, body)) => nodes.push(body),
+            Ok((status, _)) => {
+                nodes.push(json!({ "node_id": m.node_id, "error": format!("status {status}") }))
+            }
+            Err(e) => nodes.push(json!({ "node_id": m.node_id, "error": e })),
+        }
+    }
+    let mut partitions = serde_json::Map::new();
+    for m in &members {
+        for (kind, p) in &m.owned {
+            let key = format!(
+                "{}/{p}",
+                if *kind == ShardKind::Players {
+                    "players"
+                } else {
+                    "channels"
+                }
+            );
+            partitions.insert(key, json!(m.node_id));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "members": members,
+        "partitions": partitions,
+        "nodes": nodes,
+        // Kept for single-node tools: the shards of the node that answered.
+        "shards": nodes[0]["shards"],
+    })))
 }
 
 #[cfg(test)]
@@ -368,6 +407,7 @@ mod tests {
         let q = |by: Option<&str>, limit: Option<&str>| TopQuery {
             by: by.map(String::from),
             limit: limit.map(String::from),
+            local: None,
         };
         assert!(matches!(
             parse_top(&q(None, None)),

@@ -34,6 +34,44 @@ pub struct Config {
     /// HTTP ingest limits and group commit.
     #[serde(default)]
     pub ingest: IngestConfig,
+    /// Gossip membership: cluster id, this node's gossip address, seeds.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Nodes gossip only with nodes of the same cluster id; others are ignored.
+    pub cluster_id: String,
+    /// UDP address this node gossips on (and advertises to peers).
+    pub gossip_addr: SocketAddr,
+    /// Gossip addresses of seed nodes (`host:port`); empty for a single node.
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds, milliseconds.
+    pub gossip_interval_ms: u64,
+    /// Phi-accrual threshold above which a silent peer is considered dead (lower = faster
+    /// failover, more false suspicion).
+    pub phi_threshold: f64,
+    /// How long a node that wants a partition waits for its previous owner to checkpoint
+    /// and release it before taking it anyway, milliseconds.
+    pub handover_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "tally".into(),
+            gossip_addr: "127.0.0.1:7946"
+                .parse()
+                .expect("valid default gossip address"),
+            seeds: Vec::new(),
+            gossip_interval_ms: 100,
+            phi_threshold: 6.0,
+            handover_timeout_ms: 15_000,
+        }
+    }
 }
 
 /// `[node]`
@@ -255,6 +293,12 @@ impl Config {
         }
         if self.shard.max_batch == 0 || self.shard.max_inflight_batches == 0 {
             bail!("shard.max_batch and shard.max_inflight_batches must be positive");
+        }
+        if self.cluster.cluster_id.trim().is_empty() {
+            bail!("cluster.cluster_id must not be empty");
+        }
+        if self.cluster.gossip_interval_ms == 0 || self.cluster.phi_threshold <= 0.0 {
+            bail!("cluster.gossip_interval_ms and cluster.phi_threshold must be positive");
         }
         if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
             bail!("ingest.max_batch_events and ingest.max_body_bytes must be positive");

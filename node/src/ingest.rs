@@ -28,6 +28,8 @@ use crate::partitioner::partition_for;
 /// Requests queued for the producer thread at most; more wait (backpressure).
 const QUEUE: usize = 1024;
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attempts per transaction before the requests in it get an error.
+const TXN_ATTEMPTS: u32 = 3;
 
 /// Which topic a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +213,7 @@ impl Worker {
             }
             let result = self.transact(&jobs);
             if let Err(e) = &result {
-                error!(error = %e, jobs = jobs.len(), records = count, "ingest transaction failed");
+                error!(error = %e, jobs = jobs.len(), records = count, "ingest transaction failed; answering 503");
             } else {
                 self.metrics.add_ingest_transaction();
             }
@@ -221,19 +223,32 @@ impl Worker {
         }
     }
 
+    /// Runs the jobs' records as one transaction. An aborted transaction left nothing
+    /// visible (consumers read committed only), so it is retried a few times before the
+    /// requests are answered with an error: a transient broker error (a topic just
+    /// created, a leader moving) does not fail ingest.
     fn transact(&mut self, jobs: &[Job]) -> Result<(), String> {
-        let attempt = self.try_transact(jobs);
-        if let Err(e) = &attempt {
-            // Abort what is open; a fatal producer error needs a new producer.
-            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
-                warn!(error = %abort, "abort failed; recreating the producer");
-                if let Err(re) = self.recreate() {
-                    error!(error = %format!("{re:#}"), "recreating the producer failed");
+        let mut last = String::new();
+        for attempt in 0..TXN_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 * 3u64.pow(attempt - 1)));
+            }
+            match self.try_transact(jobs) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    warn!(error = %e, attempt, "ingest transaction failed; aborting");
+                    last = e.to_string();
+                    // Abort what is open; a fatal producer error needs a new producer.
+                    if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                        warn!(error = %abort, "abort failed; recreating the producer");
+                        if let Err(re) = self.recreate() {
+                            error!(error = %format!("{re:#}"), "recreating the producer failed");
+                        }
+                    }
                 }
             }
-            return Err(e.to_string());
         }
-        Ok(())
+        Err(last)
     }
 
     fn try_transact(&self, jobs: &[Job]) -> Result<(), KafkaError> {

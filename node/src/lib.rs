@@ -15,6 +15,8 @@
 //! - [`entity`]: players and channels as pure state machines.
 //! - [`checkpoint`]: what a checkpoint writes, in which order.
 //! - [`storage`], [`schema`]: Cassandra statements and versioned migrations.
+//! - [`membership`], [`ownership`], [`routing`]: gossip, who owns which partition, and
+//!   answering any query on any node (forwarding to the owner, or stale from Cassandra).
 //! - [`node`]: start-up, dependency monitoring and the designed shutdown.
 //! - [`config`], [`metrics`]: typed configuration; every metric in one place.
 
@@ -24,9 +26,12 @@ pub mod config;
 pub mod entity;
 pub mod event;
 pub mod ingest;
+pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod ownership;
 pub mod partitioner;
+pub mod routing;
 pub mod schema;
 pub mod shard;
 pub mod source;

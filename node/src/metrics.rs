@@ -75,6 +75,14 @@ impl Metrics {
             .insert((kind_label(kind), partition), offset);
     }
 
+    /// Forgets a shard that moved away from this node.
+    pub fn clear_durable(&self, kind: ShardKind, partition: i32) {
+        self.durable
+            .lock()
+            .expect("metrics lock")
+            .remove(&(kind_label(kind), partition));
+    }
+
     /// Durable resume offsets as (kind label, partition, offset).
     pub fn durable_offsets(&self) -> Vec<(&'static str, i32, i64)> {
         self.durable

@@ -9,14 +9,14 @@
 //!
 //! Not for: the HTTP handlers (see `api`) or state transitions (see `entity`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,10 +28,15 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::ingest::Ingest;
+use crate::membership::{Membership, ShardId};
 use crate::metrics::Metrics;
-use crate::shard::{Shard, ShardArgs, ShardKind, ShardMsg, ShardStats};
-use crate::source::{self, Assignment, SourceHandle};
+use crate::ownership::{self, OwnershipChange};
+use crate::shard::{ShardKind, ShardMsg, ShardStats};
+use crate::source::{self, SourceHandle};
 use crate::storage::{self, Store};
+
+/// Ownership changes kept for `/v1/cluster`.
+const RECENT_CHANGES: usize = 64;
 
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -56,10 +61,54 @@ pub struct Core {
     pub ingest: Ingest,
     pub player_partitions: i32,
     pub channel_partitions: i32,
-    pub shards: HashMap<(ShardKind, i32), ActorRef<ShardMsg>>,
-    source: Mutex<Option<SourceHandle>>,
+    /// The shards this node runs now; changed by the ownership controller only.
+    shards: RwLock<HashMap<ShardId, ActorRef<ShardMsg>>>,
+    pub source: SourceHandle,
+    pub membership: Membership,
     permits: Arc<Semaphore>,
-    ingest_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Tells the ownership controller to stop (shutdown).
+    controller_stop: tokio::sync::watch::Sender<bool>,
+    controller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Core {
+    pub fn shard(&self, id: ShardId) -> Option<ActorRef<ShardMsg>> {
+        self.shards.read().expect("shards lock").get(&id).cloned()
+    }
+
+    pub fn shard_ids(&self) -> BTreeSet<ShardId> {
+        self.shards
+            .read()
+            .expect("shards lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    pub fn shards_of(&self, kind: ShardKind) -> Vec<ActorRef<ShardMsg>> {
+        let shards = self.shards.read().expect("shards lock");
+        shards
+            .iter()
+            .filter(|(k, _)| k.0 == kind)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    pub(crate) fn insert_shard(&self, id: ShardId, actor: ActorRef<ShardMsg>) {
+        self.shards.write().expect("shards lock").insert(id, actor);
+    }
+
+    pub(crate) fn remove_shard(&self, id: ShardId) -> Option<ActorRef<ShardMsg>> {
+        self.shards.write().expect("shards lock").remove(&id)
+    }
+
+    /// Partition count of a kind's topic.
+    pub fn partitions(&self, kind: ShardKind) -> i32 {
+        match kind {
+            ShardKind::Players => self.player_partitions,
+            ShardKind::Channels => self.channel_partitions,
+        }
+    }
 }
 
 /// State shared by the API handlers and the background tasks.
@@ -70,6 +119,10 @@ pub struct NodeState {
     health: Mutex<HealthStatus>,
     session: OnceLock<Arc<Session>>,
     pub started: Instant,
+    changes: Mutex<VecDeque<OwnershipChange>>,
+    /// The main runtime: outgoing HTTP (forwarded queries) runs here, not on actix workers.
+    pub runtime: tokio::runtime::Handle,
+    pub http: reqwest::Client,
 }
 
 impl NodeState {
@@ -81,7 +134,41 @@ impl NodeState {
             health: Mutex::new(HealthStatus::default()),
             session: OnceLock::new(),
             started: Instant::now(),
+            changes: Mutex::new(VecDeque::new()),
+            runtime: tokio::runtime::Handle::current(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .expect("build http client"),
         })
+    }
+
+    pub fn topic(&self, kind: ShardKind) -> &str {
+        match kind {
+            ShardKind::Players => &self.cfg.kafka.player_topic,
+            ShardKind::Channels => &self.cfg.kafka.channel_topic,
+        }
+    }
+
+    pub fn record_change(&self, change: OwnershipChange) {
+        let mut changes = self.changes.lock().expect("changes lock");
+        if changes.len() == RECENT_CHANGES {
+            changes.pop_front();
+        }
+        changes.push_back(change);
+    }
+
+    pub fn recent_changes(&self) -> Vec<OwnershipChange> {
+        self.changes
+            .lock()
+            .expect("changes lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn mark_shards_started(&self) {
+        self.set_health(|h| h.shards_started = true);
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -125,7 +212,14 @@ impl NodeState {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for shard in core.shards.values() {
+        let shards: Vec<ActorRef<ShardMsg>> = core
+            .shards
+            .read()
+            .expect("shards lock")
+            .values()
+            .cloned()
+            .collect();
+        for shard in &shards {
             if let Ok(s) = ractor::call_t!(shard, ShardMsg::Stats, 5_000) {
                 out.push(s);
             }
@@ -146,7 +240,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let server_task = tokio::spawn(server);
     info!(node = %state.cfg.node.id, "api listening on http://{addr}");
 
-    let startup = tokio::spawn(start_core(state.clone()));
+    let startup = tokio::spawn(start_core(state.clone(), addr));
     let monitor = tokio::spawn(monitor_dependencies(state.clone()));
 
     shutdown.await;
@@ -156,44 +250,41 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     startup.abort();
     monitor.abort();
     if let Some(core) = state.core.get() {
-        stop_core(core).await;
+        stop_core(core, &state).await;
     }
     info!("shutdown complete");
     Ok(())
 }
 
-/// Stop order: source, batches in flight, final checkpoints, actors, ingest.
-async fn stop_core(core: &Core) {
-    let source = core.source.lock().expect("source lock").take();
-    if let Some(source) = source {
-        let _ = tokio::task::spawn_blocking(move || source.stop()).await;
+/// Stop order: ownership controller; announce the leave; for every shard: revoke it from
+/// the source, wait for its batches, write its final checkpoint, stop it; advertise that
+/// nothing is owned any more so peers take over at once; stop polling and gossiping.
+async fn stop_core(core: &Core, state: &NodeState) {
+    let _ = core.controller_stop.send(true);
+    let controller = core.controller.lock().expect("controller lock").take();
+    if let Some(c) = controller {
+        let _ = c.await;
     }
-    let total = core.permits.available_permits() as u32;
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        // Wait until every batch handed out has been applied.
-        loop {
-            if core.permits.available_permits() as u32 >= total {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    core.membership.set_status("leaving").await;
+    let shards: Vec<ShardId> = core.shard_ids().into_iter().collect();
+    futures::future::join_all(
+        shards
+            .into_iter()
+            .map(|s| ownership::release(state, core, s, "shutdown")),
+    )
+    .await;
+    core.membership.advertise_owned(&BTreeSet::new()).await;
+    // Give gossip a few rounds to tell the peers before going silent.
+    tokio::time::sleep(Duration::from_millis(
+        state.cfg.cluster.gossip_interval_ms * 5,
+    ))
+    .await;
+    let _ = tokio::task::spawn_blocking({
+        let permits = core.permits.clone();
+        move || permits.close()
     })
     .await;
-    core.permits.close();
-    let flushes = core.shards.iter().map(|(key, shard)| async move {
-        match ractor::call_t!(shard, ShardMsg::Flush, 60_000) {
-            Ok(Ok(p)) => info!(kind = ?key.0, partition = key.1, resume_offset = p.resume_offset, "final checkpoint written"),
-            Ok(Err(e)) => error!(kind = ?key.0, partition = key.1, error = %e, "final checkpoint failed"),
-            Err(e) => error!(kind = ?key.0, partition = key.1, error = %e, "final checkpoint did not answer"),
-        }
-        shard.stop(None);
-    });
-    futures::future::join_all(flushes).await;
-    if let Some(t) = core.ingest_thread.lock().expect("ingest lock").take() {
-        // The producer thread ends when the last Ingest handle is dropped; it has nothing
-        // uncommitted because every request waited for its transaction.
-        drop(t);
-    }
+    core.source.stop();
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds, logging each failure.
@@ -215,7 +306,7 @@ where
     }
 }
 
-async fn start_core(state: Arc<NodeState>) {
+async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) {
     let cfg = &state.cfg;
     let session = storage::connect(&cfg.cassandra, None)
         .await
@@ -247,51 +338,10 @@ async fn start_core(state: Arc<NodeState>) {
     })
     .await;
 
-    let mut shards = HashMap::new();
-    let mut assignments = Vec::new();
-    for (kind, topic, count) in [
-        (
-            ShardKind::Players,
-            &cfg.kafka.player_topic,
-            player_partitions,
-        ),
-        (
-            ShardKind::Channels,
-            &cfg.kafka.channel_topic,
-            channel_partitions,
-        ),
-    ] {
-        for partition in 0..count {
-            let progress = retry("read shard progress", || {
-                store.read_progress(topic, partition)
-            })
-            .await;
-            let args = ShardArgs {
-                kind,
-                topic: topic.clone(),
-                partition,
-                store: store.clone(),
-                cfg: cfg.shard.clone(),
-                owner: cfg.node.id.clone(),
-                progress,
-                metrics: state.metrics.clone(),
-            };
-            let (shard, _) = match Actor::spawn(None, Shard, args).await {
-                Ok(s) => s,
-                Err(e) => {
-                    error!(error = %e, %topic, partition, "shard failed to start");
-                    return;
-                }
-            };
-            assignments.push(Assignment {
-                topic: topic.clone(),
-                partition,
-                start_offset: progress.map_or(0, |p| p.resume_offset),
-                shard: shard.clone(),
-            });
-            shards.insert((kind, partition), shard);
-        }
-    }
+    let membership = retry("start gossip membership", || {
+        Membership::start(&cfg.cluster, &cfg.node.id, api_addr)
+    })
+    .await;
     let permits = Arc::new(Semaphore::new(cfg.shard.max_inflight_batches));
     let metrics = state.metrics.clone();
     let topics = (
@@ -315,7 +365,7 @@ async fn start_core(state: Arc<NodeState>) {
     let source = match source::spawn(
         &cfg.kafka,
         &format!("tally-{}", cfg.node.id),
-        assignments,
+        Vec::new(),
         cfg.shard.max_batch,
         permits.clone(),
         state.metrics.clone(),
@@ -327,17 +377,24 @@ async fn start_core(state: Arc<NodeState>) {
             return;
         }
     };
+    let (controller_stop, stop_rx) = tokio::sync::watch::channel(false);
     let _ = state.core.set(Core {
         store,
         ingest,
         player_partitions,
         channel_partitions,
-        shards,
-        source: Mutex::new(Some(source)),
+        shards: RwLock::new(HashMap::new()),
+        source,
+        membership,
         permits,
-        ingest_thread: Mutex::new(Some(ingest_thread)),
+        controller_stop,
+        controller: Mutex::new(None),
     });
-    state.set_health(|h| h.shards_started = true);
+    let _ = ingest_thread; // ends by itself when the last ingest handle is dropped
+    let controller = tokio::spawn(ownership::run_controller(state.clone(), stop_rx));
+    if let Some(core) = state.core.get() {
+        *core.controller.lock().expect("controller lock") = Some(controller);
+    }
     info!(player_partitions, channel_partitions, "node ready");
 }
 

@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::storage::{ChannelSummary, Progress, Store};
 
 /// Which entities a shard hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ShardKind {
     Players,
@@ -56,7 +56,7 @@ pub struct Freshness {
 }
 
 /// A channel's place in a top-N view.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct TopEntry {
     pub id: String,
     pub concurrent: u32,

@@ -37,17 +37,79 @@ pub struct Assignment {
     pub shard: ActorRef<ShardMsg>,
 }
 
+/// A change of the partitions the poll loop reads, applied between polls.
+pub enum SourceCommand {
+    /// Start reading a partition at an offset, handing records to a shard.
+    Assign(Assignment),
+    /// Stop reading a partition; the reply comes once no further batch of it will be cast.
+    Revoke {
+        topic: String,
+        partition: i32,
+        done: std::sync::mpsc::Sender<()>,
+    },
+}
+
 /// Control of a running poll loop.
 pub struct SourceHandle {
+    /// Shared with the poll thread for read-only calls (positions, watermarks).
+    consumer: Arc<BaseConsumer>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    commands: std::sync::mpsc::Sender<SourceCommand>,
 }
 
 impl SourceHandle {
+    /// Records in Kafka not yet polled, per assigned partition: (topic, partition, lag).
+    /// Blocking (a broker round trip per partition): call from a blocking thread.
+    pub fn lag(&self) -> Vec<(String, i32, i64)> {
+        let Ok(positions) = self.consumer.position() else {
+            return Vec::new();
+        };
+        positions
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let (_, high) = self
+                    .consumer
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                    .ok()?;
+                let pos = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => return Some((e.topic().to_string(), e.partition(), -1)),
+                };
+                Some((e.topic().to_string(), e.partition(), (high - pos).max(0)))
+            })
+            .collect()
+    }
+
+    /// Starts reading a partition.
+    pub fn assign(&self, a: Assignment) -> anyhow::Result<()> {
+        self.commands
+            .send(SourceCommand::Assign(a))
+            .map_err(|_| anyhow::anyhow!("kafka source stopped"))
+    }
+
+    /// Stops reading a partition and waits until the poll loop has let go of it.
+    pub async fn revoke(&self, topic: &str, partition: i32) -> anyhow::Result<()> {
+        let (done, rx) = std::sync::mpsc::channel();
+        self.commands
+            .send(SourceCommand::Revoke {
+                topic: topic.to_string(),
+                partition,
+                done,
+            })
+            .map_err(|_| anyhow::anyhow!("kafka source stopped"))?;
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .context("revoke task")?
+            .map_err(|_| anyhow::anyhow!("kafka source did not release {topic}/{partition}"))
+    }
+
     /// Stops polling and waits for the thread; batches already cast stay with the shards.
-    pub fn stop(mut self) {
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        let thread = self.thread.lock().expect("source thread lock").take();
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
@@ -79,9 +141,11 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     durable: Arc<dyn Fn() -> Vec<(String, i32, i64)> + Send + Sync>,
 ) -> anyhow::Result<SourceHandle> {
-    let consumer: BaseConsumer = consumer_config(kafka, client_id)
-        .create()
-        .context("create kafka consumer")?;
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        consumer_config(kafka, client_id)
+            .create()
+            .context("create kafka consumer")?,
+    );
     let mut tpl = TopicPartitionList::new();
     let mut routes: HashMap<(String, i32), ActorRef<ShardMsg>> = HashMap::new();
     for a in assignments {
@@ -98,25 +162,30 @@ pub fn spawn(
     );
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let (commands, command_rx) = std::sync::mpsc::channel();
     let rt = tokio::runtime::Handle::current();
+    let polled = consumer.clone();
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
         .spawn(move || {
             poll_loop(
-                consumer, routes, max_batch, permits, metrics, durable, stop2, rt,
+                polled, routes, command_rx, max_batch, permits, metrics, durable, stop2, rt,
             )
         })
         .context("spawn kafka source thread")?;
     Ok(SourceHandle {
+        consumer,
         stop,
-        thread: Some(thread),
+        thread: std::sync::Mutex::new(Some(thread)),
+        commands,
     })
 }
 
 #[allow(clippy::too_many_arguments)]
 fn poll_loop(
-    consumer: BaseConsumer,
-    routes: HashMap<(String, i32), ActorRef<ShardMsg>>,
+    consumer: Arc<BaseConsumer>,
+    mut routes: HashMap<(String, i32), ActorRef<ShardMsg>>,
+    commands: std::sync::mpsc::Receiver<SourceCommand>,
     max_batch: usize,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -127,6 +196,9 @@ fn poll_loop(
     let mut last_commit = Instant::now();
     let mut committed: HashMap<(String, i32), i64> = HashMap::new();
     while !stop.load(Ordering::SeqCst) {
+        while let Ok(cmd) = commands.try_recv() {
+            apply_command(&consumer, &mut routes, &mut committed, cmd);
+        }
         let mut batches: HashMap<(String, i32), Vec<Record>> = HashMap::new();
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
@@ -171,6 +243,44 @@ fn poll_loop(
         }
     }
     commit_durable(&consumer, &durable(), &mut committed);
+}
+
+fn apply_command(
+    consumer: &BaseConsumer,
+    routes: &mut HashMap<(String, i32), ActorRef<ShardMsg>>,
+    committed: &mut HashMap<(String, i32), i64>,
+    cmd: SourceCommand,
+) {
+    match cmd {
+        SourceCommand::Assign(a) => {
+            let mut tpl = TopicPartitionList::new();
+            let added =
+                tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.start_offset));
+            match added.and_then(|_| consumer.incremental_assign(&tpl)) {
+                Ok(()) => {
+                    info!(topic = %a.topic, partition = a.partition, offset = a.start_offset, "source assigned partition");
+                    routes.insert((a.topic, a.partition), a.shard);
+                }
+                Err(e) => {
+                    warn!(topic = %a.topic, partition = a.partition, error = %e, "assigning partition failed")
+                }
+            }
+        }
+        SourceCommand::Revoke {
+            topic,
+            partition,
+            done,
+        } => {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            if let Err(e) = consumer.incremental_unassign(&tpl) {
+                warn!(%topic, partition, error = %e, "unassigning partition failed");
+            }
+            routes.remove(&(topic.clone(), partition));
+            committed.remove(&(topic, partition));
+            let _ = done.send(());
+        }
+    }
 }
 
 /// Commits durable offsets to Kafka for lag tools (Tally itself resumes from Cassandra).

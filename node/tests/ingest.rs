@@ -79,8 +79,9 @@ async fn bad_input_is_rejected_with_reasons_and_dead_lettered_while_good_events_
         event("g3", "bob", json!({"kind": "viewer_join", "channel": "arena"})),
     ]);
     let r = post(batch.to_string(), "application/json").await.unwrap();
-    assert_eq!(r.status(), 202);
+    let status = r.status();
     let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 3);
     let rejected: Vec<(u64, String, String)> = body["rejected"]
         .as_array()

@@ -50,6 +50,15 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A UDP port free right now (for gossip addresses).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The isolated resources of one test.
 #[derive(Clone)]
 pub struct TestEnv {
@@ -94,8 +103,18 @@ impl TestEnv {
         }
     }
 
-    /// A node config for this test; `extra` is appended (TOML sections).
+    /// A node config for this test; `extra` is appended (TOML sections). Unless `extra`
+    /// has a `[cluster]` section, the node gossips alone on a free port.
     pub fn node_config(&self, node_id: &str, extra: &str) -> String {
+        let cluster = if extra.contains("[cluster]") {
+            String::new()
+        } else {
+            format!(
+                "[cluster]\ncluster_id = \"{}\"\ngossip_addr = \"127.0.0.1:{}\"\n",
+                self.name,
+                free_udp_port()
+            )
+        };
         format!(
             r#"[node]
 id = "{node_id}"
@@ -113,6 +132,7 @@ group_id = "{}-group"
 contact_points = ["{CASSANDRA}"]
 keyspace = "{}"
 
+{cluster}
 {extra}
 "#,
             self.player_topic,

@@ -1,0 +1,247 @@
+//! Gossip membership (chitchat: scuttlebutt gossip with phi-accrual failure detection).
+//!
+//! Each node advertises its API address, its status (`serving` or `leaving`) and the
+//! partitions it currently owns; its chitchat generation is its start time, so every start
+//! is a new generation. Nodes of another cluster id are ignored by chitchat itself.
+//!
+//! Not for: deciding ownership (see `ownership`) or answering queries (see `api`).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use chitchat::transport::UdpTransport;
+use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::ClusterConfig;
+use crate::shard::ShardKind;
+
+const KEY_API: &str = "api";
+const KEY_STATUS: &str = "status";
+const KEY_OWNED: &str = "owned";
+
+/// A shard's identity in the cluster.
+pub type ShardId = (ShardKind, i32);
+
+/// A live member as gossip describes it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Member {
+    pub node_id: String,
+    pub generation: u64,
+    pub gossip_addr: String,
+    pub api_addr: Option<String>,
+    /// `serving`, or `leaving` during a graceful shutdown.
+    pub status: String,
+    /// Partitions the member currently runs shards for.
+    #[serde(serialize_with = "serialize_owned")]
+    pub owned: BTreeSet<ShardId>,
+}
+
+fn serialize_owned<S: serde::Serializer>(
+    owned: &BTreeSet<ShardId>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(&encode_owned(owned))
+}
+
+/// `p:0,3,5 c:1,2`: the compact form gossiped under the `owned` key.
+pub fn encode_owned(owned: &BTreeSet<ShardId>) -> String {
+    let list = |kind: ShardKind| {
+        owned
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, p)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "p:{} c:{}",
+        list(ShardKind::Players),
+        list(ShardKind::Channels)
+    )
+}
+
+pub fn decode_owned(s: &str) -> BTreeSet<ShardId> {
+    let mut out = BTreeSet::new();
+    for part in s.split_whitespace() {
+        let (kind, list) = match part.split_once(':') {
+            Some(("p", l)) => (ShardKind::Players, l),
+            Some(("c", l)) => (ShardKind::Channels, l),
+            _ => continue,
+        };
+        out.extend(
+            list.split(',')
+                .filter_map(|p| p.parse().ok())
+                .map(|p| (kind, p)),
+        );
+    }
+    out
+}
+
+impl Member {
+    pub fn is_serving(&self) -> bool {
+        self.status == "serving"
+    }
+}
+
+/// This node's membership.
+pub struct Membership {
+    handle: ChitchatHandle,
+    self_id: ChitchatId,
+    watcher: watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
+}
+
+impl Membership {
+    pub async fn start(
+        cfg: &ClusterConfig,
+        node_id: &str,
+        api_addr: SocketAddr,
+    ) -> anyhow::Result<Membership> {
+        let generation = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+        let self_id = ChitchatId::new(node_id.to_string(), generation, cfg.gossip_addr);
+        let interval = Duration::from_millis(cfg.gossip_interval_ms);
+        let config = ChitchatConfig {
+            chitchat_id: self_id.clone(),
+            cluster_id: cfg.cluster_id.clone(),
+            gossip_interval: interval,
+            listen_addr: cfg.gossip_addr,
+            seed_nodes: cfg.seeds.clone(),
+            failure_detector_config: FailureDetectorConfig {
+                phi_threshold: cfg.phi_threshold,
+                initial_interval: interval,
+                max_interval: interval * 20,
+                dead_node_grace_period: Duration::from_secs(60),
+                ..Default::default()
+            },
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let initial = vec![
+            (KEY_API.to_string(), api_addr.to_string()),
+            (KEY_STATUS.to_string(), "serving".to_string()),
+            (KEY_OWNED.to_string(), encode_owned(&BTreeSet::new())),
+        ];
+        let handle = spawn_chitchat(config, initial, &UdpTransport)
+            .await
+            .with_context(|| format!("start gossip on {}", cfg.gossip_addr))?;
+        let watcher = handle.chitchat().lock().await.live_nodes_watcher();
+        Ok(Membership {
+            handle,
+            self_id,
+            watcher,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.self_id.node_id
+    }
+
+    /// Live members, this node included.
+    pub fn members(&self) -> Vec<Member> {
+        self.watcher
+            .borrow()
+            .iter()
+            .map(|(id, state)| Member {
+                node_id: id.node_id.to_string(),
+                generation: id.generation_id,
+                gossip_addr: id.gossip_advertise_addr.to_string(),
+                api_addr: state.get(KEY_API).map(str::to_string),
+                status: state.get(KEY_STATUS).unwrap_or("serving").to_string(),
+                owned: state.get(KEY_OWNED).map(decode_owned).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// A receiver that changes whenever the set of live members or their state changes.
+    pub fn watch(
+        &self,
+    ) -> watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>> {
+        self.watcher.clone()
+    }
+
+    pub async fn advertise_owned(&self, owned: &BTreeSet<ShardId>) {
+        let value = encode_owned(owned);
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(KEY_OWNED, &value))
+            .await;
+    }
+
+    pub async fn set_status(&self, status: &str) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, status))
+            .await;
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.handle.shutdown().await;
+    }
+}
+
+/// Rendezvous (highest random weight) owner of a shard among `candidates` node ids.
+pub fn rendezvous_owner<'a>(
+    candidates: impl IntoIterator<Item = &'a str>,
+    shard: ShardId,
+) -> Option<&'a str> {
+    let kind = match shard.0 {
+        ShardKind::Players => 'p',
+        ShardKind::Channels => 'c',
+    };
+    candidates
+        .into_iter()
+        .map(|node| {
+            let weight =
+                crate::partitioner::murmur2(format!("{node}/{kind}/{}", shard.1).as_bytes()) as u32;
+            (weight, node)
+        })
+        .max()
+        .map(|(_, node)| node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_round_trips() {
+        let owned: BTreeSet<ShardId> = [
+            (ShardKind::Players, 0),
+            (ShardKind::Players, 7),
+            (ShardKind::Channels, 3),
+        ]
+        .into();
+        assert_eq!(encode_owned(&owned), "p:0,7 c:3");
+        assert_eq!(decode_owned(&encode_owned(&owned)), owned);
+        assert!(decode_owned("p: c:").is_empty());
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_partitions_of_a_leaving_node() {
+        let nodes = ["n1", "n2", "n3"];
+        let owner = |live: &[&str], p| {
+            rendezvous_owner(live.iter().copied(), (ShardKind::Players, p))
+                .unwrap()
+                .to_string()
+        };
+        let before: Vec<String> = (0..64).map(|p| owner(&nodes, p)).collect();
+        for n in nodes {
+            assert!(
+                before.iter().filter(|o| *o == n).count() >= 10,
+                "{n} owns too few: {before:?}"
+            );
+        }
+        let after: Vec<String> = (0..64).map(|p| owner(&["n1", "n3"], p)).collect();
+        for p in 0..64 {
+            if before[p] != "n2" {
+                assert_eq!(
+                    before[p], after[p],
+                    "partition {p} moved although its owner stayed"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Any node answers any query: from a local shard, by forwarding to the partition's owner,
+//! or, when the owner is unknown or unreachable, from Cassandra, marked stale.
+//!
+//! A forwarded request carries the `x-tally-forwarded` header and is never forwarded
+//! again, so routing cannot loop while gossip views differ. Outgoing HTTP runs on the
+//! node's main runtime, not on the actix worker that received the request.
+//!
+//! Not for: deciding ownership (see `ownership`).
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+use tracing::warn;
+
+use crate::entity::{self, Channel, Player};
+use crate::membership::{rendezvous_owner, Member, ShardId};
+use crate::node::{Core, NodeState};
+use crate::partitioner::partition_for;
+use crate::shard::{sort_top, ShardKind, ShardMsg, TopBy, TopEntry};
+
+/// Header marking a request forwarded by another node.
+pub const FORWARDED: &str = "x-tally-forwarded";
+
+/// Why a lookup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// An answer: the HTTP status and the JSON body.
+pub type Answer = (u16, Value);
+
+/// The API address of the member that serves `shard`, if it is another node: the member
+/// advertising it, else its rendezvous owner among serving members.
+pub fn owner_api(core: &Core, shard: ShardId) -> Option<String> {
+    let me = core.membership.node_id().to_string();
+    let members = core.membership.members();
+    let advertised = members
+        .iter()
+        .filter(|m| m.owned.contains(&shard) && m.node_id != me)
+        .find_map(|m| m.api_addr.clone());
+    if advertised.is_some() {
+        return advertised;
+    }
+    let serving: Vec<&str> = members
+        .iter()
+        .filter(|m| m.is_serving())
+        .map(|m| m.node_id.as_str())
+        .collect();
+    let owner = rendezvous_owner(serving.iter().copied(), shard)?;
+    (owner != me)
+        .then(|| {
+            members
+                .iter()
+                .find(|m| m.node_id == owner)?
+                .api_addr
+                .clone()
+        })
+        .flatten()
+}
+
+/// GET `path` on another node, on the main runtime; returns status and JSON body.
+pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Answer, String> {
+    let url = format!("http://{addr}{path}");
+    let http = state.http.clone();
+    state
+        .runtime
+        .spawn(async move {
+            let r = http
+                .get(&url)
+                .header(FORWARDED, "1")
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = r.status().as_u16();
+            let body = r.json::<Value>().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok((status, body))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// A player or channel, wherever it lives.
+pub async fn lookup(
+    state: &NodeState,
+    core: &Core,
+    kind: ShardKind,
+    id: &str,
+    forwarded: bool,
+) -> Result<Answer, RouteError> {
+    let partition = partition_for(id, core.partitions(kind));
+    let shard = (kind, partition);
+    if let Some(actor) = core.shard(shard) {
+        return ask_local(state, &actor, kind, id).await;
+    }
+    let path = match kind {
+        ShardKind::Players => format!("/v1/players/{id}"),
+        ShardKind::Channels => format!("/v1/channels/{id}"),
+    };
+    if !forwarded {
+        if let Some(addr) = owner_api(core, shard) {
+            match get_remote(state, &addr, &path).await {
+                Ok((status, body)) if status == 200 || status == 404 => return Ok((status, body)),
+                Ok((status, body)) => {
+                    warn!(%addr, status, %body, "owner answered with an error; answering from cassandra")
+                }
+                Err(e) => warn!(%addr, error = %e, "owner unreachable; answering from cassandra"),
+            }
+        }
+    }
+    from_storage(state, core, kind, partition, id).await
+}
+
+async fn ask_local(
+    state: &NodeState,
+    actor: &ractor::ActorRef<ShardMsg>,
+    kind: ShardKind,
+    id: &str,
+) -> Result<Answer, RouteError> {
+    let unavailable = |e: String| RouteError::Unavailable(format!("{} {id}: {e}", kind_name(kind)));
+    let (key, answer) = match kind {
+        ShardKind::Players => {
+            let a = ractor::call_t!(actor, ShardMsg::Player, 10_000, id.to_string())
+                .map_err(|e| unavailable(format!("shard did not answer: {e}")))?
+                .map_err(unavailable)?;
+            ("player", a.map(|(v, f)| (serde_json::to_value(v), f)))
+        }
+        ShardKind::Channels => {
+            let a = ractor::call_t!(actor, ShardMsg::Channel, 10_000, id.to_string())
+                .map_err(|e| unavailable(format!("shard did not answer: {e}")))?
+                .map_err(unavailable)?;
+            ("channel", a.map(|(v, f)| (serde_json::to_value(v), f)))
+        }
+    };
+    let Some((view, freshness)) = answer else {
+        return Err(RouteError::NotFound(format!(
+            "{} {id}: no events seen",
+            kind_name(kind)
+        )));
+    };
+    let view = view.map_err(|e| unavailable(e.to_string()))?;
+    Ok((
+        200,
+        json!({ key: view, "freshness": freshness, "stale": false, "served_by": state.cfg.node.id }),
+    ))
+}
+
+fn kind_name(kind: ShardKind) -> &'static str {
+    match kind {
+        ShardKind::Players => "player",
+        ShardKind::Channels => "channel",
+    }
+}
+
+/// The last checkpointed state, marked stale: used while the owner is unknown or down.
+async fn from_storage(
+    state: &NodeState,
+    core: &Core,
+    kind: ShardKind,
+    partition: i32,
+    id: &str,
+) -> Result<Answer, RouteError> {
+    let unavailable = |e: anyhow::Error| {
+        RouteError::Unavailable(format!(
+            "{} {id}: owner unavailable and cassandra failed: {e:#}",
+            kind_name(kind)
+        ))
+    };
+    let (key, view, offset) = match kind {
+        ShardKind::Players => {
+            let row = core.store.read_player(id).await.map_err(unavailable)?;
+            let Some(row) = row else {
+                return Err(RouteError::NotFound(format!("player {id}: no events seen")));
+            };
+            let p: Player = entity::decode(&row.state).map_err(unavailable)?;
+            (
+                "player",
+                serde_json::to_value(p.view(id)),
+                row.applied_offset,
+            )
+        }
+        ShardKind::Channels => {
+            let row = core
+                .store
+                .read_channel(partition, id)
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = row else {
+                return Err(RouteError::NotFound(format!(
+                    "channel {id}: no events seen"
+                )));
+            };
+            let c: Channel = entity::decode(&row.state).map_err(unavailable)?;
+            let watermark = core
+                .store
+                .read_progress(state.topic(kind), partition)
+                .await
+                .map_err(unavailable)?
+                .map_or(0, |p| p.watermark_ms);
+            let timeout = state.cfg.shard.viewer_timeout_secs as i64 * 1000;
+            (
+                "channel",
+                serde_json::to_value(c.view(id, watermark, timeout)),
+                row.applied_offset,
+            )
+        }
+    };
+    let view = view.map_err(|e| unavailable(e.into()))?;
+    Ok((
+        200,
+        json!({
+            key: view,
+            "freshness": { "entity_offset": offset, "partition": partition, "partition_offset": null, "checkpoint_age_ms": null },
+            "stale": true,
+            "served_by": state.cfg.node.id,
+        }),
+    ))
+}
+
+/// Top-N of the local channel shards.
+pub async fn local_top(core: &Core, by: TopBy, limit: usize) -> Vec<TopEntry> {
+    let mut all = Vec::new();
+    for shard in core.shards_of(ShardKind::Channels) {
+        if let Ok(part) = ractor::call_t!(shard, ShardMsg::Top, 10_000, by, limit) {
+            all.extend(part);
+        }
+    }
+    sort_top(&mut all, by);
+    all.truncate(limit);
+    all
+}
+
+/// Top-N over the whole cluster: every serving member's local top-N, merged; partitions
+/// nobody serves right now come from their stored summaries. Returns the entries and
+/// whether any part was stale.
+pub async fn cluster_top(
+    state: &NodeState,
+    core: &Core,
+    by: TopBy,
+    by_name: &str,
+    limit: usize,
+) -> (Vec<TopEntry>, bool) {
+    let mut all = local_top(core, by, limit).await;
+    let me = core.membership.node_id().to_string();
+    let mut covered: BTreeSet<ShardId> = core.shard_ids();
+    let others: Vec<Member> = core
+        .membership
+        .members()
+        .into_iter()
+        .filter(|m| m.node_id != me)
+        .collect();
+    let path = format!("/v1/channels/top?by={by_name}&limit={limit}&local=1");
+    let answers = futures::future::join_all(others.iter().map(|m| {
+        let path = path.clone();
+        async move {
+            let addr = m.api_addr.clone()?;
+            get_remote(state, &addr, &path)
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+                .map(|(_, b)| (m, b))
+        }
+    }))
+    .await;
+    for (member, body) in answers.into_iter().flatten() {
+        if let Ok(entries) = serde_json::from_value::<Vec<TopEntry>>(body["channels"].clone()) {
+            all.extend(entries);
+            covered.extend(member.owned.iter().copied());
+        }
+    }
+    let mut stale = false;
+    for p in 0..core.channel_partitions {
+        if covered.contains(&(ShardKind::Channels, p)) {
+            continue;
+        }
+        stale = true;
+        match core.store.channel_summaries(p).await {
+            Ok(summaries) => all.extend(summaries.into_iter().map(|s| TopEntry {
+                id: s.id,
+                concurrent: s.concurrent.max(0) as u32,
+                peak: s.peak.max(0) as u32,
+                follows: s.follows.max(0) as u64,
+            })),
+            Err(e) => {
+                warn!(partition = p, error = %format!("{e:#}"), "top-N: cannot read stored summaries")
+            }
+        }
+    }
+    sort_top(&mut all, by);
+    all.truncate(limit);
+    (all, stale)
+}
