@@ -244,6 +244,11 @@ impl NodeProcess {
         self.child = Some(child);
     }
 
+    /// Process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

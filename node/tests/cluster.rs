@@ -1,0 +1,230 @@
+//! A 3-node cluster of real node processes on loopback, against the real Kafka and
+//! Cassandra: kill -9, restart, SIGSTOP/SIGCONT and a rolling restart under a continuous
+//! seeded stream; at the end every counter equals the reference model, queried through a
+//! single node (so most answers are forwarded to their owners).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::model::{generate, get_json, Model, StreamSpec};
+use common::{free_udp_port, produce, NodeProcess, TestEnv};
+use serde_json::Value;
+use tally_node::event::Event;
+
+const TIMEOUT_SECS: u64 = 60;
+
+struct Cluster {
+    env: TestEnv,
+    nodes: Vec<NodeProcess>,
+}
+
+impl Cluster {
+    async fn start(env: TestEnv, n: usize) -> Cluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+        let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let nodes: Vec<NodeProcess> = (0..n)
+            .map(|i| {
+                let extra = format!(
+                    "[shard]\ncheckpoint_interval_ms = 200\nviewer_timeout_secs = {TIMEOUT_SECS}\n\
+                     [cluster]\ncluster_id = \"{}\"\ngossip_addr = \"127.0.0.1:{}\"\nseeds = [{}]\n\
+                     gossip_interval_ms = 100\nphi_threshold = 8.0\nhandover_timeout_ms = 10000\n",
+                    env.name,
+                    ports[i],
+                    seeds.join(", ")
+                );
+                NodeProcess::start(&env, &format!("n{}", i + 1), &extra)
+            })
+            .collect();
+        for node in &nodes {
+            node.wait_ready(Duration::from_secs(60)).await;
+        }
+        let c = Cluster { env, nodes };
+        c.wait_owned_by(&["n1", "n2", "n3"][..n], 0).await;
+        c
+    }
+
+    /// Partition -> owner, as node `via` sees the cluster.
+    async fn owners(&self, via: usize) -> Result<BTreeMap<String, String>, String> {
+        let v = get_json(&reqwest::Client::new(), &self.nodes[via].url("/v1/cluster")).await?;
+        Ok(v["partitions"]
+            .as_object()
+            .ok_or("no partitions")?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect())
+    }
+
+    /// Waits until every partition is advertised and exactly `nodes` own them (as `via`
+    /// sees it); returns how long it took.
+    async fn wait_owned_by(&self, nodes: &[&str], via: usize) -> Duration {
+        let started = Instant::now();
+        let total = 2 * self.env.partitions as usize;
+        loop {
+            if let Ok(owners) = self.owners(via).await {
+                let mut who: Vec<&str> = owners.values().map(String::as_str).collect();
+                who.sort_unstable();
+                who.dedup();
+                if owners.len() == total && who == nodes {
+                    return started.elapsed();
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "partitions not owned by {nodes:?} after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn spec(seed: u64, events: usize) -> StreamSpec {
+    StreamSpec {
+        seed,
+        events,
+        players: 1_500,
+        channels: 30,
+        start_ts: 1_700_000_000_000,
+    }
+}
+
+/// Streams `events` steadily in the background (about `secs` seconds).
+fn stream(env: &TestEnv, events: Vec<Event>, secs: f64) -> tokio::task::JoinHandle<()> {
+    let (producer, _t) = env.producer();
+    let chunks = (events.len() / 500).max(1);
+    let pause = Duration::from_secs_f64(secs / chunks as f64);
+    tokio::spawn(async move {
+        for chunk in events.chunks(500) {
+            produce(&producer, chunk, 500).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
+/// Every known entity is answered (by someone) while `node` is down.
+async fn every_query_answered(cluster: &Cluster, via: usize, model: &Model) {
+    let client = reqwest::Client::new();
+    for id in model.players.keys().take(200).chain(model.channels.keys()) {
+        let kind = if id.starts_with("ch-") {
+            "channels"
+        } else {
+            "players"
+        };
+        let v: Result<Value, String> = get_json(
+            &client,
+            &cluster.nodes[via].url(&format!("/v1/{kind}/{id}")),
+        )
+        .await;
+        assert!(
+            v.is_ok(),
+            "no answer for {kind}/{id} while a node was down: {v:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_keep_every_counter_exact() {
+    let env = TestEnv::new("cl_kill", 6);
+    let mut cluster = Cluster::start(env.clone(), 3).await;
+    let first = generate(&spec(31, 30_000));
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&first);
+
+    let s = stream(&env, first, 5.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.nodes[1].kill9();
+    let failover = cluster.wait_owned_by(&["n1", "n3"], 0).await;
+    println!("partitions of the killed node owned by survivors {failover:?} after kill -9");
+    s.await.unwrap();
+    every_query_answered(&cluster, 2, &model).await;
+    model
+        .assert_converges(|| cluster.nodes[0].base.clone(), Duration::from_secs(90))
+        .await;
+
+    // Restart: its partitions move back, and a second stream is still counted exactly.
+    cluster.nodes[1].restart();
+    cluster.nodes[1].wait_ready(Duration::from_secs(60)).await;
+    cluster.wait_owned_by(&["n1", "n2", "n3"], 0).await;
+    let second = generate(&spec(32, 10_000));
+    let second: Vec<Event> = second
+        .into_iter()
+        .map(|mut e| {
+            e.ts += 10_000_000; // after the first stream
+            e
+        })
+        .collect();
+    model.apply_all(&second);
+    stream(&env, second, 2.0).await.unwrap();
+    model
+        .assert_converges(|| cluster.nodes[1].base.clone(), Duration::from_secs(90))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_that_returns_does_not_corrupt_counters() {
+    let env = TestEnv::new("cl_pause", 6);
+    let cluster = Cluster::start(env.clone(), 3).await;
+    let events = generate(&spec(41, 30_000));
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&events);
+
+    let s = stream(&env, events, 6.0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let pid = cluster.nodes[2].pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Longer than failure detection: the others take its partitions over.
+    cluster.wait_owned_by(&["n1", "n2"], 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    s.await.unwrap();
+    cluster.wait_owned_by(&["n1", "n2", "n3"], 0).await;
+    model
+        .assert_converges(|| cluster.nodes[0].base.clone(), Duration::from_secs(90))
+        .await;
+    model
+        .assert_converges(|| cluster.nodes[2].base.clone(), Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_under_a_continuous_stream_keeps_counters_exact() {
+    let env = TestEnv::new("cl_roll", 6);
+    let mut cluster = Cluster::start(env.clone(), 3).await;
+    let events = generate(&spec(51, 40_000));
+    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
+    model.apply_all(&events);
+
+    let s = stream(&env, events, 12.0);
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let status = cluster.nodes[i].terminate();
+        assert!(
+            status.success(),
+            "node {} exited with {status} on SIGTERM",
+            i + 1
+        );
+        cluster.nodes[i].restart();
+        cluster.nodes[i].wait_ready(Duration::from_secs(60)).await;
+    }
+    s.await.unwrap();
+    cluster.wait_owned_by(&["n1", "n2", "n3"], 1).await;
+    model
+        .assert_converges(|| cluster.nodes[1].base.clone(), Duration::from_secs(90))
+        .await;
+    for n in &cluster.nodes {
+        let errors = n.errors.lock().unwrap();
+        assert!(
+            errors.is_empty(),
+            "ERROR lines in a graceful rolling restart: {errors:?}"
+        );
+    }
+}
