@@ -1,49 +1,56 @@
 #!/usr/bin/env bash
-# demo.sh up|down - start a local Tally node on the services `make services` started, send it
-# a few thousand events through HTTP ingest, and print where to look.
+# demo.sh up|down - start a local 3-node Tally cluster (cluster-config/cluster-3/) on the
+# services `make services` started, send it a few thousand events through HTTP ingest, and
+# print where to look.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 STATE=.services/demo
 mkdir -p "$STATE"
 BIN=target/release/tally-node
-CONFIG=cluster-config/local.toml
-API=http://127.0.0.1:8080
+NODES=(1 2 3)
+API=http://127.0.0.1:8081
 
 stop_node() {
-  local pidfile=$STATE/tally-node.pid
+  local pidfile=$STATE/node-$1.pid
   [ -f "$pidfile" ] || return 0
   local pid; pid=$(cat "$pidfile")
   if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q tally-node; then
     kill -TERM "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    echo "demo: stopped tally-node (pid $pid)"
+    echo "demo: stopped node-$1 (pid $pid)"
   fi
   rm -f "$pidfile"
 }
 
+stop_all() { for n in "${NODES[@]}"; do stop_node "$n"; done; }
+
 case "${1:-up}" in
-  down) stop_node; exit 0 ;;
+  down) stop_all; exit 0 ;;
   up) ;;
   *) echo "usage: $0 up|down" >&2; exit 2 ;;
 esac
 
 [ -x "$BIN" ] || { echo "demo: $BIN is missing: run 'make build-release' first" >&2; exit 1; }
-stop_node
-nohup "$BIN" --config "$CONFIG" > "$STATE/tally-node.log" 2>&1 &
-echo $! > "$STATE/tally-node.pid"
-echo "demo: started tally-node (pid $!), log: $STATE/tally-node.log"
-
-for i in $(seq 1 120); do
-  if curl -fs "$API/readyz" > /dev/null 2>&1; then break; fi
-  if ! kill -0 "$(cat "$STATE/tally-node.pid")" 2>/dev/null; then
-    echo "demo: tally-node exited; last log lines:" >&2; tail -n 30 "$STATE/tally-node.log" >&2; exit 1
-  fi
-  [ "$i" = 120 ] && { echo "demo: node not ready after 60 s:" >&2; curl -s "$API/readyz" >&2; exit 1; }
-  sleep 0.5
+stop_all
+for n in "${NODES[@]}"; do
+  nohup "$BIN" --config "cluster-config/cluster-3/node-$n.toml" > "$STATE/node-$n.log" 2>&1 &
+  echo $! > "$STATE/node-$n.pid"
+  echo "demo: started node-$n (pid $!), api http://127.0.0.1:808$n, log $STATE/node-$n.log"
 done
-echo "demo: node ready: $(curl -s "$API/readyz")"
+
+for n in "${NODES[@]}"; do
+  for i in $(seq 1 120); do
+    if curl -fs "http://127.0.0.1:808$n/readyz" > /dev/null 2>&1; then break; fi
+    if ! kill -0 "$(cat "$STATE/node-$n.pid")" 2>/dev/null; then
+      echo "demo: node-$n exited; last log lines:" >&2; tail -n 30 "$STATE/node-$n.log" >&2; exit 1
+    fi
+    [ "$i" = 120 ] && { echo "demo: node-$n not ready after 60 s:" >&2; curl -s "http://127.0.0.1:808$n/readyz" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "demo: node-$n ready: $(curl -s "http://127.0.0.1:808$n/readyz")"
+done
 
 # A few thousand events: 200 players over 10 channels, sessions, matches, purchases, viewing.
 python3 - > "$STATE/events.ndjson" <<'PY'
@@ -72,12 +79,14 @@ echo "demo: ingest: $(curl -s -XPOST -H 'content-type: application/x-ndjson' --d
 sleep 2
 cat <<EOT
 
-Tally is running. Look at:
+Tally is running: 3 nodes (APIs on ports 8081, 8082, 8083; any node answers any query).
+Look at:
   $API/readyz
   $API/v1/players/demo-player-1
   $API/v1/channels/demo-channel-1
   $API/v1/channels/top?by=concurrent&limit=5
-  $API/v1/cluster
+  $API/v1/cluster            members, partition owners, lag, checkpoint age
   $API/metrics
+Try: kill -9 one node, watch /v1/cluster on another, query again.
 Stop it with: make demo-down   (services: make services-down)
 EOT

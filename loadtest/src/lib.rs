@@ -4,10 +4,12 @@
 //! - [`drive`]: sending into Kafka or HTTP ingest at a rate, keeping order and exactness.
 //! - [`probe`]: end-to-end latency probes (event created -> visible in the owner's state).
 //! - [`verify`]: comparing every entity with the expected state, with retries and failover.
+//! - [`cluster_bench`]: failover time after kill -9; query latency on owner vs. non-owner.
 //! - [`baseline`]: a plain rdkafka consume-and-discard, the yardstick for node throughput.
 //! - [`report`]: live progress, the final table, JSON output.
 
 pub mod baseline;
+pub mod cluster_bench;
 pub mod drive;
 pub mod players;
 pub mod probe;

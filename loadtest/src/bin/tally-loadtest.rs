@@ -32,6 +32,71 @@ enum Command {
     Baseline(BaselineArgs),
     /// Measures a node's apply rate from its metrics until it applied N records.
     ConsumeRate(ConsumeRateArgs),
+    /// kill -9 a node and measure until its partitions process new events on the survivors.
+    Failover(FailoverArgs),
+    /// Query latency of players on their owner versus through another node.
+    QueryLatency(QueryLatencyArgs),
+}
+
+#[derive(Args)]
+struct KafkaArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    #[arg(long, default_value = "player-events")]
+    player_topic: String,
+    #[arg(long, default_value = "channel-events")]
+    channel_topic: String,
+}
+
+impl KafkaArgs {
+    fn config(&self) -> KafkaConfig {
+        KafkaConfig {
+            brokers: self.brokers.clone(),
+            player_topic: self.player_topic.clone(),
+            channel_topic: self.channel_topic.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct FailoverArgs {
+    /// API address (host:port) of a node that stays up.
+    #[arg(long)]
+    survivor: String,
+    /// Node id of the node to kill.
+    #[arg(long)]
+    victim: String,
+    /// Its process id.
+    #[arg(long)]
+    pid: u32,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+struct QueryLatencyArgs {
+    /// Any node's API address (host:port).
+    #[arg(long)]
+    node: String,
+    /// Id prefix of a previous players run; players `<prefix>p<n>` are queried.
+    #[arg(long)]
+    id_prefix: String,
+    /// Players of that run.
+    #[arg(long)]
+    players: u64,
+    /// Distinct players to query.
+    #[arg(long, default_value_t = 500)]
+    sample: u64,
+    /// Rounds over the sample.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -355,6 +420,44 @@ async fn main() -> std::process::ExitCode {
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("baseline task: {e}"))),
         Command::ConsumeRate(a) => consume_rate(a).await,
+        Command::Failover(a) => {
+            async {
+                let prefix = format!("fo{}-", std::process::id());
+                let r = tally_loadtest::cluster_bench::failover(
+                    &a.kafka.config(),
+                    &a.survivor,
+                    &a.victim,
+                    a.pid,
+                    &prefix,
+                )
+                .await?;
+                println!("{}", serde_json::to_string(&r)?);
+                write_json(&a.json, &r)?;
+                Ok(true)
+            }
+            .await
+        }
+        Command::QueryLatency(a) => {
+            async {
+                let step = (a.players / a.sample.max(1)).max(1);
+                let ids: Vec<String> = (0..a.players)
+                    .step_by(step as usize)
+                    .take(a.sample as usize)
+                    .map(|n| format!("{}p{n}", a.id_prefix))
+                    .collect();
+                let r = tally_loadtest::cluster_bench::query_latency(
+                    &a.node,
+                    &a.kafka.config(),
+                    &ids,
+                    a.rounds,
+                )
+                .await?;
+                println!("{}", serde_json::to_string(&r)?);
+                write_json(&a.json, &r)?;
+                Ok(true)
+            }
+            .await
+        }
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
