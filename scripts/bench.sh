@@ -33,9 +33,12 @@ log() { echo "bench: $*" >&2; }
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 metric() { curl -fs "http://$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
 
-# start_node NAME -> sets NODE_PID, NODE_ADDR; config in $WORK/NAME.toml
+free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_node NAME [CLUSTER_TOML] -> sets NODE_PID, NODE_ADDR; config in $WORK/NAME.toml.
+# Without CLUSTER_TOML the node gossips alone on a free port.
 start_node() {
-  local name=$1 port
+  local name=$1 cluster=${2:-} topics=${3:-$1} port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   NODE_ADDR=127.0.0.1:$port
   cat > "$WORK/$name.toml" <<EOT
@@ -43,16 +46,16 @@ start_node() {
 id = "$name"
 api_addr = "$NODE_ADDR"
 [kafka]
-player_topic = "$name.players"
-channel_topic = "$name.channels"
-dlq_topic = "$name.dlq"
+player_topic = "$topics.players"
+channel_topic = "$topics.channels"
+dlq_topic = "$topics.dlq"
 partitions = 8
-group_id = "$name"
+group_id = "$topics"
 [cassandra]
-keyspace = "$(echo "$name" | tr -c 'a-z0-9_\n' '_')"
-[cluster]
+keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
+${cluster:-[cluster]
 cluster_id = "$name"
-gossip_addr = "127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+gossip_addr = "127.0.0.1:$(free_udp)"}
 EOT
   RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
   NODE_PID=$!
@@ -135,7 +138,55 @@ print(open(f"{out}/table.md").read())
 PY
 }
 
+# A 3-node cluster: failover time from kill -9 with N players spread over it (about N/3
+# resident on the killed node), and query latency on the owner vs. through another node.
+bench_cluster() {
+  local players=$1 base="bench_cl_$(date +%s)" g1 g2 g3 pids=() addrs=()
+  g1=$(free_udp); g2=$(free_udp); g3=$(free_udp)
+  for i in 1 2 3; do
+    local g; g=$(eval echo "\$g$i")
+    start_node "${base}_n$i" "[cluster]
+cluster_id = \"$base\"
+gossip_addr = \"127.0.0.1:$g\"
+seeds = [\"127.0.0.1:$g1\", \"127.0.0.1:$g2\", \"127.0.0.1:$g3\"]
+phi_threshold = 8.0" "$base" &
+  done
+  wait
+  for i in 1 2 3; do
+    pids+=("$(pgrep -f "$WORK/${base}_n$i.toml")")
+    addrs+=("$(grep api_addr "$WORK/${base}_n$i.toml" | cut -d'"' -f2)")
+  done
+  sleep 3
+  log "cluster: loading $players players ($((players * 3)) events) and waiting until all are applied"
+  "$LT" players --players "$players" --events $((players * 3)) --seed 3 --id-prefix "$base-" --probe-interval-ms 0 \
+    --player-topic "$base.players" --channel-topic "$base.channels" --batch 5000 \
+    --nodes "${addrs[0]}" --verify --sample 500 --verify-timeout 600 > /dev/null
+  log "cluster: query latency on the owner vs. through a non-owner"
+  "$LT" query-latency --node "${addrs[0]}" --id-prefix "$base-" --players "$players" --sample 500 --rounds 4 \
+    --player-topic "$base.players" --channel-topic "$base.channels" --json "$OUT/query-latency-$players.json" > /dev/null
+  # The victim: the node owning the most player partitions.
+  local v resident survivor
+  v=$(curl -fs "http://${addrs[0]}/v1/cluster" | python3 -c '
+import json, sys, collections
+d = json.load(sys.stdin)
+c = collections.Counter(n for k, n in d["partitions"].items() if k.startswith("players/"))
+print(int(c.most_common(1)[0][0].rsplit("_n", 1)[1]) - 1)')
+  survivor=$(( (v + 1) % 3 ))
+  resident=$(curl -fs "http://${addrs[$v]}/v1/cluster?local=1" | python3 -c 'import json,sys; print(sum(s["resident_entities"] for s in json.load(sys.stdin)["shards"]))')
+  log "cluster: kill -9 n$((v + 1)) ($resident entities resident) and measure until its partitions process again"
+  "$LT" failover --survivor "${addrs[$survivor]}" --victim "${base}_n$((v + 1))" --pid "${pids[$v]}" \
+    --player-topic "$base.players" --channel-topic "$base.channels" --json "$OUT/failover-$players.json" > /dev/null
+  python3 - "$OUT/failover-$players.json" "$resident" <<'PY'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p)); d["resident_on_killed_node"] = int(sys.argv[2]); json.dump(d, open(p, "w"), indent=2)
+PY
+  for i in 0 1 2; do [ "$i" = "$v" ] || stop_node "${pids[$i]}"; done
+  cat "$OUT/failover-$players.json" "$OUT/query-latency-$players.json"
+}
+
 case "${1:-all}" in
-  node|all) bench_node ;;
-  *) echo "usage: $0 [node|all]" >&2; exit 2 ;;
+  node) bench_node ;;
+  cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
+  all) bench_node; bench_cluster 300000; bench_cluster 3000000 ;;
+  *) echo "usage: $0 [node|cluster|all]" >&2; exit 2 ;;
 esac
