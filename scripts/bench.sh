@@ -41,6 +41,9 @@ start_node() {
   local name=$1 cluster=${2:-} topics=${3:-$1} port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   NODE_ADDR=127.0.0.1:$port
+  if [ -z "$cluster" ]; then
+    cluster=$(printf '[cluster]\ncluster_id = "%s"\ngossip_addr = "127.0.0.1:%s"\n' "$name" "$(free_udp)")
+  fi
   cat > "$WORK/$name.toml" <<EOT
 [node]
 id = "$name"
@@ -53,9 +56,7 @@ partitions = 8
 group_id = "$topics"
 [cassandra]
 keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
-${cluster:-[cluster]
-cluster_id = "$name"
-gossip_addr = "127.0.0.1:$(free_udp)"}
+$cluster
 EOT
   RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
   NODE_PID=$!
@@ -68,6 +69,19 @@ EOT
 }
 
 stop_node() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Waits until every shard of the cluster NODE belongs to has checkpointed everything.
+wait_checkpoints() {
+  for _ in $(seq 1 1800); do
+    curl -fs "http://$1/v1/cluster" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+shards = [s for n in d["nodes"] for s in n.get("shards", [])]
+sys.exit(0 if shards and all(s["dirty_entities"] == 0 and s["durable_offset"] == s["next_offset"] for s in shards) else 1)' && return 0
+    sleep 1
+  done
+  log "checkpoints did not catch up within 30 minutes"; return 1
+}
 
 bench_node() {
   local name="bench_node_$(date +%s)"
@@ -88,7 +102,7 @@ bench_node() {
   log "node: resuming the node; measuring until it applied $records records"
   kill -CONT "$pid"
   "$LT" consume-rate --node "$addr" --records "$records" --json "$OUT/node-consume.json" > /dev/null
-  sleep 3   # let the last checkpoint finish
+  wait_checkpoints "$addr"
   local rss1 resident
   rss1=$(rss_kib "$pid")
   resident=$(curl -fs "http://$addr/v1/cluster" | python3 -c 'import json,sys; print(sum(s["resident_entities"] for s in json.load(sys.stdin)["shards"] if s["kind"]=="players"))')
@@ -164,6 +178,10 @@ phi_threshold = 8.0" "$base" &
   log "cluster: query latency on the owner vs. through a non-owner"
   "$LT" query-latency --node "${addrs[0]}" --id-prefix "$base-" --players "$players" --sample 500 --rounds 4 \
     --player-topic "$base.players" --channel-topic "$base.channels" --json "$OUT/query-latency-$players.json" > /dev/null
+  # Steady state first: every shard's checkpoint caught up (the replay window after a
+  # failure is then about one checkpoint interval, as in production).
+  log "cluster: waiting until every checkpoint has caught up"
+  wait_checkpoints "${addrs[0]}"
   # The victim: the node owning the most player partitions.
   local v resident survivor
   v=$(curl -fs "http://${addrs[0]}/v1/cluster" | python3 -c '

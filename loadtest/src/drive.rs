@@ -43,24 +43,42 @@ pub struct DriveOpts {
     pub batch: usize,
     /// Events per second; None = as fast as possible.
     pub rate: Option<f64>,
+    /// Pace by event time instead: (event time of the start, speedup). An event of time t
+    /// is sent (t - start) / speedup after the run began.
+    pub event_time: Option<(i64, f64)>,
     /// Parallel HTTP lanes.
     pub lanes: usize,
     /// Batches in flight towards Kafka.
     pub pipeline: usize,
 }
 
-/// Paces sending to a target rate.
+/// Paces sending to a target rate, or to event time.
 struct Pacer {
     rate: Option<f64>,
+    event_time: Option<(i64, f64)>,
     started: Instant,
 }
 
 impl Pacer {
-    async fn wait(&self, sent: u64) {
-        if let Some(rate) = self.rate {
-            let due = self.started + Duration::from_secs_f64(sent as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
+    fn new(opts: &DriveOpts) -> Pacer {
+        Pacer {
+            rate: opts.rate,
+            event_time: opts.event_time,
+            started: Instant::now(),
         }
+    }
+
+    /// Waits until the batch starting with the `sent`-th event, of time `ts`, is due.
+    async fn wait(&self, sent: u64, ts: i64) {
+        let due = match (self.event_time, self.rate) {
+            (Some((start, speedup)), _) => {
+                self.started
+                    + Duration::from_secs_f64(((ts - start).max(0) as f64 / 1000.0) / speedup)
+            }
+            (None, Some(rate)) => self.started + Duration::from_secs_f64(sent as f64 / rate),
+            (None, None) => return,
+        };
+        tokio::time::sleep_until(due.into()).await;
     }
 }
 
@@ -100,10 +118,7 @@ async fn drive_kafka(
 ) -> anyhow::Result<()> {
     let partitions = crate::topic_partitions(kafka).await?;
     let ingest = kafka_producer(kafka, partitions)?;
-    let pacer = Pacer {
-        rate: opts.rate,
-        started: Instant::now(),
-    };
+    let pacer = Pacer::new(opts);
     let mut inflight: VecDeque<(Vec<Event>, _)> = VecDeque::new();
     let mut events = events.peekable();
     let mut queued = 0u64;
@@ -114,7 +129,7 @@ async fn drive_kafka(
         let batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
         let done = batch.is_empty();
         if !done {
-            pacer.wait(queued).await;
+            pacer.wait(queued, batch[0].ts).await;
             queued += batch.len() as u64;
             let records = batch.iter().flat_map(records_for).collect();
             let answer = ingest.submit(records).await.context("submit to kafka")?;
@@ -226,10 +241,7 @@ async fn drive_http(
         .build()
         .context("build http client")?;
     let lanes = opts.lanes.max(1);
-    let pacer = Pacer {
-        rate: opts.rate,
-        started: Instant::now(),
-    };
+    let pacer = Pacer::new(opts);
     let mut events = events.peekable();
     let mut queued = 0u64;
     while events.peek().is_some() && !progress.stop.load(Ordering::Relaxed) {
@@ -239,7 +251,13 @@ async fn drive_http(
             let lane = partition_for(&e.player, lanes as i32) as usize;
             per_lane[lane].push(e);
         }
-        pacer.wait(queued).await;
+        let first_ts = per_lane
+            .iter()
+            .flat_map(|b| b.first())
+            .map(|e| e.ts)
+            .min()
+            .unwrap_or(0);
+        pacer.wait(queued, first_ts).await;
         queued += per_lane.iter().map(|b| b.len() as u64).sum::<u64>();
         let results: Vec<(Vec<Event>, Result<(), String>)> =
             futures::stream::iter(per_lane.into_iter().enumerate())

@@ -1,6 +1,7 @@
 //! Tally's load generator and exact verifier, as a library so its scenarios can be tested.
 //!
 //! - [`players`]: the players scenario's generator and the expected state it keeps.
+//! - [`viewers`]: the viewers scenario (Zipf channels, Poisson switching, heartbeats).
 //! - [`drive`]: sending into Kafka or HTTP ingest at a rate, keeping order and exactness.
 //! - [`probe`]: end-to-end latency probes (event created -> visible in the owner's state).
 //! - [`verify`]: comparing every entity with the expected state, with retries and failover.
@@ -15,6 +16,7 @@ pub mod players;
 pub mod probe;
 pub mod report;
 pub mod verify;
+pub mod viewers;
 
 use std::time::Duration;
 

@@ -45,6 +45,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         node: NodeConfig {
             id: "lt-node".into(),
             api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            advertise_api_addr: None,
         },
         kafka: kafka.clone(),
         cassandra: CassandraConfig {
@@ -91,6 +92,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
     let mut expected = Expected::new(3, 120_000);
     let progress = Progress::default();
     let opts = DriveOpts {
+        event_time: None,
         batch: 500,
         rate: None,
         lanes: 1,

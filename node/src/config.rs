@@ -45,8 +45,11 @@ pub struct Config {
 pub struct ClusterConfig {
     /// Nodes gossip only with nodes of the same cluster id; others are ignored.
     pub cluster_id: String,
-    /// UDP address this node gossips on (and advertises to peers).
+    /// UDP address this node gossips on.
     pub gossip_addr: SocketAddr,
+    /// Gossip address (`host:port`, resolved at start) peers use to reach this node;
+    /// defaults to `gossip_addr`. Set it when listening on 0.0.0.0.
+    pub advertise_gossip_addr: Option<String>,
     /// Gossip addresses of seed nodes (`host:port`); empty for a single node.
     pub seeds: Vec<String>,
     /// Time between gossip rounds, milliseconds.
@@ -66,6 +69,7 @@ impl Default for ClusterConfig {
             gossip_addr: "127.0.0.1:7946"
                 .parse()
                 .expect("valid default gossip address"),
+            advertise_gossip_addr: None,
             seeds: Vec::new(),
             gossip_interval_ms: 100,
             phi_threshold: 6.0,
@@ -83,6 +87,10 @@ pub struct NodeConfig {
     pub id: String,
     /// Address the HTTP API listens on. Port 0 picks a free port (tests use this).
     pub api_addr: SocketAddr,
+    /// `host:port` other nodes use to reach this node's API (forwarded queries); defaults
+    /// to the bound `api_addr`. Set it when listening on 0.0.0.0.
+    #[serde(default)]
+    pub advertise_api_addr: Option<String>,
 }
 
 /// `[kafka]`
@@ -294,6 +302,20 @@ impl Config {
         if self.shard.max_batch == 0 || self.shard.max_inflight_batches == 0 {
             bail!("shard.max_batch and shard.max_inflight_batches must be positive");
         }
+        if self.node.api_addr.ip().is_unspecified() && self.node.advertise_api_addr.is_none() {
+            bail!(
+                "node.advertise_api_addr must be set when node.api_addr listens on {}",
+                self.node.api_addr.ip()
+            );
+        }
+        if self.cluster.gossip_addr.ip().is_unspecified()
+            && self.cluster.advertise_gossip_addr.is_none()
+        {
+            bail!(
+                "cluster.advertise_gossip_addr must be set when cluster.gossip_addr listens on {}",
+                self.cluster.gossip_addr.ip()
+            );
+        }
         if self.cluster.cluster_id.trim().is_empty() {
             bail!("cluster.cluster_id must not be empty");
         }
@@ -368,6 +390,27 @@ mod tests {
             cfg.cassandra.replication.to_cql(),
             "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': 2}"
         );
+    }
+
+    /// Every example under cluster-config/ is a valid config.
+    #[test]
+    fn shipped_examples_load() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-config");
+        let mut files = vec![
+            root.join("local.toml"),
+            root.join("production.example.toml"),
+        ];
+        files.extend((1..=3).map(|i| root.join(format!("cluster-3/node-{i}.toml"))));
+        for f in files {
+            Config::load(&f).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+        }
+    }
+
+    #[test]
+    fn listening_on_all_interfaces_needs_an_advertised_address() {
+        let f = write("[node]\nid = \"n1\"\napi_addr = \"0.0.0.0:8080\"\n");
+        let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+        assert!(err.contains("node.advertise_api_addr"), "{err}");
     }
 
     #[test]

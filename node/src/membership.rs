@@ -7,7 +7,6 @@
 //! Not for: deciding ownership (see `ownership`) or answering queries (see `api`).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -95,13 +94,24 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// Starts gossiping; `api_addr` is the API address peers should use.
     pub async fn start(
         cfg: &ClusterConfig,
         node_id: &str,
-        api_addr: SocketAddr,
+        api_addr: &str,
     ) -> anyhow::Result<Membership> {
         let generation = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-        let self_id = ChitchatId::new(node_id.to_string(), generation, cfg.gossip_addr);
+        let advertised = match &cfg.advertise_gossip_addr {
+            None => cfg.gossip_addr,
+            Some(a) => tokio::net::lookup_host(a.as_str())
+                .await
+                .with_context(|| format!("resolve cluster.advertise_gossip_addr {a}"))?
+                .next()
+                .with_context(|| {
+                    format!("cluster.advertise_gossip_addr {a} resolves to nothing")
+                })?,
+        };
+        let self_id = ChitchatId::new(node_id.to_string(), generation, advertised);
         let interval = Duration::from_millis(cfg.gossip_interval_ms);
         let config = ChitchatConfig {
             chitchat_id: self_id.clone(),

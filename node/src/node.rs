@@ -338,8 +338,13 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) {
     })
     .await;
 
+    let advertised_api = cfg
+        .node
+        .advertise_api_addr
+        .clone()
+        .unwrap_or_else(|| api_addr.to_string());
     let membership = retry("start gossip membership", || {
-        Membership::start(&cfg.cluster, &cfg.node.id, api_addr)
+        Membership::start(&cfg.cluster, &cfg.node.id, &advertised_api)
     })
     .await;
     let permits = Arc::new(Semaphore::new(cfg.shard.max_inflight_batches));

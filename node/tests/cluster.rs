@@ -228,3 +228,28 @@ async fn rolling_restart_under_a_continuous_stream_keeps_counters_exact() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_cluster_id_is_ignored() {
+    let env = TestEnv::new("cl_ids", 2);
+    let (ga, gb) = (free_udp_port(), free_udp_port());
+    let config = |cluster: &str, own: u16, seed: u16| {
+        format!("[cluster]\ncluster_id = \"{cluster}\"\ngossip_addr = \"127.0.0.1:{own}\"\nseeds = [\"127.0.0.1:{seed}\"]\n")
+    };
+    let a = NodeProcess::start(&env, "a", &config(&format!("{}-x", env.name), ga, gb));
+    let b = NodeProcess::start(&env, "b", &config(&format!("{}-y", env.name), gb, ga));
+    a.wait_ready(Duration::from_secs(60)).await;
+    b.wait_ready(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = reqwest::Client::new();
+    for (node, me) in [(&a, "a"), (&b, "b")] {
+        let v = get_json(&client, &node.url("/v1/cluster")).await.unwrap();
+        let members: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["node_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(members, vec![me], "a node of another cluster id was let in");
+    }
+}

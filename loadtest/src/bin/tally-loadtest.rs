@@ -10,6 +10,7 @@ use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
 use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
 use tally_loadtest::report::{self, RunReport};
 use tally_loadtest::verify::{self, VerifyOpts};
+use tally_loadtest::viewers::{ViewersGen, ViewersSpec};
 use tally_loadtest::{baseline, probe};
 use tally_node::config::KafkaConfig;
 
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// P players emitting sessions, matches, purchases, chat and follows.
     Players(PlayersArgs),
+    /// N concurrent viewers over M channels (Zipf), heartbeating, switching about once a
+    /// minute, sometimes leaving.
+    Viewers(ViewersArgs),
     /// Plain rdkafka consume-and-discard of a topic: the throughput yardstick.
     Baseline(BaselineArgs),
     /// Measures a node's apply rate from its metrics until it applied N records.
@@ -172,6 +176,24 @@ struct PlayersArgs {
 }
 
 #[derive(Args)]
+struct ViewersArgs {
+    /// Concurrent viewers.
+    #[arg(long, default_value_t = 500_000)]
+    viewers: u64,
+    /// Channels (Zipf popularity: channel 0 is the most watched).
+    #[arg(long, default_value_t = 5_000)]
+    channels: u64,
+    /// Simulated length of the run, event-time seconds.
+    #[arg(long, default_value_t = 600)]
+    duration: u64,
+    /// Time compression: 10 runs 600 simulated seconds in 60 wall seconds.
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
 struct BaselineArgs {
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
@@ -226,31 +248,34 @@ fn write_json(
     Ok(())
 }
 
-async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
-    let c = &args.common;
-    if args.players == 0 || args.channels == 0 {
-        bail!("--players and --channels must be at least 1");
-    }
+/// Checks the options every scenario shares.
+fn check_common(c: &Common) -> anyhow::Result<()> {
     if c.batch == 0 || c.lanes == 0 {
         bail!("--batch and --lanes must be at least 1");
     }
-    let rate = parse_rate(&c.rate)?;
     if (c.verify || c.via == ViaArg::Http) && c.nodes.is_empty() {
         bail!(
             "--nodes: name at least one Tally API address (host:port) for --verify or --via http"
         );
     }
-    let kafka = KafkaConfig {
-        brokers: c.brokers.clone(),
-        player_topic: c.player_topic.clone(),
-        channel_topic: c.channel_topic.clone(),
-        ..Default::default()
-    };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
-    let prefix = c
-        .id_prefix
+    Ok(())
+}
+
+/// Ids of this run start with the given prefix, or "lt<seed>-<unix time>-".
+fn id_prefix(c: &Common, now: Duration) -> String {
+    c.id_prefix
         .clone()
-        .unwrap_or_else(|| format!("lt{}-{}-", c.seed, now.as_secs()));
+        .unwrap_or_else(|| format!("lt{}-{}-", c.seed, now.as_secs()))
+}
+
+async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
+    let c = &args.common;
+    if args.players == 0 || args.channels == 0 {
+        bail!("--players and --channels must be at least 1");
+    }
+    check_common(c)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let prefix = id_prefix(c, now);
     let spec = PlayersSpec {
         players: args.players,
         channels: args.channels,
@@ -258,6 +283,78 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
         seed: c.seed,
         id_prefix: prefix.clone(),
         start_ts: now.as_millis() as i64,
+    };
+    let opts = DriveOpts {
+        batch: c.batch,
+        rate: parse_rate(&c.rate)?,
+        event_time: None,
+        lanes: c.lanes,
+        pipeline: 8,
+    };
+    run(
+        "players",
+        c,
+        &prefix,
+        args.events,
+        PlayersGen::new(spec),
+        opts,
+    )
+    .await
+}
+
+async fn viewers(args: ViewersArgs) -> anyhow::Result<bool> {
+    let c = &args.common;
+    if args.viewers == 0 || args.channels == 0 || args.duration == 0 {
+        bail!("--viewers, --channels and --duration must be at least 1");
+    }
+    if args.viewers > u32::MAX as u64 || args.channels > u32::MAX as u64 {
+        bail!("--viewers and --channels must be at most {}", u32::MAX);
+    }
+    if !(args.speedup > 0.0 && args.speedup.is_finite()) {
+        bail!(
+            "--speedup: expected a positive number, got {}",
+            args.speedup
+        );
+    }
+    check_common(c)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let prefix = id_prefix(c, now);
+    let start_ts = now.as_millis() as i64;
+    let spec = ViewersSpec::new(
+        args.viewers,
+        args.channels,
+        args.duration,
+        c.seed,
+        prefix.clone(),
+        start_ts,
+    );
+    // Heartbeats plus switches: an estimate for the progress display.
+    let total = args.viewers * (args.duration / spec.heartbeat_secs + args.duration / 60 + 1);
+    // One lane: a channel's events come from many viewers, and its peak depends on their order.
+    let opts = DriveOpts {
+        batch: c.batch,
+        rate: None,
+        event_time: Some((start_ts, args.speedup)),
+        lanes: 1,
+        pipeline: 8,
+    };
+    run("viewers", c, &prefix, total, ViewersGen::new(spec), opts).await
+}
+
+/// Sends a scenario's events, measures, verifies, reports.
+async fn run(
+    scenario: &str,
+    c: &Common,
+    prefix: &str,
+    total: u64,
+    events: impl Iterator<Item = tally_node::event::Event>,
+    opts: DriveOpts,
+) -> anyhow::Result<bool> {
+    let kafka = KafkaConfig {
+        brokers: c.brokers.clone(),
+        player_topic: c.player_topic.clone(),
+        channel_topic: c.channel_topic.clone(),
+        ..Default::default()
     };
     let channel_partitions = match tally_loadtest::topic_partitions(&kafka).await {
         Ok((_, ch)) => ch,
@@ -282,24 +379,18 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
             }
         })
     };
-    let ticker = tokio::spawn(report::progress_loop(progress.clone(), args.events));
+    let ticker = tokio::spawn(report::progress_loop(progress.clone(), total));
     let probes = (c.probe_interval_ms > 0).then(|| {
         tokio::spawn(probe::run(
             via.clone(),
             c.nodes.clone(),
-            prefix.clone(),
+            prefix.to_string(),
             Duration::from_millis(c.probe_interval_ms),
             progress.clone(),
         ))
     });
-    let opts = DriveOpts {
-        batch: c.batch,
-        rate,
-        lanes: c.lanes,
-        pipeline: 8,
-    };
     let started = Instant::now();
-    let sent = drive::drive(PlayersGen::new(spec), &via, &opts, &mut expected, &progress).await;
+    let sent = drive::drive(events, &via, &opts, &mut expected, &progress).await;
     let secs = started.elapsed().as_secs_f64();
     let interrupted = progress.stop.swap(true, Ordering::SeqCst);
     ctrl_c.abort();
@@ -313,7 +404,7 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
     sent?;
     let events_sent = progress.sent.load(Ordering::Relaxed);
     let mut report = RunReport {
-        scenario: "players".into(),
+        scenario: scenario.into(),
         seed: c.seed,
         via: if c.via == ViaArg::Kafka {
             "kafka"
@@ -406,6 +497,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Players(a) => players(a).await,
+        Command::Viewers(a) => viewers(a).await,
         Command::Baseline(a) => tokio::task::spawn_blocking(move || {
             let r = baseline::consume_and_discard(
                 &a.brokers,
