@@ -154,8 +154,9 @@ PY
 
 # A 3-node cluster: failover time from kill -9 with N players spread over it (about N/3
 # resident on the killed node), and query latency on the owner vs. through another node.
-bench_cluster() {
-  local players=$1 base="bench_cl_$(date +%s)" g1 g2 g3 pids=() addrs=()
+# start_cluster BASE: three nodes gossiping on free ports; sets PIDS and ADDRS.
+start_cluster() {
+  local base=$1 g1 g2 g3
   g1=$(free_udp); g2=$(free_udp); g3=$(free_udp)
   for i in 1 2 3; do
     local g; g=$(eval echo "\$g$i")
@@ -166,13 +167,52 @@ seeds = [\"127.0.0.1:$g1\", \"127.0.0.1:$g2\", \"127.0.0.1:$g3\"]
 phi_threshold = 8.0" "$base" &
   done
   wait
+  PIDS=(); ADDRS=()
   for i in 1 2 3; do
-    pids+=("$(pgrep -f "$WORK/${base}_n$i.toml")")
-    addrs+=("$(grep api_addr "$WORK/${base}_n$i.toml" | cut -d'"' -f2)")
+    PIDS+=("$(pgrep -f "$WORK/${base}_n$i.toml")")
+    ADDRS+=("$(grep api_addr "$WORK/${base}_n$i.toml" | cut -d'"' -f2)")
   done
   sleep 3
+}
+
+# CPU seconds (user + system) used so far by the given processes.
+cpu_secs() {
+  local ticks=0 pid
+  for pid in "$@"; do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  python3 -c "print($ticks / $(getconf CLK_TCK))"
+}
+
+# N viewers over 5000 channels at real speed on a 3-node cluster: average CPU used by the
+# whole cluster (all three node processes), every channel and 5000 viewers verified exact.
+bench_viewers() {
+  local viewers=$1 secs=${2:-300} base="bench_vw_$(date +%s)"
+  start_cluster "$base"
+  local c0 c1 t0 t1
+  c0=$(cpu_secs "${PIDS[@]}"); t0=$(date +%s.%N)
+  log "viewers: $viewers viewers over 5000 channels for $secs s at real speed"
+  "$LT" viewers --viewers "$viewers" --channels 5000 --duration "$secs" --speedup 1 --seed 4 \
+    --id-prefix "$base-" --player-topic "$base.players" --channel-topic "$base.channels" \
+    --nodes "${ADDRS[0]},${ADDRS[1]},${ADDRS[2]}" --probe-interval-ms 200 --verify --sample 5000 \
+    --json "$OUT/viewers-$viewers.json" > /dev/null
+  # The CPU window includes the short verification at the end (conservative).
+  c1=$(cpu_secs "${PIDS[@]}"); t1=$(date +%s.%N)
+  python3 - "$OUT/viewers-$viewers.json" "$c0" "$c1" "$t0" "$t1" <<'PY'
+import json, sys
+p, c0, c1, t0, t1 = sys.argv[1], *map(float, sys.argv[2:])
+d = json.load(open(p)); d["cluster_cpu_cores_avg"] = (c1 - c0) / (t1 - t0); json.dump(d, open(p, "w"), indent=2)
+print(f"viewers: cluster used {d['cluster_cpu_cores_avg']:.3f} cores on average for {d['events_per_sec']:.0f} events/s")
+PY
+  for pid in "${PIDS[@]}"; do stop_node "$pid"; done
+}
+
+bench_cluster() {
+  local players=$1 base="bench_cl_$(date +%s)"
+  start_cluster "$base"
+  local pids=("${PIDS[@]}") addrs=("${ADDRS[@]}")
   log "cluster: loading $players players ($((players * 3)) events) and waiting until all are applied"
-  "$LT" players --players "$players" --events $((players * 3)) --seed 3 --id-prefix "$base-" --probe-interval-ms 0 \
+  "$LT" players --players "$players" --events $((players * 3)) --rate "${BENCH_CLUSTER_RATE:-max}" --seed 3 --id-prefix "$base-" --probe-interval-ms 0 \
     --player-topic "$base.players" --channel-topic "$base.channels" --batch 5000 \
     --nodes "${addrs[0]}" --verify --sample 500 --verify-timeout 600 > /dev/null
   log "cluster: query latency on the owner vs. through a non-owner"
@@ -205,6 +245,7 @@ PY
 case "${1:-all}" in
   node) bench_node ;;
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
+  viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" ;;
   all) bench_node; bench_cluster 300000; bench_cluster 3000000 ;;
   *) echo "usage: $0 [node|cluster|all]" >&2; exit 2 ;;
 esac

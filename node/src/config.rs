@@ -72,7 +72,7 @@ impl Default for ClusterConfig {
             advertise_gossip_addr: None,
             seeds: Vec::new(),
             gossip_interval_ms: 100,
-            phi_threshold: 6.0,
+            phi_threshold: 8.0,
             handover_timeout_ms: 15_000,
         }
     }

@@ -122,7 +122,8 @@ impl Membership {
             failure_detector_config: FailureDetectorConfig {
                 phi_threshold: cfg.phi_threshold,
                 initial_interval: interval,
-                max_interval: interval * 20,
+                // Long gaps (a loaded peer) still count, so the detector adapts to them.
+                max_interval: interval * 100,
                 dead_node_grace_period: Duration::from_secs(60),
                 ..Default::default()
             },
@@ -136,8 +137,35 @@ impl Membership {
             (KEY_STATUS.to_string(), "serving".to_string()),
             (KEY_OWNED.to_string(), encode_owned(&BTreeSet::new())),
         ];
-        let handle = spawn_chitchat(config, initial, &UdpTransport)
+        // Gossip gets a runtime of its own: heartbeats must keep flowing while the shards
+        // keep the main runtime busy, or a loaded node looks dead to its peers.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("gossip".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("build gossip runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let started = spawn_chitchat(config, initial, &UdpTransport).await;
+                    let failed = started.is_err();
+                    let _ = tx.send(started);
+                    if !failed {
+                        std::future::pending::<()>().await;
+                    }
+                });
+            })
+            .context("spawn gossip thread")?;
+        let handle = rx
             .await
+            .context("gossip thread ended")?
             .with_context(|| format!("start gossip on {}", cfg.gossip_addr))?;
         let watcher = handle.chitchat().lock().await.live_nodes_watcher();
         Ok(Membership {
