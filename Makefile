@@ -5,7 +5,10 @@ CARGO ?= cargo
 # Integration tests start real node processes; two cores run two test threads well.
 TEST_THREADS ?= 2
 
-.PHONY: help services services-down services-status build build-release demo demo-down \
+HELM := .services/bin/helm
+HELM_VERSION ?= v3.22.0
+
+.PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
         test check fmt clippy unit-tests integration-tests outage-tests bench schema
 
 help:
@@ -16,6 +19,7 @@ help:
 	@echo "make services-down   stop the services this project started"
 	@echo "make services-status report each service"
 	@echo "make bench           run the benchmark suite (see README, Performance)"
+	@echo "make helm-lint       lint and render the Helm chart (installs helm with Go once)"
 
 services:
 	@$(SERVICES) up
@@ -59,3 +63,13 @@ schema:
 
 bench: services build-release
 	@scripts/bench.sh
+
+# helm from the Go module proxy, built once into .services/bin (a few minutes the first time).
+$(HELM):
+	@command -v go > /dev/null || { echo "helm-lint: go is needed to build helm" >&2; exit 1; }
+	GOBIN=$(abspath .services/bin) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+helm-lint: $(HELM)
+	$(HELM) lint helm/tally
+	$(HELM) template tally helm/tally > /dev/null
+	@echo "helm-lint: chart helm/tally lints and renders"

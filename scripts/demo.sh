@@ -53,17 +53,20 @@ for n in "${NODES[@]}"; do
 done
 
 # A few thousand events: 200 players over 10 channels, sessions, matches, purchases, viewing.
-python3 - > "$STATE/events.ndjson" <<'PY'
-import json, random
+# Ids carry the run's start time, so running the demo again starts from fresh entities.
+RUN="demo$(date +%s)"
+RUN=$RUN python3 - > "$STATE/events.ndjson" <<'PY'
+import json, os, random
+run = os.environ["RUN"]
 rnd = random.Random(7)
 t = 1_700_000_000_000
 for i in range(3000):
     t += rnd.randint(10, 500)
-    p = f"demo-player-{rnd.randint(1, 200)}"
-    c = f"demo-channel-{rnd.randint(1, 10)}"
+    p = f"{run}-player-{rnd.randint(1, 200)}"
+    c = f"{run}-channel-{rnd.randint(1, 10)}"
     kind = rnd.choice(["session_start", "session_end", "match_end", "purchase", "viewer_join",
                        "viewer_heartbeat", "follow", "level_up"])
-    e = {"v": 1, "id": f"demo-{i}", "ts": t, "player": p, "kind": kind}
+    e = {"v": 1, "id": f"{run}-{i}", "ts": t, "player": p, "kind": kind}
     if kind == "match_end":
         e.update(match_id=f"m{i}", kills=rnd.randint(0, 9), deaths=rnd.randint(0, 3),
                  survival_secs=rnd.randint(30, 1500), placement=rnd.randint(1, 50))
@@ -82,8 +85,8 @@ cat <<EOT
 Tally is running: 3 nodes (APIs on ports 8081, 8082, 8083; any node answers any query).
 Look at:
   $API/readyz
-  $API/v1/players/demo-player-1
-  $API/v1/channels/demo-channel-1
+  $API/v1/players/$RUN-player-1
+  $API/v1/channels/$RUN-channel-1
   $API/v1/channels/top?by=concurrent&limit=5
   $API/v1/cluster            members, partition owners, lag, checkpoint age
   $API/metrics
