@@ -18,41 +18,19 @@ pub mod report;
 pub mod verify;
 pub mod viewers;
 
-use std::time::Duration;
-
 use anyhow::Context;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tally_node::config::KafkaConfig;
 
-/// Partition counts of the player and channel topics.
+/// Partition counts of the player and channel topics (the node's own metadata read).
 pub async fn topic_partitions(kafka: &KafkaConfig) -> anyhow::Result<(i32, i32)> {
-    let kafka = kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .create()
-            .context("create kafka client")?;
-        let count = |topic: &str| -> anyhow::Result<i32> {
-            let md = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(10))
-                .with_context(|| {
-                    format!("read metadata of topic {topic} from {}", kafka.brokers)
-                })?;
-            let n = md
-                .topics()
-                .first()
-                .map_or(0, |t| t.partitions().len() as i32);
-            anyhow::ensure!(
-                n > 0,
-                "topic {topic} does not exist on {}: start a node first (it creates the topics)",
+    tally_node::node::partition_counts(kafka)
+        .await
+        .with_context(|| {
+            format!(
+                "the topics must exist on {}: start a node first (it creates them)",
                 kafka.brokers
-            );
-            Ok(n)
-        };
-        Ok((count(&kafka.player_topic)?, count(&kafka.channel_topic)?))
-    })
-    .await
-    .context("metadata task")?
+            )
+        })
 }
 
 /// The consumer settings of the baseline, matching the node's source (read committed,

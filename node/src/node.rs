@@ -259,7 +259,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 /// Stop order: ownership controller; announce the leave; for every shard: revoke it from
 /// the source, wait for its batches, write its final checkpoint, stop it; advertise that
 /// nothing is owned any more so peers take over at once; stop polling and gossiping.
-async fn stop_core(core: &Core, state: &NodeState) {
+async fn stop_core(core: &Core, state: &Arc<NodeState>) {
     let _ = core.controller_stop.send(true);
     let controller = core.controller.lock().expect("controller lock").take();
     if let Some(c) = controller {
@@ -279,12 +279,15 @@ async fn stop_core(core: &Core, state: &NodeState) {
         state.cfg.cluster.gossip_interval_ms * 5,
     ))
     .await;
-    let _ = tokio::task::spawn_blocking({
-        let permits = core.permits.clone();
-        move || permits.close()
+    core.permits.close();
+    // Joining the poll thread blocks: do it off the async workers.
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(core) = st.core.get() {
+            core.source.stop();
+        }
     })
     .await;
-    core.source.stop();
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds, logging each failure.
@@ -326,7 +329,7 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) {
     );
     retry("create kafka topics", || create_topics(cfg)).await;
     let (player_partitions, channel_partitions) =
-        retry("read kafka topic metadata", || partition_counts(cfg)).await;
+        retry("read kafka topic metadata", || partition_counts(&cfg.kafka)).await;
     let (ingest, ingest_thread) = retry("start ingest producer", || async {
         Ingest::start(
             &cfg.kafka,
@@ -437,8 +440,8 @@ async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Partition counts of the player and channel topics, from broker metadata.
-async fn partition_counts(cfg: &Config) -> anyhow::Result<(i32, i32)> {
-    let kafka = cfg.kafka.clone();
+pub async fn partition_counts(kafka: &crate::config::KafkaConfig) -> anyhow::Result<(i32, i32)> {
+    let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)

@@ -44,6 +44,7 @@ enum Command {
 
 #[derive(Args)]
 struct KafkaArgs {
+    /// Kafka bootstrap brokers.
     #[arg(long, default_value = "127.0.0.1:9092")]
     brokers: String,
     #[arg(long, default_value = "player-events")]
@@ -136,13 +137,8 @@ struct Common {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Kafka bootstrap brokers (with --via kafka).
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
-    #[arg(long, default_value = "player-events")]
-    player_topic: String,
-    #[arg(long, default_value = "channel-events")]
-    channel_topic: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
     /// Events per batch (a Kafka transaction or an HTTP request).
     #[arg(long, default_value_t = 2000)]
     batch: usize,
@@ -350,12 +346,7 @@ async fn run(
     events: impl Iterator<Item = tally_node::event::Event>,
     opts: DriveOpts,
 ) -> anyhow::Result<bool> {
-    let kafka = KafkaConfig {
-        brokers: c.brokers.clone(),
-        player_topic: c.player_topic.clone(),
-        channel_topic: c.channel_topic.clone(),
-        ..Default::default()
-    };
+    let kafka = c.kafka.config();
     let channel_partitions = match tally_loadtest::topic_partitions(&kafka).await {
         Ok((_, ch)) => ch,
         Err(e) if c.via == ViaArg::Http => {
