@@ -135,7 +135,15 @@ async fn drive_kafka(
             let answer = ingest.submit(records).await.context("submit to kafka")?;
             inflight.push_back((batch, Box::pin(answer)));
         }
-        // Settle the oldest batches, in order, when the pipeline is full or at the end.
+        // Settle the oldest batches in order: those already answered (so progress is
+        // current), then wait when the pipeline is full or at the end.
+        while let Some(front) = inflight.front_mut() {
+            let Some(result) = futures::FutureExt::now_or_never(&mut front.1) else {
+                break;
+            };
+            let (batch, _) = inflight.pop_front().expect("non-empty");
+            settle(batch, result.map_err(|e| e.to_string()), expected, progress);
+        }
         while inflight.len() > opts.pipeline || (done && !inflight.is_empty()) {
             let (batch, answer) = inflight.pop_front().expect("non-empty");
             settle(
