@@ -103,9 +103,8 @@ pub fn kafka_producer(kafka: &KafkaConfig, partitions: (i32, i32)) -> anyhow::Re
         linger_ms: 2,
         ..Default::default()
     };
-    let (ingest, _thread) =
-        Ingest::start(kafka, &cfg, &id, partitions, Arc::new(Metrics::default()))
-            .with_context(|| format!("start kafka producer for {}", kafka.brokers))?;
+    let ingest = Ingest::start(kafka, &cfg, &id, partitions, Arc::new(Metrics::default()))
+        .with_context(|| format!("start kafka producer for {}", kafka.brokers))?;
     Ok(ingest)
 }
 

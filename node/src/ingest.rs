@@ -109,7 +109,7 @@ impl Ingest {
         node_id: &str,
         partitions: (i32, i32),
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Ingest, std::thread::JoinHandle<()>)> {
+    ) -> anyhow::Result<Ingest> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &kafka.brokers)
@@ -138,12 +138,14 @@ impl Ingest {
             max_records: cfg.max_transaction_records,
             metrics,
         };
-        let thread = std::thread::Builder::new()
+        // The thread ends by itself when the last `Ingest` handle is dropped: every
+        // request has waited for its transaction, so nothing is left uncommitted.
+        std::thread::Builder::new()
             .name("kafka-ingest".into())
             .spawn(move || worker.run(rx))
             .context("spawn ingest thread")?;
         info!("ingest producer ready");
-        Ok((Ingest { tx }, thread))
+        Ok(Ingest { tx })
     }
 
     /// Produces `records` in a transaction and waits until Kafka acknowledged it.

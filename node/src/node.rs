@@ -330,7 +330,7 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) {
     retry("create kafka topics", || create_topics(cfg)).await;
     let (player_partitions, channel_partitions) =
         retry("read kafka topic metadata", || partition_counts(&cfg.kafka)).await;
-    let (ingest, ingest_thread) = retry("start ingest producer", || async {
+    let ingest = retry("start ingest producer", || async {
         Ingest::start(
             &cfg.kafka,
             &cfg.ingest,
@@ -398,7 +398,6 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) {
         controller_stop,
         controller: Mutex::new(None),
     });
-    let _ = ingest_thread; // ends by itself when the last ingest handle is dropped
     let controller = tokio::spawn(ownership::run_controller(state.clone(), stop_rx));
     if let Some(core) = state.core.get() {
         *core.controller.lock().expect("controller lock") = Some(controller);

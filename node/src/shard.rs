@@ -166,6 +166,30 @@ fn apply_in<E: entity::Entity>(
     changed
 }
 
+/// Makes an entity resident: decoded from its stored row, or new.
+fn insert_loaded<E: entity::Entity + for<'de> serde::Deserialize<'de>>(
+    m: &mut HashMap<String, Slot<E>>,
+    key: String,
+    row: Option<&crate::storage::EntityRow>,
+    offset: i64,
+    touched: u32,
+) -> anyhow::Result<()> {
+    let state = match row {
+        Some(r) => entity::decode(&r.state)?,
+        None => E::default(),
+    };
+    m.insert(
+        key,
+        Slot {
+            state,
+            offset,
+            touched,
+            dirty: false,
+        },
+    );
+    Ok(())
+}
+
 /// Marks resident entities dirty again (their checkpoint failed).
 fn mark_dirty<E>(m: &mut HashMap<String, Slot<E>>, keys: Vec<String>, dirty: &mut Vec<String>) {
     for key in keys {
@@ -286,36 +310,8 @@ impl ShardState {
             self.summaries.remove(&key);
             let offset = row.as_ref().map_or(-1, |r| r.applied_offset);
             match &mut self.entities {
-                Entities::Players(m) => {
-                    let state = match &row {
-                        Some(r) => entity::decode(&r.state)?,
-                        None => Player::default(),
-                    };
-                    m.insert(
-                        key,
-                        Slot {
-                            state,
-                            offset,
-                            touched,
-                            dirty: false,
-                        },
-                    );
-                }
-                Entities::Channels(m) => {
-                    let state = match &row {
-                        Some(r) => entity::decode(&r.state)?,
-                        None => Channel::default(),
-                    };
-                    m.insert(
-                        key,
-                        Slot {
-                            state,
-                            offset,
-                            touched,
-                            dirty: false,
-                        },
-                    );
-                }
+                Entities::Players(m) => insert_loaded(m, key, row.as_ref(), offset, touched)?,
+                Entities::Channels(m) => insert_loaded(m, key, row.as_ref(), offset, touched)?,
             }
         }
         Ok(())

@@ -91,7 +91,7 @@ fn spec(seed: u64, events: usize) -> StreamSpec {
 
 /// Streams `events` steadily in the background (about `secs` seconds).
 fn stream(env: &TestEnv, events: Vec<Event>, secs: f64) -> tokio::task::JoinHandle<()> {
-    let (producer, _t) = env.producer();
+    let producer = env.producer();
     let chunks = (events.len() / 500).max(1);
     let pause = Duration::from_secs_f64(secs / chunks as f64);
     tokio::spawn(async move {

@@ -38,7 +38,7 @@ async fn every_counter_exact_after_100k_events() {
 
     let node = NodeProcess::start(&env, "n1", &shard_config(600));
     node.wait_ready(Duration::from_secs(60)).await;
-    let (producer, _t) = env.producer();
+    let producer = env.producer();
     produce(&producer, &events, 2_000).await;
     model
         .assert_converges(|| node.base.clone(), Duration::from_secs(120))
@@ -94,7 +94,7 @@ async fn kill_9_at_random_points_keeps_every_counter_exact() {
     // rows and its progress row (entities stored ahead of the resume offset).
     let mut node = NodeProcess::start(&env, "n1", &shard_config_with(600, 20));
     node.wait_ready(Duration::from_secs(60)).await;
-    let (producer, _t) = env.producer();
+    let producer = env.producer();
     // The stream is produced steadily over several seconds while the node is killed with
     // kill -9 at random moments and restarted: mid-batch, mid-checkpoint, mid-load.
     let stream = tokio::spawn(async move {
@@ -143,7 +143,7 @@ async fn sigterm_checkpoints_so_a_clean_restart_replays_nothing() {
 
     let mut node = NodeProcess::start(&env, "n1", &shard_config(600));
     node.wait_ready(Duration::from_secs(60)).await;
-    let (producer, _t) = env.producer();
+    let producer = env.producer();
     produce(&producer, &events, 1_000).await;
     model
         .assert_converges(|| node.base.clone(), Duration::from_secs(60))
@@ -184,7 +184,7 @@ async fn passivated_entities_come_back_identical() {
 
     let node = NodeProcess::start(&env, "n1", &shard_config(1));
     node.wait_ready(Duration::from_secs(60)).await;
-    let (producer, _t) = env.producer();
+    let producer = env.producer();
     produce(&producer, first, 1_000).await;
     model.apply_all(first);
     model

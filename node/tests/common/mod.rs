@@ -145,7 +145,7 @@ keyspace = "{}"
     }
 
     /// A producer using the node's own ingest path (transactions, partitioner).
-    pub fn producer(&self) -> (Ingest, std::thread::JoinHandle<()>) {
+    pub fn producer(&self) -> Ingest {
         Ingest::start(
             &self.kafka_config(),
             &IngestConfig::default(),
