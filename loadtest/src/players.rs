@@ -231,7 +231,7 @@ mod tests {
             expected
                 .channels
                 .values()
-                .map(|c| c.follows as usize)
+                .map(|c| c.counters.follows as usize)
                 .sum::<usize>(),
             follows
         );

@@ -14,6 +14,7 @@
 //! - [`shard`]: one ractor actor per partition; activation, passivation, queries.
 //! - [`entity`]: players and channels as pure state machines.
 //! - [`checkpoint`]: what a checkpoint writes, in which order.
+//! - [`channel_log`]: channel state stored as a base and deltas.
 //! - [`storage`], [`schema`]: Cassandra statements and versioned migrations.
 //! - [`membership`], [`ownership`], [`routing`]: gossip, who owns which partition, and
 //!   answering any query on any node (forwarding to the owner, or stale from Cassandra).
@@ -21,6 +22,7 @@
 //! - [`config`], [`metrics`]: typed configuration; every metric in one place.
 
 pub mod api;
+pub mod channel_log;
 pub mod checkpoint;
 pub mod config;
 pub mod entity;

@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::entity::{self, Channel, Player};
+use crate::channel_log;
+use crate::entity::{self, Player};
 use crate::membership::{rendezvous_owner, Member, ShardId};
 use crate::node::{Core, NodeState};
 use crate::partitioner::partition_for;
@@ -183,17 +184,14 @@ async fn from_storage(
             )
         }
         ShardKind::Channels => {
-            let row = core
-                .store
-                .read_channel(partition, id)
+            let loaded = channel_log::load(&core.store, partition, id)
                 .await
                 .map_err(unavailable)?;
-            let Some(row) = row else {
+            let Some(loaded) = loaded else {
                 return Err(RouteError::NotFound(format!(
                     "channel {id}: no events seen"
                 )));
             };
-            let c: Channel = entity::decode(&row.state).map_err(unavailable)?;
             let watermark = core
                 .store
                 .read_progress(state.topic(kind), partition)
@@ -203,8 +201,8 @@ async fn from_storage(
             let timeout = state.cfg.shard.viewer_timeout_secs as i64 * 1000;
             (
                 "channel",
-                serde_json::to_value(c.view(id, watermark, timeout)),
-                row.applied_offset,
+                serde_json::to_value(loaded.channel.view(id, watermark, timeout)),
+                loaded.offset,
             )
         }
     };

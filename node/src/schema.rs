@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "entities",
         cql: include_str!("../../cassandra-schema/0002_entities.cql"),
     },
+    Migration {
+        version: 3,
+        name: "channel_log",
+        cql: include_str!("../../cassandra-schema/0003_channel_log.cql"),
+    },
 ];
 
 /// The statements of a migration, placeholders filled, comments dropped.

@@ -20,7 +20,8 @@ use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
-use crate::checkpoint::{self, Snapshot};
+use crate::channel_log::{self, LogState};
+use crate::checkpoint::{self, Snapshot, SnapshotEntity};
 use crate::config::ShardConfig;
 use crate::entity::{self, Channel, ChannelView, Player, PlayerView};
 use crate::event::Event;
@@ -166,18 +167,14 @@ fn apply_in<E: entity::Entity>(
     changed
 }
 
-/// Makes an entity resident: decoded from its stored row, or new.
-fn insert_loaded<E: entity::Entity + for<'de> serde::Deserialize<'de>>(
+/// Makes an entity resident with its stored state (or a new one) as of `offset`.
+fn insert_loaded<E>(
     m: &mut HashMap<String, Slot<E>>,
     key: String,
-    row: Option<&crate::storage::EntityRow>,
+    state: E,
     offset: i64,
     touched: u32,
-) -> anyhow::Result<()> {
-    let state = match row {
-        Some(r) => entity::decode(&r.state)?,
-        None => E::default(),
-    };
+) {
     m.insert(
         key,
         Slot {
@@ -187,7 +184,12 @@ fn insert_loaded<E: entity::Entity + for<'de> serde::Deserialize<'de>>(
             dirty: false,
         },
     );
-    Ok(())
+}
+
+/// An entity read from Cassandra.
+enum StoredEntity {
+    Player(Option<crate::storage::EntityRow>),
+    Channel(Option<Box<channel_log::Loaded>>),
 }
 
 /// Marks resident entities dirty again (their checkpoint failed).
@@ -219,6 +221,8 @@ pub struct ShardState {
     stored_before_start: bool,
     /// Channel summaries of channels not resident (top-N views without loading them).
     summaries: HashMap<String, ChannelSummary>,
+    /// Channels: this shard's place in each channel's stored log (kept when passivated).
+    logs: HashMap<String, LogState>,
     /// Next offset to apply.
     next_offset: i64,
     /// Max event time seen in the partition.
@@ -284,16 +288,20 @@ impl ShardState {
             .collect();
         let (to_load, fresh): (Vec<String>, Vec<String>) =
             missing.into_iter().partition(|k| self.may_be_stored(k));
-        let loaded: Vec<(String, Option<crate::storage::EntityRow>)> =
+        let loaded: Vec<(String, StoredEntity)> =
             futures::stream::iter(to_load.into_iter().map(|k| {
                 let store = store.clone();
                 let kind = self.args.kind;
                 async move {
-                    let row = match kind {
-                        ShardKind::Players => store.read_player(&k).await,
-                        ShardKind::Channels => store.read_channel(partition, &k).await,
+                    let stored = match kind {
+                        ShardKind::Players => StoredEntity::Player(store.read_player(&k).await?),
+                        ShardKind::Channels => StoredEntity::Channel(
+                            channel_log::load(&store, partition, &k)
+                                .await?
+                                .map(Box::new),
+                        ),
                     };
-                    row.map(|r| (k, r))
+                    anyhow::Ok((k, stored))
                 }
             }))
             .buffer_unordered(64)
@@ -302,16 +310,40 @@ impl ShardState {
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
         self.args.metrics.add_entity_loads(loaded.len() as u64);
-        let rows = loaded
-            .into_iter()
-            .chain(fresh.into_iter().map(|k| (k, None)));
-        for (key, row) in rows {
+        let fresh = fresh.into_iter().map(|k| {
+            let none = match self.args.kind {
+                ShardKind::Players => StoredEntity::Player(None),
+                ShardKind::Channels => StoredEntity::Channel(None),
+            };
+            (k, none)
+        });
+        for (key, stored) in loaded.into_iter().chain(fresh) {
             self.passivated.remove(&key);
             self.summaries.remove(&key);
-            let offset = row.as_ref().map_or(-1, |r| r.applied_offset);
-            match &mut self.entities {
-                Entities::Players(m) => insert_loaded(m, key, row.as_ref(), offset, touched)?,
-                Entities::Channels(m) => insert_loaded(m, key, row.as_ref(), offset, touched)?,
+            match (&mut self.entities, stored) {
+                (Entities::Players(m), StoredEntity::Player(row)) => {
+                    let (state, offset) = match row {
+                        Some(r) => (entity::decode(&r.state)?, r.applied_offset),
+                        None => (Player::default(), -1),
+                    };
+                    insert_loaded(m, key, state, offset, touched);
+                }
+                (Entities::Channels(m), StoredEntity::Channel(loaded)) => {
+                    let log = self.logs.entry(key.clone()).or_default();
+                    let (state, offset) = match loaded {
+                        Some(l) => {
+                            log.loaded(l.head);
+                            let l = *l;
+                            (l.channel, l.offset)
+                        }
+                        None => {
+                            log.loaded(None);
+                            (Channel::default(), -1)
+                        }
+                    };
+                    insert_loaded(m, key, state, offset, touched);
+                }
+                _ => unreachable!("entities are loaded as the shard's kind"),
             }
         }
         Ok(())
@@ -374,7 +406,6 @@ impl ShardState {
         let timeout = self.timeout_ms();
         let watermark = self.watermark;
         let mut snap = Snapshot {
-            kind: self.args.kind,
             topic: self.args.topic.clone(),
             partition: self.args.partition,
             owner: self.args.owner.clone(),
@@ -390,18 +421,23 @@ impl ShardState {
                     let slot = m.get_mut(&key).expect("dirty keys are resident");
                     slot.dirty = false;
                     snap.entities
-                        .push(checkpoint::entity_row(key, &slot.state, slot.offset, None));
+                        .push(checkpoint::player_row(key, &slot.state, slot.offset));
                 }
                 Entities::Channels(m) => {
                     let slot = m.get_mut(&key).expect("dirty keys are resident");
                     slot.dirty = false;
                     let summary = summarize(&key, &slot.state, watermark, timeout);
-                    snap.entities.push(checkpoint::entity_row(
+                    let write = self
+                        .logs
+                        .entry(key.clone())
+                        .or_default()
+                        .plan(&mut slot.state, slot.offset);
+                    snap.entities.push(SnapshotEntity::Channel {
                         key,
-                        &slot.state,
-                        slot.offset,
-                        Some(summary),
-                    ));
+                        summary,
+                        write,
+                        offset: slot.offset,
+                    });
                 }
             }
         }
@@ -426,7 +462,7 @@ impl ShardState {
         let metrics = self.args.metrics.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
-            let keys: Vec<String> = snap.entities.iter().map(|e| e.key.clone()).collect();
+            let keys: Vec<String> = snap.entities.iter().map(|e| e.key().to_string()).collect();
             let result = checkpoint::write(&store, &snap, &metrics)
                 .await
                 .map(|_| snap.progress)
@@ -549,8 +585,8 @@ fn top_entry(id: &str, c: &Channel, watermark: i64, timeout: i64) -> TopEntry {
     TopEntry {
         id: id.to_string(),
         concurrent: c.concurrent_at(watermark, timeout),
-        peak: c.peak_concurrent,
-        follows: c.follows,
+        peak: c.counters.peak_concurrent,
+        follows: c.counters.follows,
     }
 }
 
@@ -558,8 +594,8 @@ fn summarize(id: &str, c: &Channel, watermark: i64, timeout: i64) -> ChannelSumm
     ChannelSummary {
         id: id.to_string(),
         concurrent: c.concurrent_at(watermark, timeout) as i32,
-        peak: c.peak_concurrent as i32,
-        follows: c.follows as i64,
+        peak: c.counters.peak_concurrent as i32,
+        follows: c.counters.follows as i64,
     }
 }
 
@@ -611,6 +647,7 @@ impl Actor for Shard {
             stored_before_start: args.progress.is_some(),
             passivated: summaries.keys().cloned().collect(),
             summaries,
+            logs: HashMap::new(),
             dirty: Vec::new(),
             next_offset: durable.resume_offset,
             watermark: durable.watermark_ms,
@@ -654,6 +691,11 @@ impl Actor for Shard {
                 state.checkpoint_running = false;
                 match result {
                     Ok(progress) => {
+                        for key in &keys {
+                            if let Some(log) = state.logs.get_mut(key) {
+                                log.written();
+                            }
+                        }
                         state.durable = progress;
                         state.last_checkpoint = Some(Instant::now());
                         state.args.metrics.set_durable(
@@ -668,6 +710,11 @@ impl Actor for Shard {
                     }
                     Err(e) => {
                         error!(partition = state.args.partition, error = %e, "checkpoint failed; will retry");
+                        for key in &keys {
+                            if let Some(log) = state.logs.get_mut(key) {
+                                log.failed();
+                            }
+                        }
                         let dirty = &mut state.dirty;
                         match &mut state.entities {
                             Entities::Players(m) => mark_dirty(m, keys, dirty),

@@ -85,6 +85,23 @@ pub struct Store {
     select_channel_summaries: PreparedStatement,
     insert_progress: PreparedStatement,
     select_progress: PreparedStatement,
+    insert_log_entry: PreparedStatement,
+    insert_log_entry_head: PreparedStatement,
+    select_log_head: PreparedStatement,
+    select_log_entries: PreparedStatement,
+    delete_log_gen: PreparedStatement,
+}
+
+/// One entry of a channel's log (see `channel_log`).
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub gen: i64,
+    pub seq: i32,
+    pub entry: Vec<u8>,
+    /// Set on the last entry of a write: the head to publish with it.
+    pub head: Option<Vec<u8>>,
+    /// The offset the write reflects; the row's write timestamp derives from it.
+    pub offset: i64,
 }
 
 impl Store {
@@ -108,8 +125,8 @@ impl Store {
             ))
             .await?,
             insert_channel: p(format!(
-                "INSERT INTO {keyspace}.channels (partition, id, state, applied_offset, concurrent, peak, follows) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+                "INSERT INTO {keyspace}.channels (partition, id, applied_offset, concurrent, peak, follows) \
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             select_channel: p(format!(
@@ -127,6 +144,30 @@ impl Store {
             .await?,
             select_progress: p(format!(
                 "SELECT resume_offset, watermark_ms FROM {keyspace}.shard_progress WHERE topic = ? AND partition = ?"
+            ))
+            .await?,
+            insert_log_entry: p(format!(
+                "INSERT INTO {keyspace}.channel_log (partition, id, gen, seq, entry) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            insert_log_entry_head: p(format!(
+                "INSERT INTO {keyspace}.channel_log (partition, id, gen, seq, entry, head) \
+                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_log_head: p(format!(
+                "SELECT head FROM {keyspace}.channel_log WHERE partition = ? AND id = ? LIMIT 1"
+            ))
+            .await?,
+            select_log_entries: p(format!(
+                "SELECT seq, entry FROM {keyspace}.channel_log \
+                 WHERE partition = ? AND id = ? AND gen = ? AND seq <= ?"
+            ))
+            .await?,
+            delete_log_gen: p(format!(
+                "DELETE FROM {keyspace}.channel_log USING TIMESTAMP ? \
+                 WHERE partition = ? AND id = ? AND gen = ?"
             ))
             .await?,
             session,
@@ -165,11 +206,12 @@ impl Store {
         }))
     }
 
-    pub async fn write_channel(
+    /// Writes the summary columns of a channel (top-N views of channels not resident).
+    pub async fn write_channel_summary(
         &self,
         partition: i32,
         summary: &ChannelSummary,
-        row: &EntityRow,
+        offset: i64,
     ) -> anyhow::Result<()> {
         self.session
             .execute_unpaged(
@@ -177,20 +219,104 @@ impl Store {
                 (
                     partition,
                     &summary.id,
-                    &row.state,
-                    row.applied_offset,
+                    offset,
                     summary.concurrent,
                     summary.peak,
                     summary.follows,
-                    write_timestamp(row.applied_offset),
+                    write_timestamp(offset),
                 ),
             )
             .await
-            .with_context(|| format!("write channel {}", summary.id))?;
+            .with_context(|| format!("write channel summary {}", summary.id))?;
         Ok(())
     }
 
-    pub async fn read_channel(
+    /// Writes one entry of a channel's log, with the head when it carries one.
+    pub async fn write_log_row(
+        &self,
+        partition: i32,
+        id: &str,
+        row: &LogRow,
+    ) -> anyhow::Result<()> {
+        let ts = write_timestamp(row.offset);
+        let result = match &row.head {
+            Some(head) => {
+                self.session
+                    .execute_unpaged(
+                        &self.insert_log_entry_head,
+                        (partition, id, row.gen, row.seq, &row.entry, head, ts),
+                    )
+                    .await
+            }
+            None => {
+                self.session
+                    .execute_unpaged(
+                        &self.insert_log_entry,
+                        (partition, id, row.gen, row.seq, &row.entry, ts),
+                    )
+                    .await
+            }
+        };
+        result.with_context(|| format!("write channel {id} log entry {}/{}", row.gen, row.seq))?;
+        Ok(())
+    }
+
+    /// The head of a channel's log, if it has one.
+    pub async fn read_log_head(&self, partition: i32, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_log_head, (partition, id))
+            .await
+            .with_context(|| format!("read channel {id} log head"))?
+            .into_rows_result()
+            .with_context(|| format!("read channel {id} log head"))?
+            .maybe_first_row::<(Option<Vec<u8>>,)>()
+            .with_context(|| format!("decode channel {id} log head"))?;
+        Ok(row.and_then(|(head,)| head))
+    }
+
+    /// Entries `0..=last_seq` of one generation of a channel's log, in order.
+    pub async fn read_log_entries(
+        &self,
+        partition: i32,
+        id: &str,
+        gen: i64,
+        last_seq: i32,
+    ) -> anyhow::Result<Vec<(i32, Vec<u8>)>> {
+        self.session
+            .execute_iter(
+                self.select_log_entries.clone(),
+                (partition, id, gen, last_seq),
+            )
+            .await
+            .with_context(|| format!("read channel {id} log {gen}"))?
+            .rows_stream::<(i32, Vec<u8>)>()
+            .context("decode channel log entries")?
+            .try_collect::<Vec<_>>()
+            .await
+            .with_context(|| format!("read channel {id} log {gen}"))
+    }
+
+    /// Deletes the entries of a generation written at or below `offset`.
+    pub async fn delete_log_gen(
+        &self,
+        partition: i32,
+        id: &str,
+        gen: i64,
+        offset: i64,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.delete_log_gen,
+                (write_timestamp(offset), partition, id, gen),
+            )
+            .await
+            .with_context(|| format!("delete channel {id} log {gen}"))?;
+        Ok(())
+    }
+
+    /// The state blob of a channel row written before channel logs existed.
+    pub async fn read_legacy_channel(
         &self,
         partition: i32,
         id: &str,
@@ -202,12 +328,15 @@ impl Store {
             .with_context(|| format!("read channel {id}"))?
             .into_rows_result()
             .with_context(|| format!("read channel {id}"))?
-            .maybe_first_row::<(Vec<u8>, i64)>()
+            .maybe_first_row::<(Option<Vec<u8>>, Option<i64>)>()
             .with_context(|| format!("decode channel row {id}"))?;
-        Ok(row.map(|(state, applied_offset)| EntityRow {
-            state,
-            applied_offset,
-        }))
+        Ok(match row {
+            Some((Some(state), Some(applied_offset))) => Some(EntityRow {
+                state,
+                applied_offset,
+            }),
+            _ => None,
+        })
     }
 
     pub async fn channel_summaries(&self, partition: i32) -> anyhow::Result<Vec<ChannelSummary>> {

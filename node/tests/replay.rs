@@ -31,9 +31,17 @@ async fn store(env: &TestEnv) -> Arc<Store> {
 }
 
 async fn start_shard(store: &Arc<Store>, progress: Option<Progress>) -> ActorRef<ShardMsg> {
+    start_shard_of(store, ShardKind::Players, progress).await
+}
+
+async fn start_shard_of(
+    store: &Arc<Store>,
+    kind: ShardKind,
+    progress: Option<Progress>,
+) -> ActorRef<ShardMsg> {
     let args = ShardArgs {
-        kind: ShardKind::Players,
-        topic: "players".into(),
+        kind,
+        topic: format!("{kind:?}"),
         partition: 0,
         store: store.clone(),
         cfg: ShardConfig {
@@ -68,6 +76,35 @@ async fn feed(shard: &ActorRef<ShardMsg>, recs: &[Record]) {
             .cast(ShardMsg::Records(chunk.to_vec(), permit))
             .unwrap();
     }
+}
+
+/// The channel-topic records of `events` (all in partition 0 of 1), offsets from 0.
+fn channel_records(events: &[Event]) -> Vec<(Record, i64)> {
+    events
+        .iter()
+        .flat_map(|e| e.channel_records())
+        .enumerate()
+        .map(|(i, (channel, e))| {
+            let rec = Record {
+                offset: i as i64,
+                key: Some(channel.into_bytes()),
+                payload: Some(e.to_json()),
+            };
+            (rec, e.ts)
+        })
+        .collect()
+}
+
+async fn channel_diffs(shard: &ActorRef<ShardMsg>, model: &Model) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for id in model.channels.keys() {
+        let (view, _) = ractor::call_t!(shard, ShardMsg::Channel, 10_000, id.to_string())
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|| panic!("channel {id} missing"));
+        diffs.extend(model.diff_channel(id, &serde_json::to_value(view).unwrap()));
+    }
+    diffs
 }
 
 async fn player_json(shard: &ActorRef<ShardMsg>, id: &str) -> serde_json::Value {
@@ -120,6 +157,134 @@ async fn replay_after_partial_checkpoint_skips_what_entities_already_reflect() {
     }
     assert!(diffs.is_empty(), "replay counted records twice: {diffs:#?}");
     second.stop(None);
+}
+
+/// Channels are stored as a base plus one delta per checkpoint: a new owner loads every
+/// channel from its log, replays from an older resume offset, and is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_reload_from_base_and_deltas_and_replay_exactly() {
+    let env = TestEnv::new("chanlog", 1);
+    let store = store(&env).await;
+    let events = generate(&StreamSpec {
+        seed: 11,
+        events: 8_000,
+        players: 300,
+        channels: 4,
+        start_ts: 1_700_000_000_000,
+    });
+    let all = channel_records(&events);
+    let recs: Vec<Record> = all.iter().map(|(r, _)| r.clone()).collect();
+    assert!(recs.len() > 2_000, "{} channel records", recs.len());
+    let mut model = Model::new(1, 120_000);
+    model.apply_all(&events);
+
+    // The first owner checkpoints after each tenth of the stream: a base, then deltas.
+    let first = start_shard_of(&store, ShardKind::Channels, None).await;
+    for piece in recs.chunks(recs.len() / 10 + 1) {
+        feed(&first, piece).await;
+        ractor::call_t!(first, ShardMsg::Flush, 30_000)
+            .unwrap()
+            .unwrap();
+    }
+    assert!(channel_diffs(&first, &model).await.is_empty());
+    first.stop(None);
+
+    let resume = recs.len() / 3;
+    let second = start_shard_of(
+        &store,
+        ShardKind::Channels,
+        Some(Progress {
+            resume_offset: resume as i64,
+            watermark_ms: all[..resume].iter().map(|(_, ts)| *ts).max().unwrap(),
+        }),
+    )
+    .await;
+    feed(&second, &recs[resume..]).await;
+    let diffs = channel_diffs(&second, &model).await;
+    assert!(diffs.is_empty(), "after reload and replay: {diffs:#?}");
+    second.stop(None);
+}
+
+/// Two writers of one channel's log, as after a failover with a paused former owner: the
+/// stored channel is always one writer's complete chain, the one of the highest offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_channel_writer_never_mixes_into_the_log() {
+    use tally_node::channel_log::{self, LogState};
+    use tally_node::entity::Channel;
+    use tally_node::event::EventBody;
+    let env = TestEnv::new("chanzombie", 1);
+    let store = store(&env).await;
+    let write = |w: channel_log::ChannelWrite| {
+        let store = store.clone();
+        async move {
+            for row in &w.rows {
+                store.write_log_row(0, "c", row).await.unwrap();
+            }
+            for (gen, at) in &w.deletes {
+                store.delete_log_gen(0, "c", *gen, *at).await.unwrap();
+            }
+        }
+    };
+    let join = |c: &mut Channel, who: &str, ts: i64| {
+        let body = EventBody::ViewerJoin {
+            channel: "c".into(),
+        };
+        c.apply(ts, who, &body, ts, 120_000);
+    };
+    let loaded = || async {
+        let l = channel_log::load(&store, 0, "c").await.unwrap().unwrap();
+        (l.channel, l.offset)
+    };
+    // The same records reach both writers: identical states at identical offsets.
+    let mut new_owner = Channel::default();
+    let mut new_log = LogState::default();
+    let mut stale = Channel::default();
+    let mut stale_log = LogState::default();
+    for i in 0..=8 {
+        join(&mut new_owner, &format!("v{i}"), i);
+        join(&mut stale, &format!("v{i}"), i);
+    }
+    write(new_log.plan(&mut new_owner, 8)).await;
+    for i in 9..=12 {
+        join(&mut new_owner, &format!("v{i}"), i);
+        write(new_log.plan(&mut new_owner, i)).await;
+        new_log.written();
+    }
+    // The stale writer wakes with offset 8 and writes a base and a delta: it loses.
+    write(stale_log.plan(&mut stale, 8)).await;
+    stale_log.written();
+    assert_eq!(loaded().await, (new_owner.clone(), 12));
+    // It goes on past the new owner (records it had fetched): now its chain is the newest.
+    for i in 9..=15 {
+        join(&mut stale, &format!("v{i}"), i);
+    }
+    write(stale_log.plan(&mut stale, 15)).await;
+    assert_eq!(loaded().await, (stale.clone(), 15));
+    // The new owner passes it again; its own generation continues and wins.
+    for i in 13..=20 {
+        join(&mut new_owner, &format!("v{i}"), i);
+    }
+    write(new_log.plan(&mut new_owner, 20)).await;
+    new_log.written();
+    assert_eq!(loaded().await, (new_owner.clone(), 20));
+
+    // A torn base (every chunk but the one with the head) leaves the previous head.
+    let mut big = new_owner.clone();
+    for i in 0..30_000 {
+        join(&mut big, &format!("viewer-{i:08}"), 21);
+    }
+    let mut fresh_log = LogState::default();
+    let torn = fresh_log.plan(&mut big, 21);
+    assert!(torn.rows.len() > 1);
+    for row in &torn.rows[..torn.rows.len() - 1] {
+        store.write_log_row(0, "c", row).await.unwrap();
+    }
+    assert_eq!(loaded().await, (new_owner.clone(), 20));
+    store
+        .write_log_row(0, "c", torn.rows.last().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(loaded().await, (big, 21));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@
 pub mod channel;
 pub mod player;
 
-pub use channel::{Channel, ChannelView};
+pub use channel::{Channel, ChannelCounters, ChannelDelta, ChannelView, Presence};
 pub use player::{Player, PlayerView};
 
 use serde::{Deserialize, Serialize};

@@ -183,6 +183,51 @@ fn check_replay<E: Entity + Clone + PartialEq + std::fmt::Debug>(
     assert_eq!(want, stored);
 }
 
+/// Checkpoints every channel as a stored base plus deltas taken at the `cuts`, "reloads"
+/// each from that chain after record `reload`, and applies the rest: the result must equal
+/// the uninterrupted run.
+fn check_delta_chain(raw: &[Raw], cuts: &[u8], reload: usize) {
+    let recs = records(raw, true);
+    let all: Vec<_> = recs.iter().enumerate().collect();
+    let want = apply_all::<Channel>(&all);
+    let reload = reload % (recs.len() + 1);
+    let mut live: HashMap<String, (Channel, i64)> = HashMap::new();
+    // Per channel: the stored base and the deltas written after it.
+    let mut chains: HashMap<String, (Vec<u8>, Vec<super::ChannelDelta>)> = HashMap::new();
+    let mut cut_at = cuts.iter().map(|c| *c as usize % 8 + 1).cycle();
+    let mut next_cut = cut_at.next().unwrap_or(1);
+    for (offset, (key, event, wm)) in &all {
+        let (state, applied) = live
+            .entry(key.clone())
+            .or_insert_with(|| (Channel::default(), -1));
+        apply_record(state, applied, *offset as i64, event, *wm, TIMEOUT_MS);
+        if *offset + 1 == next_cut.min(recs.len()) || *offset + 1 == reload {
+            next_cut += cut_at.next().unwrap_or(1);
+            for (k, (c, _)) in live.iter_mut() {
+                match chains.get_mut(k) {
+                    Some((_, deltas)) => deltas.push(c.take_delta()),
+                    None => {
+                        c.clear_changes();
+                        chains.insert(k.clone(), (encode(c), Vec::new()));
+                    }
+                }
+            }
+        }
+        if *offset + 1 == reload {
+            for (k, (base, deltas)) in &chains {
+                let mut c: Channel = decode(base).unwrap();
+                for d in deltas {
+                    c.apply_delta(d.clone());
+                }
+                c.rebuild_expiry();
+                let applied = live[k].1;
+                live.insert(k.clone(), (c, applied));
+            }
+        }
+    }
+    assert_eq!(want, live);
+}
+
 fn raw_stream() -> impl Strategy<Value = Vec<Raw>> {
     prop::collection::vec(
         (any::<u8>(), any::<u8>(), any::<u8>(), 0u32..40_000),
@@ -209,6 +254,11 @@ proptest! {
     #[test]
     fn channel_replay_from_checkpoint_is_idempotent(raw in raw_stream(), resume in any::<usize>(), ahead in prop::collection::vec(0u8..50, 0..8)) {
         check_replay::<Channel>(&raw, resume, &ahead, true);
+    }
+
+    #[test]
+    fn channel_rebuilt_from_base_and_deltas_continues_identically(raw in raw_stream(), cuts in prop::collection::vec(any::<u8>(), 1..16), reload in any::<u16>()) {
+        check_delta_chain(&raw, &cuts, reload as usize);
     }
 
     #[test]
