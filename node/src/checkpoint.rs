@@ -10,7 +10,8 @@
 
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use serde::Serialize;
 
 use crate::channel_log::ChannelWrite;
@@ -64,18 +65,37 @@ pub fn player_row<T: Serialize + Clone>(key: String, state: &T, offset: i64) -> 
     }
 }
 
-/// Writes a snapshot: entities (concurrently), then the progress row.
+/// Player rows per batch, and the bytes a batch stops growing at.
+const BATCH_ROWS: usize = 64;
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// One request of a checkpoint.
+enum Write<'a> {
+    Players(Vec<(&'a str, &'a EntityRow)>),
+    Channel {
+        key: &'a str,
+        summary: &'a ChannelSummary,
+        write: &'a ChannelWrite,
+        offset: i64,
+    },
+}
+
+/// Writes a snapshot: entities (concurrently; players in batches), then the progress row.
 pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow::Result<()> {
     let started = Instant::now();
-    let writes: Vec<_> = snap
-        .entities
-        .iter()
-        .map(|e| write_entity(store, snap.partition, e))
-        .collect();
-    futures::stream::iter(writes)
-        .buffer_unordered(WRITE_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+    let mut pending = requests(&snap.entities).into_iter();
+    // Futures are made as they are polled: a write future is kilobytes.
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < WRITE_CONCURRENCY {
+            let Some(w) = pending.next() else { break };
+            running.push(write_one(store, snap.partition, w));
+        }
+        match running.next().await {
+            Some(result) => result?,
+            None => break,
+        }
+    }
     if snap.progress.resume_offset > 0 {
         store
             .write_progress(&snap.topic, snap.partition, snap.progress, &snap.owner)
@@ -85,10 +105,44 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
     Ok(())
 }
 
-async fn write_entity(store: &Store, partition: i32, e: &SnapshotEntity) -> anyhow::Result<()> {
-    match e {
-        SnapshotEntity::Player { key, row } => store.write_player(key, row).await,
-        SnapshotEntity::Channel {
+/// Groups player rows into batches of at most `BATCH_ROWS` rows or about `BATCH_BYTES`.
+fn requests(entities: &[SnapshotEntity]) -> Vec<Write<'_>> {
+    let mut out = Vec::new();
+    let mut batch: Vec<(&str, &EntityRow)> = Vec::new();
+    let mut bytes = 0;
+    for e in entities {
+        match e {
+            SnapshotEntity::Player { key, row } => {
+                bytes += key.len() + row.state.len();
+                batch.push((key, row));
+                if batch.len() >= BATCH_ROWS || bytes >= BATCH_BYTES {
+                    out.push(Write::Players(std::mem::take(&mut batch)));
+                    bytes = 0;
+                }
+            }
+            SnapshotEntity::Channel {
+                key,
+                summary,
+                write,
+                offset,
+            } => out.push(Write::Channel {
+                key,
+                summary,
+                write,
+                offset: *offset,
+            }),
+        }
+    }
+    if !batch.is_empty() {
+        out.push(Write::Players(batch));
+    }
+    out
+}
+
+async fn write_one(store: &Store, partition: i32, w: Write<'_>) -> anyhow::Result<()> {
+    match w {
+        Write::Players(rows) => store.write_players(&rows).await,
+        Write::Channel {
             key,
             summary,
             write,
@@ -102,9 +156,7 @@ async fn write_entity(store: &Store, partition: i32, e: &SnapshotEntity) -> anyh
             for (gen, at) in &write.deletes {
                 store.delete_log_gen(partition, key, *gen, *at).await?;
             }
-            store
-                .write_channel_summary(partition, summary, *offset)
-                .await
+            store.write_channel_summary(partition, summary, offset).await
         }
     }
 }

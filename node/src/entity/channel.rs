@@ -14,7 +14,9 @@
 //! of the whole audience (see `channel_log`).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -447,8 +449,8 @@ mod tests {
         // The layout before counters were grouped: the same fields, flat, in this order.
         #[derive(Serialize)]
         struct Flat {
-            viewers: HashMap<Box<str>, Presence>,
-            unique_viewers: HashSet<Box<str>>,
+            viewers: std::collections::HashMap<Box<str>, Presence>,
+            unique_viewers: std::collections::HashSet<Box<str>>,
             peak_concurrent: u32,
             joins: u64,
             leaves: u64,
