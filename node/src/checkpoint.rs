@@ -156,7 +156,9 @@ async fn write_one(store: &Store, partition: i32, w: Write<'_>) -> anyhow::Resul
             for (gen, at) in &write.deletes {
                 store.delete_log_gen(partition, key, *gen, *at).await?;
             }
-            store.write_channel_summary(partition, summary, offset).await
+            store
+                .write_channel_summary(partition, summary, offset)
+                .await
         }
     }
 }

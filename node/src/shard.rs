@@ -172,13 +172,7 @@ fn apply_in<E: entity::Entity>(
 }
 
 /// Makes an entity resident with its stored state (or a new one) as of `offset`.
-fn insert_loaded<E>(
-    m: &mut Resident<E>,
-    key: String,
-    state: E,
-    offset: i64,
-    touched: u32,
-) {
+fn insert_loaded<E>(m: &mut Resident<E>, key: String, state: E, offset: i64, touched: u32) {
     m.insert(
         key,
         Slot {

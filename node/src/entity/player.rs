@@ -7,19 +7,21 @@ use crate::event::{EventBody, KINDS};
 /// How many channels a player view lists by watch time.
 pub const TOP_CHANNELS: usize = 5;
 
-/// Live counters of one player. Kept compact: a million of these stay resident.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Live counters of one player. Kept compact: a million of these stay resident, so what
+/// only buyers and viewers need sits behind one pointer ([`PlayerExtra`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(from = "StoredPlayer")]
 pub struct Player {
     /// Events applied, by kind, indexed like [`KINDS`].
     pub events_by_kind: [u32; KINDS.len()],
     /// Completed sessions (a start followed by an end).
     pub sessions: u32,
+    /// Finished matches.
+    pub matches: u32,
     /// Start time of the open session, if one is open.
     pub session_open_since: Option<i64>,
     /// Sum of the lengths of completed sessions, milliseconds.
     pub playtime_ms: u64,
-    /// Finished matches.
-    pub matches: u32,
     pub kills: u64,
     pub deaths: u64,
     /// Sum of survival seconds over finished matches.
@@ -28,18 +30,130 @@ pub struct Player {
     /// Best (lowest) placement so far; 0 = no match yet.
     pub best_placement: u32,
     pub purchases: u32,
-    /// Revenue in minor units per ISO currency, sorted by currency.
-    pub revenue: Vec<([u8; 3], u64)>,
     pub level: u32,
     pub achievements: u32,
     pub chat_messages: u32,
     pub follows: u32,
     /// Latest event time seen.
     pub last_seen: i64,
+    /// Revenue and viewing; None until the player first buys or watches.
+    pub extra: Option<Box<PlayerExtra>>,
+}
+
+/// The parts of a player only some players have.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PlayerExtra {
+    /// Revenue in minor units per ISO currency, sorted by currency.
+    pub revenue: Vec<([u8; 3], u64)>,
     /// Channel being watched now and the event time watch time was last accrued.
     pub watching: Option<(Box<str>, i64)>,
     /// Watch time per channel, milliseconds.
     pub watch_ms: Vec<(Box<str>, u64)>,
+}
+
+/// The stored form, field by field in the order of the first layout (postcard has no
+/// field names: order is the format).
+#[derive(Deserialize)]
+struct StoredPlayer {
+    events_by_kind: [u32; KINDS.len()],
+    sessions: u32,
+    session_open_since: Option<i64>,
+    playtime_ms: u64,
+    matches: u32,
+    kills: u64,
+    deaths: u64,
+    survival_secs_total: u64,
+    best_survival_secs: u32,
+    best_placement: u32,
+    purchases: u32,
+    revenue: Vec<([u8; 3], u64)>,
+    level: u32,
+    achievements: u32,
+    chat_messages: u32,
+    follows: u32,
+    last_seen: i64,
+    watching: Option<(Box<str>, i64)>,
+    watch_ms: Vec<(Box<str>, u64)>,
+}
+
+#[derive(Serialize)]
+struct StoredPlayerRef<'a> {
+    events_by_kind: &'a [u32; KINDS.len()],
+    sessions: u32,
+    session_open_since: Option<i64>,
+    playtime_ms: u64,
+    matches: u32,
+    kills: u64,
+    deaths: u64,
+    survival_secs_total: u64,
+    best_survival_secs: u32,
+    best_placement: u32,
+    purchases: u32,
+    revenue: &'a [([u8; 3], u64)],
+    level: u32,
+    achievements: u32,
+    chat_messages: u32,
+    follows: u32,
+    last_seen: i64,
+    watching: Option<(&'a str, i64)>,
+    watch_ms: &'a [(Box<str>, u64)],
+}
+
+impl From<StoredPlayer> for Player {
+    fn from(s: StoredPlayer) -> Player {
+        let extra = PlayerExtra {
+            revenue: s.revenue,
+            watching: s.watching,
+            watch_ms: s.watch_ms,
+        };
+        Player {
+            events_by_kind: s.events_by_kind,
+            sessions: s.sessions,
+            matches: s.matches,
+            session_open_since: s.session_open_since,
+            playtime_ms: s.playtime_ms,
+            kills: s.kills,
+            deaths: s.deaths,
+            survival_secs_total: s.survival_secs_total,
+            best_survival_secs: s.best_survival_secs,
+            best_placement: s.best_placement,
+            purchases: s.purchases,
+            level: s.level,
+            achievements: s.achievements,
+            chat_messages: s.chat_messages,
+            follows: s.follows,
+            last_seen: s.last_seen,
+            extra: (extra != PlayerExtra::default()).then(|| Box::new(extra)),
+        }
+    }
+}
+
+impl Serialize for Player {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let extra = self.extra.as_deref();
+        StoredPlayerRef {
+            events_by_kind: &self.events_by_kind,
+            sessions: self.sessions,
+            session_open_since: self.session_open_since,
+            playtime_ms: self.playtime_ms,
+            matches: self.matches,
+            kills: self.kills,
+            deaths: self.deaths,
+            survival_secs_total: self.survival_secs_total,
+            best_survival_secs: self.best_survival_secs,
+            best_placement: self.best_placement,
+            purchases: self.purchases,
+            revenue: extra.map_or(&[], |e| &e.revenue),
+            level: self.level,
+            achievements: self.achievements,
+            chat_messages: self.chat_messages,
+            follows: self.follows,
+            last_seen: self.last_seen,
+            watching: extra.and_then(|e| e.watching.as_ref().map(|(c, t)| (&**c, *t))),
+            watch_ms: extra.map_or(&[], |e| &e.watch_ms),
+        }
+        .serialize(s)
+    }
 }
 
 /// A player as the API shows it.
@@ -106,9 +220,10 @@ impl Player {
             } => {
                 self.purchases += 1;
                 let code: [u8; 3] = currency.as_bytes().try_into().unwrap_or(*b"???");
-                match self.revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
-                    Ok(i) => self.revenue[i].1 += amount,
-                    Err(i) => self.revenue.insert(i, (code, *amount)),
+                let revenue = &mut self.extra_mut().revenue;
+                match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
+                    Ok(i) => revenue[i].1 += amount,
+                    Err(i) => revenue.insert(i, (code, *amount)),
                 }
             }
             EventBody::LevelUp { level } => self.level = self.level.max(*level),
@@ -116,22 +231,36 @@ impl Player {
             EventBody::ChatMessage { .. } => self.chat_messages += 1,
             EventBody::Follow { .. } => self.follows += 1,
             EventBody::ViewerJoin { channel } | EventBody::ViewerHeartbeat { channel } => {
-                self.accrue(ts);
-                if self.watching.as_ref().map(|(c, _)| &**c) != Some(channel.as_str()) {
-                    self.watching = Some((channel.as_str().into(), ts));
+                let extra = self.extra_mut();
+                extra.accrue(ts);
+                if extra.watching.as_ref().map(|(c, _)| &**c) != Some(channel.as_str()) {
+                    extra.watching = Some((channel.as_str().into(), ts));
                 }
             }
             EventBody::ViewerSwitch { to, .. } => {
-                self.accrue(ts);
-                self.watching = Some((to.as_str().into(), ts));
+                let extra = self.extra_mut();
+                extra.accrue(ts);
+                extra.watching = Some((to.as_str().into(), ts));
             }
             EventBody::ViewerLeave { .. } => {
-                self.accrue(ts);
-                self.watching = None;
+                if let Some(extra) = self.extra.as_deref_mut() {
+                    extra.accrue(ts);
+                    extra.watching = None;
+                    // Nothing left to keep: the same state as never having watched.
+                    if *extra == PlayerExtra::default() {
+                        self.extra = None;
+                    }
+                }
             }
         }
     }
 
+    fn extra_mut(&mut self) -> &mut PlayerExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+}
+
+impl PlayerExtra {
     /// Adds the time since the last accrual to the channel being watched.
     fn accrue(&mut self, ts: i64) {
         let Some((channel, since)) = self.watching.as_mut() else {
@@ -147,9 +276,13 @@ impl Player {
             None => self.watch_ms.push((channel.clone(), delta)),
         }
     }
+}
 
+impl Player {
     pub fn view(&self, id: &str) -> PlayerView {
-        let mut top: Vec<(String, u64)> = self
+        let no_extra = PlayerExtra::default();
+        let extra = self.extra.as_deref().unwrap_or(&no_extra);
+        let mut top: Vec<(String, u64)> = extra
             .watch_ms
             .iter()
             .map(|(c, ms)| (c.to_string(), *ms))
@@ -183,7 +316,7 @@ impl Player {
             best_survival_secs: self.best_survival_secs,
             best_placement: (self.best_placement > 0).then_some(self.best_placement),
             purchases: self.purchases,
-            revenue: self
+            revenue: extra
                 .revenue
                 .iter()
                 .map(|(c, a)| (String::from_utf8_lossy(c).into_owned(), *a))
@@ -193,7 +326,7 @@ impl Player {
             chat_messages: self.chat_messages,
             follows: self.follows,
             last_seen: self.last_seen,
-            current_channel: self.watching.as_ref().map(|(c, _)| c.to_string()),
+            current_channel: extra.watching.as_ref().map(|(c, _)| c.to_string()),
             top_channels: top,
         }
     }
@@ -286,5 +419,75 @@ mod tests {
             vec![("a".into(), 25_000), ("b".into(), 5_000)]
         );
         assert_eq!(v.current_channel, None);
+    }
+
+    #[test]
+    fn stays_compact_and_reads_the_first_stored_layout() {
+        // Rare parts behind one pointer: a million players stay resident.
+        assert!(
+            std::mem::size_of::<Player>() <= 152,
+            "{}",
+            std::mem::size_of::<Player>()
+        );
+        let mut p = Player::default();
+        p.apply(1, &EventBody::SessionStart {});
+        p.apply(
+            2,
+            &EventBody::Purchase {
+                item: "i".into(),
+                amount: 5,
+                currency: "EUR".into(),
+            },
+        );
+        p.apply(
+            3,
+            &EventBody::ViewerJoin {
+                channel: "c".into(),
+            },
+        );
+        p.apply(
+            9,
+            &EventBody::ViewerHeartbeat {
+                channel: "c".into(),
+            },
+        );
+        // The first layout: every field flat, in this order.
+        // Nested tuples encode like the flat field list (postcard has no framing).
+        let bytes = postcard::to_stdvec(&crate::entity::Stored::V1((
+            p.events_by_kind,
+            (p.sessions, p.session_open_since, p.playtime_ms, p.matches),
+            (p.kills, p.deaths, p.survival_secs_total),
+            (p.best_survival_secs, p.best_placement, p.purchases),
+            vec![(*b"EUR", 5u64)],
+            (
+                p.level,
+                p.achievements,
+                p.chat_messages,
+                p.follows,
+                p.last_seen,
+            ),
+            Some(("c", 9i64)),
+            vec![("c", 6u64)],
+        )))
+        .unwrap();
+        let decoded: Player = crate::entity::decode(&bytes).unwrap();
+        assert_eq!(decoded, p);
+        assert_eq!(crate::entity::encode(&p), bytes);
+    }
+
+    #[test]
+    fn a_viewer_who_left_without_watching_has_no_extra() {
+        let mut p = Player::default();
+        let join = EventBody::ViewerJoin {
+            channel: "c".into(),
+        };
+        let leave = EventBody::ViewerLeave {
+            channel: "c".into(),
+        };
+        p.apply(5, &join);
+        p.apply(5, &leave);
+        assert!(p.extra.is_none());
+        let decoded: Player = crate::entity::decode(&crate::entity::encode(&p)).unwrap();
+        assert_eq!(decoded, p);
     }
 }
