@@ -14,9 +14,11 @@
 #   cluster  3 nodes: failover time after kill -9 (BENCH_CLUSTER_PLAYERS spread over the
 #            cluster, about a third resident on the killed node); query latency on the owner
 #            vs. through a non-owner.
-#   viewers  BENCH_VIEWERS viewers at real speed on 3 nodes: the cluster's average CPU use,
-#            verified exact (not part of `all` yet: 500,000 viewers are not sustained, see
-#            docs/ARCHITECTURE.md, Known limits).
+#   viewers  BENCH_VIEWERS viewers (default 500,000) at real speed on 3 nodes: the average
+#            CPU of the nodes, of Kafka + Cassandra and of the load tester; verified exact.
+#   generator  the load tester alone (--via none): its ceiling in events/s.
+#   table    only rebuild the table (bench/results/table.md and README.md).
+# Every run ends by rebuilding the README's Performance table from all results present.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -140,21 +142,10 @@ res = {
   "bytes_per_player": (rss1 - rss0) * 1024 / max(resident, 1),
   "steady_events_per_sec": (a1 - a0) / secs, "steady_cassandra_rows_per_sec": (w1 - w0) / secs,
   "steady_latency": steady["latency"],
+  "command": f"BENCH_PLAYERS={players} BENCH_EVENTS={events} scripts/bench.sh node",
 }
 json.dump(res, open(f"{out}/node.json", "w"), indent=2)
-cmd = f"BENCH_PLAYERS={players} BENCH_EVENTS={events} scripts/bench.sh node"
-rows = [
-  ("Plain rdkafka consume-and-discard (baseline)", f"{res['baseline_records_per_sec']:,.0f} records/s", cmd),
-  ("One node applying a pre-filled topic", f"{res['node_records_per_sec']:,.0f} records/s = {100*res['node_vs_baseline']:.0f}% of baseline", cmd),
-  (f"Resident memory per player ({resident:,.0f} players)", f"{res['bytes_per_player']:,.0f} bytes", cmd),
-  (f"Cassandra writes during a steady {rate} events/s stream", f"{res['steady_cassandra_rows_per_sec']:,.0f} rows/s for {res['steady_events_per_sec']:,.0f} records/s applied", cmd),
-  ("End-to-end latency in that stream (p50 / p99 / max)", f"{steady['latency']['p50_ms']:.0f} / {steady['latency']['p99_ms']:.0f} / {steady['latency']['max_ms']:.0f} ms", cmd),
-]
-with open(f"{out}/table.md", "w") as f:
-  f.write(f"Machine: {machine}.\n\n| what | result | command |\n|---|---|---|\n")
-  for r in rows:
-    f.write(f"| {r[0]} | {r[1]} | `{r[2]}` |\n")
-print(open(f"{out}/table.md").read())
+print(json.dumps(res, indent=2))
 PY
 }
 
@@ -179,6 +170,26 @@ phi_threshold = 8.0" "$base" &
     ADDRS+=("$(grep api_addr "$WORK/${base}_n$i.toml" | cut -d'"' -f2)")
   done
   sleep 3
+}
+
+# with_command FILE CMD: records in a result file the command that reproduces it.
+with_command() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); d["command"] = sys.argv[2]; json.dump(d, open(sys.argv[1], "w"), indent=2)
+PY
+}
+
+# The load tester alone (--via none): every record built and encoded as for Kafka, then
+# dropped. Its ceiling, to compare with what the cluster consumes.
+bench_generator() {
+  log "generator: players and viewers scenarios with --via none"
+  "$LT" players --players 1000000 --events 3000000 --seed 1 --via none --probe-interval-ms 0 \
+    --json "$OUT/generator-players.json" > /dev/null
+  with_command "$OUT/generator-players.json" "scripts/bench.sh generator"
+  "$LT" viewers --viewers 500000 --channels 5000 --duration 600 --speedup 100000 --seed 4 --via none \
+    --probe-interval-ms 0 --json "$OUT/generator-viewers.json" > /dev/null
+  with_command "$OUT/generator-viewers.json" "scripts/bench.sh generator"
 }
 
 # CPU seconds (user + system) used so far by the given processes.
@@ -210,13 +221,16 @@ bench_viewers() {
   wait "$lt"
   # The CPU window includes the short verification at the end (conservative).
   c1=$(cpu_secs "${PIDS[@]}"); s1=$(cpu_secs "${services[@]}"); t1=$(date +%s.%N)
-  python3 - "$OUT/viewers-$viewers.json" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" <<'PY'
+  python3 - "$OUT/viewers-$viewers.json" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" "$secs" "$speedup" "$viewers" <<'PY'
 import json, sys
-p, c0, c1, s0, s1, t0, t1, lt = sys.argv[1], *map(float, sys.argv[2:])
+p, c0, c1, s0, s1, t0, t1, lt, duration, speedup, viewers = sys.argv[1], *map(float, sys.argv[2:])
+viewers = int(viewers)
 d = json.load(open(p)); wall = t1 - t0
 d["cluster_cpu_cores_avg"] = (c1 - c0) / wall
 d["kafka_cassandra_cpu_cores_avg"] = (s1 - s0) / wall
 d["loadtest_cpu_cores_avg"] = lt / wall
+d["duration_secs"], d["speedup"] = duration, speedup
+d["command"] = f"BENCH_VIEWERS={viewers} BENCH_VIEWERS_SECS={duration:.0f} scripts/bench.sh viewers"
 json.dump(d, open(p, "w"), indent=2)
 print(f"viewers: for {d['events_per_sec']:.0f} events/s the 3 nodes used {d['cluster_cpu_cores_avg']:.3f} cores on average, "
       f"Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.3f}, the load tester {d['loadtest_cpu_cores_avg']:.3f}")
@@ -231,7 +245,8 @@ bench_cluster() {
   log "cluster: loading $players players ($((players * 3)) events) and waiting until all are applied"
   "$LT" players --players "$players" --events $((players * 3)) --rate "${BENCH_CLUSTER_RATE:-max}" --seed 3 --id-prefix "$base-" --probe-interval-ms 0 \
     --player-topic "$base.players" --channel-topic "$base.channels" --batch 5000 \
-    --nodes "${addrs[0]}" --verify --sample 500 --verify-timeout 600 > /dev/null
+    --nodes "${addrs[0]}" --verify --sample 500 --verify-timeout 600 --json "$OUT/cluster-players-$players.json" > /dev/null
+  with_command "$OUT/cluster-players-$players.json" "BENCH_CLUSTER_PLAYERS=$players scripts/bench.sh cluster"
   log "cluster: query latency on the owner vs. through a non-owner"
   "$LT" query-latency --node "${addrs[0]}" --id-prefix "$base-" --players "$players" --sample 500 --rounds 4 \
     --player-topic "$base.players" --channel-topic "$base.channels" --json "$OUT/query-latency-$players.json" > /dev/null
@@ -256,6 +271,8 @@ import json, sys
 p = sys.argv[1]; d = json.load(open(p)); d["resident_on_killed_node"] = int(sys.argv[2]); json.dump(d, open(p, "w"), indent=2)
 PY
   for i in 0 1 2; do [ "$i" = "$v" ] || stop_node "${pids[$i]}"; done
+  with_command "$OUT/failover-$players.json" "BENCH_CLUSTER_PLAYERS=$players scripts/bench.sh cluster"
+  with_command "$OUT/query-latency-$players.json" "BENCH_CLUSTER_PLAYERS=$players scripts/bench.sh cluster"
   cat "$OUT/failover-$players.json" "$OUT/query-latency-$players.json"
 }
 
@@ -263,6 +280,15 @@ case "${1:-all}" in
   node) bench_node ;;
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
   viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" "${BENCH_VIEWERS_SPEEDUP:-1}" ;;
-  all) bench_node; bench_cluster 300000; BENCH_CLUSTER_RATE=30000 bench_cluster 3000000 ;;
-  *) echo "usage: $0 [node|cluster|viewers|all]" >&2; exit 2 ;;
+  generator) bench_generator ;;
+  table) ;;
+  all)
+    bench_node
+    bench_cluster 300000
+    bench_viewers 500000 300 1
+    bench_generator
+    ;;
+  *) echo "usage: $0 [node|cluster|viewers|generator|table|all]" >&2; exit 2 ;;
 esac
+# The table of everything measured so far, into README.md's Performance section.
+python3 scripts/bench_table.py "$OUT" README.md

@@ -65,7 +65,7 @@ pub async fn run(
                 return (hist, 0);
             }
         },
-        Via::Http(_) => None,
+        Via::Http(_) | Via::Discard => None,
     };
     let player = format!("{prefix}probe");
     let mut level = 0u32;

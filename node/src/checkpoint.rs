@@ -19,8 +19,8 @@ use crate::entity;
 use crate::metrics::Metrics;
 use crate::storage::{ChannelSummary, EntityRow, Progress, Store};
 
-/// Rows written concurrently by one checkpoint.
-const WRITE_CONCURRENCY: usize = 128;
+/// Rows one checkpoint has in flight at most.
+const ROWS_IN_FLIGHT: usize = 256;
 
 /// One entity in a snapshot.
 pub enum SnapshotEntity {
@@ -83,16 +83,24 @@ enum Write<'a> {
 /// Writes a snapshot: entities (concurrently; players in batches), then the progress row.
 pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow::Result<()> {
     let started = Instant::now();
-    let mut pending = requests(&snap.entities).into_iter();
-    // Futures are made as they are polled: a write future is kilobytes.
+    let mut pending = requests(&snap.entities).into_iter().peekable();
+    // Futures are made as they are polled (a write future is kilobytes), and the rows in
+    // flight are bounded: Cassandra falls into long GC pauses when flooded.
     let mut running = FuturesUnordered::new();
+    let mut rows_in_flight = 0;
     loop {
-        while running.len() < WRITE_CONCURRENCY {
-            let Some(w) = pending.next() else { break };
-            running.push(write_one(store, snap.partition, w));
+        while let Some(w) =
+            pending.next_if(|w| rows_in_flight == 0 || rows_in_flight + w.rows() <= ROWS_IN_FLIGHT)
+        {
+            rows_in_flight += w.rows();
+            let rows = w.rows();
+            running.push(async move { (rows, write_one(store, snap.partition, w).await) });
         }
         match running.next().await {
-            Some(result) => result?,
+            Some((rows, result)) => {
+                rows_in_flight -= rows;
+                result?
+            }
             None => break,
         }
     }
@@ -103,6 +111,15 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
     }
     metrics.record_checkpoint(snap.entities.len() as u64, started.elapsed());
     Ok(())
+}
+
+impl Write<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Write::Players(rows) => rows.len(),
+            Write::Channel { write, .. } => write.rows.len() + 1,
+        }
+    }
 }
 
 /// Groups player rows into batches of at most `BATCH_ROWS` rows or about `BATCH_BYTES`.

@@ -22,7 +22,7 @@
 #   TALLY_KAFKA_TIMEOUT        seconds to wait for Kafka to serve (default 90)
 #   TALLY_CASSANDRA_TIMEOUT    seconds to wait for Cassandra to serve (default 180)
 #   TALLY_STOP_TIMEOUT         seconds between SIGTERM and SIGKILL on down (default 30)
-#   TALLY_KAFKA_HEAP           default 512m;  TALLY_CASSANDRA_HEAP default 1G
+#   TALLY_KAFKA_HEAP           default 512m;  TALLY_CASSANDRA_HEAP default 2G
 # See docs/SERVICES.md for the flags and why each one is there.
 set -euo pipefail
 
@@ -52,7 +52,7 @@ KAFKA_TIMEOUT=${TALLY_KAFKA_TIMEOUT:-90}
 CASSANDRA_TIMEOUT=${TALLY_CASSANDRA_TIMEOUT:-180}
 STOP_TIMEOUT=${TALLY_STOP_TIMEOUT:-30}
 KAFKA_HEAP=${TALLY_KAFKA_HEAP:-512m}
-CASSANDRA_HEAP=${TALLY_CASSANDRA_HEAP:-1G}
+CASSANDRA_HEAP=${TALLY_CASSANDRA_HEAP:-2G}
 
 # Main classes: what we start, and what a pid must be running before `down` may kill it.
 KAFKA_MAIN=kafka.Kafka
@@ -86,7 +86,10 @@ our_pid() {
   pid=$(<"$pidfile")
   if [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]]; then
     cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
-    if [[ $cmdline == *"$(main_class "$1")"* && $cmdline == *"$STATE_DIR"* ]]; then
+    # An empty command line is a process between fork and exec (seen under heavy load
+    # right after the start), still ours; or a zombie, which is not.
+    local state; state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)
+    if [[ ( -z $cmdline && $state != Z ) || ( $cmdline == *"$(main_class "$1")"* && $cmdline == *"$STATE_DIR"* ) ]]; then
       echo "$pid"
       return 0
     fi

@@ -108,6 +108,8 @@ struct QueryLatencyArgs {
 enum ViaArg {
     Kafka,
     Http,
+    /// Build and encode every record, then drop it: the generator's own ceiling.
+    None,
 }
 
 #[derive(Args)]
@@ -119,7 +121,8 @@ struct Common {
     /// latency probes.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
-    /// Send straight to Kafka (partitioned as Tally expects) or through HTTP ingest.
+    /// Send straight to Kafka (partitioned as Tally expects), through HTTP ingest, or
+    /// nowhere (none: measures what the generator alone can produce).
     #[arg(long, value_enum, default_value_t = ViaArg::Kafka)]
     via: ViaArg,
     /// Target events per second, or "max".
@@ -249,6 +252,9 @@ fn check_common(c: &Common) -> anyhow::Result<()> {
     if c.batch == 0 || c.lanes == 0 {
         bail!("--batch and --lanes must be at least 1");
     }
+    if c.via == ViaArg::None && c.verify {
+        bail!("--verify: nothing reaches a cluster with --via none");
+    }
     if (c.verify || c.via == ViaArg::Http) && c.nodes.is_empty() {
         bail!(
             "--nodes: name at least one Tally API address (host:port) for --verify or --via http"
@@ -349,6 +355,7 @@ async fn run(
     let kafka = c.kafka.config();
     let channel_partitions = match tally_loadtest::topic_partitions(&kafka).await {
         Ok((_, ch)) => ch,
+        Err(_) if c.via == ViaArg::None => 8,
         Err(e) if c.via == ViaArg::Http => {
             eprintln!("tally-loadtest: cannot read channel partitions ({e:#}); channel concurrency checks assume 8");
             8
@@ -359,6 +366,7 @@ async fn run(
     let via = Arc::new(match c.via {
         ViaArg::Kafka => Via::Kafka(kafka),
         ViaArg::Http => Via::Http(c.nodes.clone()),
+        ViaArg::None => Via::Discard,
     });
     let progress = Arc::new(Progress::default());
     let ctrl_c = {
@@ -397,10 +405,10 @@ async fn run(
     let mut report = RunReport {
         scenario: scenario.into(),
         seed: c.seed,
-        via: if c.via == ViaArg::Kafka {
-            "kafka"
-        } else {
-            "http"
+        via: match c.via {
+            ViaArg::Kafka => "kafka",
+            ViaArg::Http => "http",
+            ViaArg::None => "none",
         }
         .into(),
         events_sent,

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Builds the Performance table from bench/results/*.json and puts it into README.md.
+
+Usage: scripts/bench_table.py [RESULTS_DIR] [README]
+
+Each row says what was measured, the result and the command that reproduces it. Rows
+whose results are missing are left out; the README keeps everything outside the markers
+<!-- bench:start --> and <!-- bench:end -->.
+"""
+import glob
+import json
+import os
+import re
+import sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
+readme = sys.argv[2] if len(sys.argv) > 2 else "README.md"
+
+
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def by_size(pattern):
+    """[(n, json)] for files like viewers-500000.json, smallest n first."""
+    found = []
+    for p in glob.glob(os.path.join(out, pattern)):
+        m = re.search(r"-(\d+)\.json$", p)
+        if m:
+            found.append((int(m.group(1)), json.load(open(p))))
+    return sorted(found, key=lambda x: x[0])
+
+
+rows = []
+machine = None
+
+node = load("node.json")
+if node:
+    machine = node["machine"]
+    cmd = node.get("command", "scripts/bench.sh node")
+    lat = node["steady_latency"]
+    rows += [
+        ("Plain rdkafka consume-and-discard of the same topic (baseline)",
+         f"{node['baseline_records_per_sec']:,.0f} records/s", cmd),
+        ("One node applying a pre-filled topic",
+         f"{node['node_records_per_sec']:,.0f} records/s = {100 * node['node_vs_baseline']:.0f}% of the baseline", cmd),
+        (f"Resident memory per player ({node['players_resident']:,.0f} players resident)",
+         f"{node['bytes_per_player']:,.0f} bytes", cmd),
+        ("Cassandra writes during a steady stream (coalescing)",
+         f"{node['steady_cassandra_rows_per_sec']:,.0f} rows/s for {node['steady_events_per_sec']:,.0f} records/s applied", cmd),
+        ("End-to-end latency in that stream (p50 / p99 / max)",
+         f"{lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} / {lat['max_ms']:.0f} ms", cmd),
+    ]
+
+for n, d in by_size("cluster-players-*.json"):
+    cmd = d.get("command", "scripts/bench.sh cluster")
+    waited = d["verify"]["waited_secs"] if d.get("verify") else 0.0
+    rows += [
+        (f"3-node cluster: {n:,} players, {d['events_sent']:,} events sent at max rate via Kafka",
+         f"{d['events_per_sec']:,.0f} events/s sent; all applied and a sample verified exact "
+         f"{waited:.1f} s after the last send = {d['events_sent'] / (d['secs'] + waited):,.0f} events/s end to end", cmd),
+    ]
+
+for n, d in by_size("failover-*.json"):
+    rows.append((f"Failover after kill -9 ({d.get('resident_on_killed_node', 0):,} entities resident on the killed node)",
+                 f"{d['secs']:.2f} s until its {d['partitions_moved']} partitions process again", d.get("command", "scripts/bench.sh cluster")))
+
+for n, d in by_size("query-latency-*.json"):
+    o, f = d["on_owner"], d["via_non_owner"]
+    rows.append((f"Query latency with {n:,} players (owner / through a non-owner), p50 / p99",
+                 f"{o['p50_ms']:.2f} / {o['p99_ms']:.2f} ms and {f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms",
+                 d.get("command", "scripts/bench.sh cluster")))
+
+for n, d in by_size("viewers-*.json"):
+    lat = d["latency"]
+    planned = d.get("duration_secs", 0) / max(d.get("speedup", 1), 1e-9)
+    on_time = planned == 0 or d["secs"] <= planned * 1.05
+    exact = d.get("verify") and not d["verify"].get("mismatches")
+    verdict = ("sustained (on schedule" if on_time else f"NOT sustained (took {d['secs']:.0f} s for {planned:.0f} s") + \
+        (", verified exact)" if exact else ", not verified)")
+    rows.append((f"{n:,} viewers over 5,000 channels at real speed, 3 nodes",
+                 f"{verdict}: {d['events_per_sec']:,.0f} events/s; the 3 nodes used {d['cluster_cpu_cores_avg']:.2f} cores "
+                 f"on average (Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.2f}, load tester "
+                 f"{d['loadtest_cpu_cores_avg']:.2f}); latency p50 / p99 {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
+                 d.get("command", f"BENCH_VIEWERS={n} scripts/bench.sh viewers")))
+
+for name in ("generator-players.json", "generator-viewers.json"):
+    d = load(name)
+    if d:
+        rows.append((f"Load tester alone ({d['scenario']}, --via none: every record built and encoded, then dropped)",
+                     f"{d['events_per_sec']:,.0f} events/s", d.get("command", "scripts/bench.sh generator")))
+
+if not rows:
+    sys.exit(f"bench_table: no results in {out}")
+
+lines = []
+if machine:
+    lines.append(f"Machine: {machine}. Every row is one run of the command beside it; the machine also runs "
+                 "Kafka, Cassandra and the load tester.")
+    lines.append("")
+lines += ["| what | result | command |", "|---|---|---|"]
+lines += [f"| {w} | {r} | `{c}` |" for w, r, c in rows]
+table = "\n".join(lines) + "\n"
+open(os.path.join(out, "table.md"), "w").write(table)
+print(table)
+
+text = open(readme).read()
+start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+if start in text and end in text:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    open(readme, "w").write(f"{head}{start}\n{table}{end}{tail}")
+    print(f"bench_table: updated {readme}")
+else:
+    print(f"bench_table: {readme} has no {start} / {end} markers; table left in {out}/table.md")
