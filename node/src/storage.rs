@@ -175,22 +175,6 @@ impl Store {
         })
     }
 
-    pub async fn write_player(&self, id: &str, row: &EntityRow) -> anyhow::Result<()> {
-        self.session
-            .execute_unpaged(
-                &self.insert_player,
-                (
-                    id,
-                    &row.state,
-                    row.applied_offset,
-                    write_timestamp(row.applied_offset),
-                ),
-            )
-            .await
-            .with_context(|| format!("write player {id}"))?;
-        Ok(())
-    }
-
     /// Writes several player rows in one unlogged batch: one request instead of many, each
     /// row still with its own offset's timestamp. Keep batches to tens of kilobytes.
     pub async fn write_players(&self, rows: &[(&str, &EntityRow)]) -> anyhow::Result<()> {

@@ -299,9 +299,9 @@ async fn a_stale_writer_cannot_overwrite_newer_state() {
         state: vec![1],
         applied_offset: 400,
     };
-    store.write_player("p", &newer).await.unwrap();
+    store.write_players(&[("p", &newer)]).await.unwrap();
     // A paused former owner wakes up and writes what it had: it must lose.
-    store.write_player("p", &older).await.unwrap();
+    store.write_players(&[("p", &older)]).await.unwrap();
     let row = store.read_player("p").await.unwrap().unwrap();
     assert_eq!((row.state, row.applied_offset), (vec![2], 900));
 
