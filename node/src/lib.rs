@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod ownership;
 pub mod partitioner;
+pub mod resident;
 pub mod routing;
 pub mod schema;
 pub mod shard;

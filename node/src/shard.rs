@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
@@ -26,6 +27,7 @@ use crate::config::ShardConfig;
 use crate::entity::{self, Channel, ChannelView, Player, PlayerView};
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::resident::Resident;
 use crate::storage::{ChannelSummary, Progress, Store};
 
 /// Which entities a shard hosts.
@@ -36,12 +38,76 @@ pub enum ShardKind {
     Channels,
 }
 
-/// One Kafka record handed to a shard.
+/// One Kafka record, owned (tests and tools build batches from these).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
+}
+
+/// One record of a [`Records`] batch, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A (start, length) range of [`Records::bytes`].
+type Span = (u32, u32);
+
+/// Records of one partition in offset order, handed to its shard. Keys and payloads share
+/// one buffer: the poll loop copies each record once and allocates nothing per record.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    /// Offset, then key and payload as (start, length) in `bytes`.
+    items: Vec<(i64, Option<Span>, Option<Span>)>,
+    bytes: Vec<u8>,
+}
+
+impl Records {
+    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut put = |b: &[u8]| {
+            let start = self.bytes.len() as u32;
+            self.bytes.extend_from_slice(b);
+            (start, b.len() as u32)
+        };
+        let key = key.map(&mut put);
+        let payload = payload.map(&mut put);
+        self.items.push((offset, key, payload));
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let part = |r: Option<Span>| {
+            r.map(|(start, len)| &self.bytes[start as usize..(start + len) as usize])
+        };
+        self.items
+            .iter()
+            .map(move |&(offset, key, payload)| RecordRef {
+                offset,
+                key: part(key),
+                payload: part(payload),
+            })
+    }
+}
+
+impl From<&[Record]> for Records {
+    fn from(records: &[Record]) -> Self {
+        let mut out = Records::default();
+        for r in records {
+            out.push(r.offset, r.key.as_deref(), r.payload.as_deref());
+        }
+        out
+    }
 }
 
 /// How fresh an answer is.
@@ -101,7 +167,7 @@ pub type QueryReply<T> = RpcReplyPort<Result<Option<(T, Freshness)>, String>>;
 pub enum ShardMsg {
     /// Records of this partition, in offset order. The permit returns to the poll loop
     /// when the batch is applied, bounding the records in flight.
-    Records(Vec<Record>, OwnedSemaphorePermit),
+    Records(Records, OwnedSemaphorePermit),
     /// Periodic: start a checkpoint if none is running, passivate idle entities.
     Tick,
     /// A checkpoint task finished.
@@ -127,34 +193,20 @@ pub struct ShardArgs {
     pub metrics: Arc<Metrics>,
 }
 
-/// An entity resident in a shard.
-struct Slot<E> {
-    state: E,
-    /// Offset of the last record applied (-1: none).
-    offset: i64,
-    /// Seconds since shard start of the last event or query.
-    touched: u32,
-    /// Changed since the last checkpoint snapshot (its key is in `ShardState::dirty`).
-    dirty: bool,
-}
-
-/// Resident entities by key. Hashed with foldhash (randomly seeded, several times faster
-/// than SipHash on short keys): a lookup per record is the shard's hottest path.
-type Resident<E> = foldhash::HashMap<String, Slot<E>>;
-
-/// Applies one record to a resident entity; a newly dirtied key joins `dirty`.
+/// Applies one record to `key` if it is resident; a newly dirtied key joins `dirty`.
+/// Returns whether the entity changed, or None when it must be loaded first.
 #[allow(clippy::too_many_arguments)]
 fn apply_in<E: entity::Entity>(
     m: &mut Resident<E>,
-    key: String,
+    key: &str,
     offset: i64,
     event: &Event,
     watermark: i64,
     timeout: i64,
     touched: u32,
-    dirty: &mut Vec<String>,
-) -> bool {
-    let slot = m.get_mut(&key).expect("activated before applying");
+    dirty: &mut Vec<CompactString>,
+) -> Option<bool> {
+    let slot = m.get_mut(key)?;
     slot.touched = touched;
     let changed = entity::apply_record(
         &mut slot.state,
@@ -166,22 +218,18 @@ fn apply_in<E: entity::Entity>(
     );
     if changed && !slot.dirty {
         slot.dirty = true;
-        dirty.push(key);
+        dirty.push(slot.key.clone());
     }
-    changed
+    Some(changed)
 }
 
-/// Makes an entity resident with its stored state (or a new one) as of `offset`.
-fn insert_loaded<E>(m: &mut Resident<E>, key: String, state: E, offset: i64, touched: u32) {
-    m.insert(
-        key,
-        Slot {
-            state,
-            offset,
-            touched,
-            dirty: false,
-        },
-    );
+/// A record whose entity was not resident when its batch arrived: applied, in order, once
+/// the entity is loaded, with the watermark it would have seen.
+struct Deferred {
+    key: CompactString,
+    offset: i64,
+    event: Event,
+    watermark: i64,
 }
 
 /// An entity read from Cassandra.
@@ -191,12 +239,12 @@ enum StoredEntity {
 }
 
 /// Marks resident entities dirty again (their checkpoint failed).
-fn mark_dirty<E>(m: &mut Resident<E>, keys: Vec<String>, dirty: &mut Vec<String>) {
+fn mark_dirty<E>(m: &mut Resident<E>, keys: Vec<String>, dirty: &mut Vec<CompactString>) {
     for key in keys {
         if let Some(slot) = m.get_mut(&key) {
             if !slot.dirty {
                 slot.dirty = true;
-                dirty.push(key);
+                dirty.push(slot.key.clone());
             }
         }
     }
@@ -212,7 +260,7 @@ pub struct ShardState {
     args: ShardArgs,
     entities: Entities,
     /// Keys changed since the last checkpoint snapshot (each once; see `Slot::dirty`).
-    dirty: Vec<String>,
+    dirty: Vec<CompactString>,
     /// Keys that may have a stored row not in memory: anything, if the partition was ever
     /// checkpointed before this shard started; else just what this shard passivated.
     passivated: HashSet<String>,
@@ -258,13 +306,6 @@ impl ShardState {
         self.args.cfg.viewer_timeout_secs as i64 * 1000
     }
 
-    fn is_resident(&self, key: &str) -> bool {
-        match &self.entities {
-            Entities::Players(m) => m.contains_key(key),
-            Entities::Channels(m) => m.contains_key(key),
-        }
-    }
-
     fn resident(&self) -> usize {
         match &self.entities {
             Entities::Players(m) => m.len(),
@@ -273,20 +314,20 @@ impl ShardState {
     }
 
     /// Loads the given keys that are not resident, in parallel, and makes them resident.
-    async fn activate(&mut self, keys: Vec<String>) -> anyhow::Result<()> {
+    async fn activate(&mut self, keys: Vec<CompactString>) -> anyhow::Result<()> {
         let store = self.args.store.clone();
         let partition = self.args.partition;
         let touched = self.now_secs();
-        let missing: Vec<String> = keys
+        let missing: Vec<CompactString> = keys
             .into_iter()
             .filter(|k| match &self.entities {
                 Entities::Players(m) => !m.contains_key(k),
                 Entities::Channels(m) => !m.contains_key(k),
             })
             .collect();
-        let (to_load, fresh): (Vec<String>, Vec<String>) =
+        let (to_load, fresh): (Vec<CompactString>, Vec<CompactString>) =
             missing.into_iter().partition(|k| self.may_be_stored(k));
-        let loaded: Vec<(String, StoredEntity)> =
+        let loaded: Vec<(CompactString, StoredEntity)> =
             futures::stream::iter(to_load.into_iter().map(|k| {
                 let store = store.clone();
                 let kind = self.args.kind;
@@ -316,18 +357,18 @@ impl ShardState {
             (k, none)
         });
         for (key, stored) in loaded.into_iter().chain(fresh) {
-            self.passivated.remove(&key);
-            self.summaries.remove(&key);
+            self.passivated.remove(key.as_str());
+            self.summaries.remove(key.as_str());
             match (&mut self.entities, stored) {
                 (Entities::Players(m), StoredEntity::Player(row)) => {
                     let (state, offset) = match row {
                         Some(r) => (entity::decode(&r.state)?, r.applied_offset),
                         None => (Player::default(), -1),
                     };
-                    insert_loaded(m, key, state, offset, touched);
+                    m.insert(key, state, offset, touched);
                 }
                 (Entities::Channels(m), StoredEntity::Channel(loaded)) => {
-                    let log = self.logs.entry(key.clone()).or_default();
+                    let log = self.logs.entry(key.to_string()).or_default();
                     let (state, offset) = match loaded {
                         Some(l) => {
                             log.loaded(l.head);
@@ -339,7 +380,7 @@ impl ShardState {
                             (Channel::default(), -1)
                         }
                     };
-                    insert_loaded(m, key, state, offset, touched);
+                    m.insert(key, state, offset, touched);
                 }
                 _ => unreachable!("entities are loaded as the shard's kind"),
             }
@@ -347,55 +388,73 @@ impl ShardState {
         Ok(())
     }
 
-    /// Applies a batch in offset order. Records at or below an entity's offset are skipped
-    /// (already reflected in its stored state).
-    async fn apply_batch(&mut self, records: &[Record]) -> anyhow::Result<()> {
-        let mut parsed: Vec<(i64, Option<(String, Event)>)> = Vec::with_capacity(records.len());
-        let mut keys = Vec::new();
-        for rec in records {
+    /// Applies a batch in offset order. Records of resident entities are applied at once;
+    /// the others are returned, to be applied by [`Self::apply_deferred`] after loading
+    /// their entities (each entity still sees its records in offset order, with the
+    /// watermark it would have seen). Records at or below an entity's offset are skipped:
+    /// its stored state already reflects them.
+    fn apply_resident(&mut self, records: &Records) -> Vec<Deferred> {
+        let touched = self.now_secs();
+        let timeout = self.timeout_ms();
+        let mut deferred = Vec::new();
+        let mut applied = 0u64;
+        for rec in records.iter() {
             if rec.offset < self.next_offset {
                 continue; // redelivered after a seek
             }
-            match decode_record(rec) {
-                Ok((key, event)) => {
-                    if !self.is_resident(&key) {
-                        keys.push(key.clone());
-                    }
-                    parsed.push((rec.offset, Some((key, event))));
-                }
+            self.next_offset = rec.offset + 1;
+            let (key, event) = match decode_record(&rec) {
+                Ok(decoded) => decoded,
                 Err(reason) => {
                     self.args.metrics.add_invalid_records(1);
                     warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, "skipping invalid record");
-                    parsed.push((rec.offset, None));
+                    continue;
                 }
-            }
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        self.activate(keys).await?;
-        let touched = self.now_secs();
-        let timeout = self.timeout_ms();
-        let mut applied = 0u64;
-        for (offset, item) in parsed {
-            self.next_offset = offset + 1;
-            let Some((key, event)) = item else { continue };
+            };
             self.watermark = self.watermark.max(event.ts);
             let watermark = self.watermark;
             let dirty = &mut self.dirty;
-            let changed = match &mut self.entities {
-                Entities::Players(m) => {
-                    apply_in(m, key, offset, &event, watermark, timeout, touched, dirty)
-                }
-                Entities::Channels(m) => {
-                    apply_in(m, key, offset, &event, watermark, timeout, touched, dirty)
-                }
+            let done = match &mut self.entities {
+                Entities::Players(m) => apply_in(
+                    m, key, rec.offset, &event, watermark, timeout, touched, dirty,
+                ),
+                Entities::Channels(m) => apply_in(
+                    m, key, rec.offset, &event, watermark, timeout, touched, dirty,
+                ),
             };
-            if changed {
-                applied += 1;
+            match done {
+                Some(changed) => applied += changed as u64,
+                None => deferred.push(Deferred {
+                    key: key.into(),
+                    offset: rec.offset,
+                    event,
+                    watermark,
+                }),
             }
         }
         self.args.metrics.add_applied(self.args.kind, applied);
-        Ok(())
+        deferred
+    }
+
+    /// Applies records held back by [`Self::apply_resident`]; their entities are resident.
+    fn apply_deferred(&mut self, deferred: Vec<Deferred>) {
+        let touched = self.now_secs();
+        let timeout = self.timeout_ms();
+        let mut applied = 0u64;
+        for d in deferred {
+            let dirty = &mut self.dirty;
+            let (key, offset, event, watermark) = (&d.key, d.offset, &d.event, d.watermark);
+            let done = match &mut self.entities {
+                Entities::Players(m) => {
+                    apply_in(m, key, offset, event, watermark, timeout, touched, dirty)
+                }
+                Entities::Channels(m) => {
+                    apply_in(m, key, offset, event, watermark, timeout, touched, dirty)
+                }
+            };
+            applied += done.expect("deferred entities were activated") as u64;
+        }
+        self.args.metrics.add_applied(self.args.kind, applied);
     }
 
     /// Takes a consistent snapshot of every dirty entity and the progress it makes durable.
@@ -418,13 +477,17 @@ impl ShardState {
                 Entities::Players(m) => {
                     let slot = m.get_mut(&key).expect("dirty keys are resident");
                     slot.dirty = false;
-                    snap.entities
-                        .push(checkpoint::player_row(key, &slot.state, slot.offset));
+                    snap.entities.push(checkpoint::player_row(
+                        key.into_string(),
+                        &slot.state,
+                        slot.offset,
+                    ));
                 }
                 Entities::Channels(m) => {
                     let slot = m.get_mut(&key).expect("dirty keys are resident");
                     slot.dirty = false;
                     let summary = summarize(&key, &slot.state, watermark, timeout);
+                    let key = key.into_string();
                     let write = self
                         .logs
                         .entry(key.clone())
@@ -480,21 +543,22 @@ impl ShardState {
         let passivated = &mut self.passivated;
         let mut evicted = 0u64;
         match &mut self.entities {
-            Entities::Players(m) => m.retain(|k, s| {
+            Entities::Players(m) => m.retain(|s| {
                 let keep = now.saturating_sub(s.touched) < idle || s.dirty;
                 if !keep {
-                    passivated.insert(k.clone());
+                    passivated.insert(s.key.to_string());
                     evicted += 1;
                 }
                 keep
             }),
             Entities::Channels(m) => {
                 let summaries = &mut self.summaries;
-                m.retain(|k, s| {
+                m.retain(|s| {
                     let keep = now.saturating_sub(s.touched) < idle || s.dirty;
                     if !keep {
-                        passivated.insert(k.clone());
-                        summaries.insert(k.clone(), summarize(k, &s.state, watermark, timeout));
+                        let k = s.key.to_string();
+                        summaries.insert(k.clone(), summarize(&k, &s.state, watermark, timeout));
+                        passivated.insert(k);
                         evicted += 1;
                     }
                     keep
@@ -517,7 +581,7 @@ impl ShardState {
         };
         let mut exact: Vec<TopEntry> = m
             .iter()
-            .map(|(k, s)| top_entry(k, &s.state, self.watermark, timeout))
+            .map(|s| top_entry(&s.key, &s.state, self.watermark, timeout))
             .collect();
         // Non-resident channels: peak and follows in the summary are exact; concurrent is
         // an upper bound (expiry only lowers it), so load the ones that could make the cut.
@@ -544,7 +608,7 @@ impl ShardState {
                     break;
                 }
                 current.push(b.clone());
-                to_load.push(b.id);
+                to_load.push(b.id.into());
             }
             if let Err(e) = self.activate(to_load).await {
                 warn!(error = %format!("{e:#}"), "top-N: loading channels failed; using stored summaries");
@@ -554,7 +618,7 @@ impl ShardState {
             };
             exact = m
                 .iter()
-                .map(|(k, s)| top_entry(k, &s.state, self.watermark, timeout))
+                .map(|s| top_entry(&s.key, &s.state, self.watermark, timeout))
                 .collect();
             bounds = self
                 .summaries
@@ -598,14 +662,12 @@ fn summarize(id: &str, c: &Channel, watermark: i64, timeout: i64) -> ChannelSumm
 }
 
 /// The key and event of a record; an error names what is wrong.
-fn decode_record(rec: &Record) -> Result<(String, Event), String> {
+fn decode_record<'a>(rec: &RecordRef<'a>) -> Result<(&'a str, Event), String> {
     let key = rec
         .key
-        .as_deref()
         .ok_or("record has no key")
-        .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))?
-        .to_string();
-    let payload = rec.payload.as_deref().ok_or("record has no value")?;
+        .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))?;
+    let payload = rec.payload.ok_or("record has no value")?;
     let event = Event::parse(payload).map_err(|r| format!("invalid event: {r}"))?;
     Ok((key, event))
 }
@@ -666,18 +728,22 @@ impl Actor for Shard {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Records(records, permit) => {
-                // Storage errors while loading entities are retried: the batch must apply
-                // whole and in order, or the shard would skip records.
-                let mut delay = Duration::from_millis(100);
-                loop {
-                    match state.apply_batch(&records).await {
-                        Ok(()) => break,
-                        Err(e) => {
-                            error!(partition = state.args.partition, error = %format!("{e:#}"), "applying batch failed; retrying");
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
+                let deferred = state.apply_resident(&records);
+                drop(records);
+                if !deferred.is_empty() {
+                    let mut keys: Vec<CompactString> =
+                        deferred.iter().map(|d| d.key.clone()).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    // Storage errors while loading entities are retried: the batch must
+                    // apply whole and in order, or the shard would skip records.
+                    let mut delay = Duration::from_millis(100);
+                    while let Err(e) = state.activate(keys.clone()).await {
+                        error!(partition = state.args.partition, error = %format!("{e:#}"), "loading entities failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
                     }
+                    state.apply_deferred(deferred);
                 }
                 drop(permit);
             }
@@ -724,7 +790,7 @@ impl Actor for Shard {
             ShardMsg::Player(id, reply) => {
                 let answer = async {
                     if state.may_be_stored(&id) {
-                        state.activate(vec![id.clone()]).await?;
+                        state.activate(vec![id.as_str().into()]).await?;
                     }
                     let Entities::Players(m) = &mut state.entities else {
                         anyhow::bail!("not a player shard");
@@ -743,7 +809,7 @@ impl Actor for Shard {
             ShardMsg::Channel(id, reply) => {
                 let answer = async {
                     if state.may_be_stored(&id) {
-                        state.activate(vec![id.clone()]).await?;
+                        state.activate(vec![id.as_str().into()]).await?;
                     }
                     let timeout = state.timeout_ms();
                     let watermark = state.watermark;

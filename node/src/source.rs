@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
-use crate::shard::{Record, ShardMsg};
+use crate::shard::{Records, ShardMsg};
 
 /// One assigned partition and where its records go.
 pub struct Assignment {
@@ -199,7 +199,8 @@ fn poll_loop(
         while let Ok(cmd) = commands.try_recv() {
             apply_command(&consumer, &mut routes, &mut committed, cmd);
         }
-        let mut batches: HashMap<(String, i32), Vec<Record>> = HashMap::new();
+        // Per partition; a poll touches a handful, so a scan beats hashing the topic name.
+        let mut batches: Vec<((String, i32), Records)> = Vec::new();
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
         while n < max_batch {
@@ -210,14 +211,18 @@ fn poll_loop(
                     break;
                 }
                 Some(Ok(m)) => {
-                    batches
-                        .entry((m.topic().to_string(), m.partition()))
-                        .or_default()
-                        .push(Record {
-                            offset: m.offset(),
-                            key: m.key().map(<[u8]>::to_vec),
-                            payload: m.payload().map(<[u8]>::to_vec),
-                        });
+                    let (topic, partition) = (m.topic(), m.partition());
+                    let at = match batches
+                        .iter()
+                        .position(|((t, p), _)| *p == partition && t == topic)
+                    {
+                        Some(at) => at,
+                        None => {
+                            batches.push(((topic.to_string(), partition), Records::default()));
+                            batches.len() - 1
+                        }
+                    };
+                    batches[at].1.push(m.offset(), m.key(), m.payload());
                     n += 1;
                     timeout = Duration::ZERO;
                 }

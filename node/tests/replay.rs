@@ -72,9 +72,7 @@ async fn feed(shard: &ActorRef<ShardMsg>, recs: &[Record]) {
     let permits = Arc::new(Semaphore::new(1));
     for chunk in recs.chunks(500) {
         let permit = permits.clone().acquire_owned().await.unwrap();
-        shard
-            .cast(ShardMsg::Records(chunk.to_vec(), permit))
-            .unwrap();
+        shard.cast(ShardMsg::Records(chunk.into(), permit)).unwrap();
     }
 }
 
