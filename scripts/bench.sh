@@ -111,6 +111,8 @@ bench_node() {
   kill -CONT "$pid"
   "$LT" consume-rate --node "$addr" --records "$records" --json "$OUT/node-consume.json" > /dev/null
   wait_checkpoints "$addr"
+  # Resident memory at rest: the allocator returns freed checkpoint buffers after a delay.
+  sleep 5
   local rss1 resident
   rss1=$(rss_kib "$pid")
   resident=$(curl -fs "http://$addr/v1/cluster" | python3 -c 'import json,sys; print(sum(s["resident_entities"] for s in json.load(sys.stdin)["shards"] if s["kind"]=="players"))')

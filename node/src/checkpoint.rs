@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::channel_log::ChannelWrite;
 use crate::entity;
 use crate::metrics::Metrics;
-use crate::storage::{ChannelSummary, EntityRow, Progress, Store};
+use crate::storage::{player_bucket, ChannelSummary, EntityRow, Progress, Store};
 
 /// Rows one checkpoint has in flight at most.
 const ROWS_IN_FLIGHT: usize = 256;
@@ -71,7 +71,8 @@ const BATCH_BYTES: usize = 32 * 1024;
 
 /// One request of a checkpoint.
 enum Write<'a> {
-    Players(Vec<(&'a str, &'a EntityRow)>),
+    /// Rows of one player bucket.
+    Players(i32, Vec<(&'a str, &'a EntityRow)>),
     Channel {
         key: &'a str,
         summary: &'a ChannelSummary,
@@ -116,27 +117,20 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
 impl Write<'_> {
     fn rows(&self) -> usize {
         match self {
-            Write::Players(rows) => rows.len(),
+            Write::Players(_, rows) => rows.len(),
             Write::Channel { write, .. } => write.rows.len() + 1,
         }
     }
 }
 
-/// Groups player rows into batches of at most `BATCH_ROWS` rows or about `BATCH_BYTES`.
+/// Groups player rows into batches of one bucket each, of at most `BATCH_ROWS` rows or
+/// about `BATCH_BYTES`.
 fn requests(entities: &[SnapshotEntity]) -> Vec<Write<'_>> {
     let mut out = Vec::new();
-    let mut batch: Vec<(&str, &EntityRow)> = Vec::new();
-    let mut bytes = 0;
+    let mut players: Vec<(i32, &str, &EntityRow)> = Vec::new();
     for e in entities {
         match e {
-            SnapshotEntity::Player { key, row } => {
-                bytes += key.len() + row.state.len();
-                batch.push((key, row));
-                if batch.len() >= BATCH_ROWS || bytes >= BATCH_BYTES {
-                    out.push(Write::Players(std::mem::take(&mut batch)));
-                    bytes = 0;
-                }
-            }
+            SnapshotEntity::Player { key, row } => players.push((player_bucket(key), key, row)),
             SnapshotEntity::Channel {
                 key,
                 summary,
@@ -150,15 +144,29 @@ fn requests(entities: &[SnapshotEntity]) -> Vec<Write<'_>> {
             }),
         }
     }
-    if !batch.is_empty() {
-        out.push(Write::Players(batch));
+    players.sort_unstable_by_key(|(bucket, _, _)| *bucket);
+    let mut batch: Vec<(&str, &EntityRow)> = Vec::new();
+    let mut batch_bucket = None;
+    let mut bytes = 0;
+    for (bucket, key, row) in players {
+        let full = batch.len() >= BATCH_ROWS || bytes >= BATCH_BYTES;
+        if let Some(b) = batch_bucket.filter(|b| *b != bucket || full) {
+            out.push(Write::Players(b, std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+        batch_bucket = Some(bucket);
+        bytes += key.len() + row.state.len();
+        batch.push((key, row));
+    }
+    if let Some(b) = batch_bucket.filter(|_| !batch.is_empty()) {
+        out.push(Write::Players(b, batch));
     }
     out
 }
 
 async fn write_one(store: &Store, partition: i32, w: Write<'_>) -> anyhow::Result<()> {
     match w {
-        Write::Players(rows) => store.write_players(&rows).await,
+        Write::Players(bucket, rows) => store.write_players(bucket, &rows).await,
         Write::Channel {
             key,
             summary,
@@ -177,5 +185,37 @@ async fn write_one(store: &Store, partition: i32, w: Write<'_>) -> anyhow::Resul
                 .write_channel_summary(partition, summary, offset)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn player_batches_hold_one_bucket_and_stay_small() {
+        let entities: Vec<SnapshotEntity> = (0..5000)
+            .map(|n| player_row(format!("player-{n}"), &vec![0u8; 40], n))
+            .collect();
+        let writes = requests(&entities);
+        let mut rows = 0;
+        for w in &writes {
+            let Write::Players(bucket, batch) = w else {
+                panic!("only players here")
+            };
+            assert!(!batch.is_empty() && batch.len() <= BATCH_ROWS);
+            assert!(batch.iter().all(|(k, _)| player_bucket(k) == *bucket));
+            rows += batch.len();
+        }
+        assert_eq!(rows, 5000);
+        // 5000 rows over 512 buckets: about ten a bucket, so about one batch a bucket.
+        let buckets: std::collections::HashSet<i32> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Players(b, _) => *b,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(writes.len(), buckets.len());
     }
 }

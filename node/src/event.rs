@@ -419,7 +419,10 @@ fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
             format!("longer than {MAX_ID_LEN} bytes"),
         ));
     }
-    if value.chars().any(|c| c.is_control()) {
+    // Control characters are C0 (bytes below 0x20), DEL, and C1 (U+0080-U+009F, which
+    // UTF-8 writes as 0xC2 0x80-0x9F): only a string with such a byte needs the char scan.
+    let suspicious = value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
+    if suspicious && value.chars().any(|c| c.is_control()) {
         return Err(Rejection::new(field, "must not contain control characters"));
     }
     Ok(())

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "channel_log",
         cql: include_str!("../../cassandra-schema/0003_channel_log.cql"),
     },
+    Migration {
+        version: 4,
+        name: "player_buckets",
+        cql: include_str!("../../cassandra-schema/0004_player_buckets.cql"),
+    },
 ];
 
 /// The statements of a migration, placeholders filled, comments dropped.

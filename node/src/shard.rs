@@ -67,6 +67,14 @@ pub struct Records {
 }
 
 impl Records {
+    /// An empty batch with room for `records` records of `bytes` bytes in all.
+    pub fn with_capacity(records: usize, bytes: usize) -> Self {
+        Records {
+            items: Vec::with_capacity(records),
+            bytes: Vec::with_capacity(bytes),
+        }
+    }
+
     pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let mut put = |b: &[u8]| {
             let start = self.bytes.len() as u32;
@@ -396,7 +404,7 @@ impl ShardState {
     fn apply_resident(&mut self, records: &Records) -> Vec<Deferred> {
         let touched = self.now_secs();
         let timeout = self.timeout_ms();
-        let mut deferred = Vec::new();
+        let mut deferred = Vec::with_capacity(records.len());
         let mut applied = 0u64;
         for rec in records.iter() {
             if rec.offset < self.next_offset {

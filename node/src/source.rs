@@ -218,7 +218,8 @@ fn poll_loop(
                     {
                         Some(at) => at,
                         None => {
-                            batches.push(((topic.to_string(), partition), Records::default()));
+                            let records = Records::with_capacity(256, 64 * 1024);
+                            batches.push(((topic.to_string(), partition), records));
                             batches.len() - 1
                         }
                     };

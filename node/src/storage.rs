@@ -19,6 +19,15 @@ use crate::config::CassandraConfig;
 
 /// The write timestamp of a row reflecting everything up to `offset` (inclusive).
 /// Offsets start at 0 and Cassandra timestamps must be positive, hence the +1.
+/// Buckets of the `player_state` table. Part of the stored format: changing it orphans rows.
+pub const PLAYER_BUCKETS: i32 = 512;
+
+/// The `player_state` bucket of a player: murmur2 of the id, like Kafka's partitioner, so
+/// it is stable across processes and versions.
+pub fn player_bucket(id: &str) -> i32 {
+    (crate::partitioner::murmur2(id.as_bytes()) & 0x7fff_ffff) % PLAYER_BUCKETS
+}
+
 pub fn write_timestamp(offset: i64) -> i64 {
     offset + 1
 }
@@ -81,6 +90,9 @@ pub struct Store {
     pub session: Arc<Session>,
     insert_player: PreparedStatement,
     select_player: PreparedStatement,
+    select_legacy_player: PreparedStatement,
+    /// Whether the pre-bucket `players` table holds rows (checked once, at start).
+    legacy_players: bool,
     insert_channel: PreparedStatement,
     select_channel: PreparedStatement,
     select_channel_summaries: PreparedStatement,
@@ -118,13 +130,26 @@ impl Store {
         };
         Ok(Store {
             insert_player: p(format!(
-                "INSERT INTO {keyspace}.players (id, state, applied_offset) VALUES (?, ?, ?) USING TIMESTAMP ?"
+                "INSERT INTO {keyspace}.player_state (bucket, id, state, applied_offset) \
+                 VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
             ))
             .await?,
             select_player: p(format!(
+                "SELECT state, applied_offset FROM {keyspace}.player_state WHERE bucket = ? AND id = ?"
+            ))
+            .await?,
+            select_legacy_player: p(format!(
                 "SELECT state, applied_offset FROM {keyspace}.players WHERE id = ?"
             ))
             .await?,
+            legacy_players: session
+                .query_unpaged(format!("SELECT id FROM {keyspace}.players LIMIT 1"), ())
+                .await
+                .context("look for rows in the players table")?
+                .into_rows_result()
+                .context("look for rows in the players table")?
+                .rows_num()
+                > 0,
             insert_channel: p(format!(
                 "INSERT INTO {keyspace}.channels (partition, id, applied_offset, concurrent, peak, follows) \
                  VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
@@ -175,17 +200,24 @@ impl Store {
         })
     }
 
-    /// Writes several player rows in one unlogged batch: one request instead of many, each
-    /// row still with its own offset's timestamp. Keep batches to tens of kilobytes.
-    pub async fn write_players(&self, rows: &[(&str, &EntityRow)]) -> anyhow::Result<()> {
+    /// Writes player rows of one bucket (see [`player_bucket`]) in one unlogged batch:
+    /// Cassandra applies it as one mutation of one partition, each row still with its own
+    /// offset's timestamp. Keep batches to tens of kilobytes.
+    pub async fn write_players(
+        &self,
+        bucket: i32,
+        rows: &[(&str, &EntityRow)],
+    ) -> anyhow::Result<()> {
+        debug_assert!(rows.iter().all(|(id, _)| player_bucket(id) == bucket));
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in rows {
             batch.append_statement(self.insert_player.clone());
         }
-        let values: Vec<(&str, &Vec<u8>, i64, i64)> = rows
+        let values: Vec<(i32, &str, &Vec<u8>, i64, i64)> = rows
             .iter()
             .map(|(id, row)| {
                 (
+                    bucket,
                     *id,
                     &row.state,
                     row.applied_offset,
@@ -200,16 +232,33 @@ impl Store {
         Ok(())
     }
 
+    /// The stored row of a player; rows written before player buckets existed are found
+    /// in the older `players` table.
     pub async fn read_player(&self, id: &str) -> anyhow::Result<Option<EntityRow>> {
         let row = self
-            .session
-            .execute_unpaged(&self.select_player, (id,))
+            .read_player_with(&self.select_player, (player_bucket(id), id))
+            .await?;
+        if row.is_some() || !self.legacy_players {
+            return Ok(row);
+        }
+        self.read_player_with(&self.select_legacy_player, (id,))
             .await
-            .with_context(|| format!("read player {id}"))?
+    }
+
+    async fn read_player_with(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> anyhow::Result<Option<EntityRow>> {
+        let row = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .context("read player")?
             .into_rows_result()
-            .with_context(|| format!("read player {id}"))?
+            .context("read player")?
             .maybe_first_row::<(Vec<u8>, i64)>()
-            .with_context(|| format!("decode player row {id}"))?;
+            .context("decode player row")?;
         Ok(row.map(|(state, applied_offset)| EntityRow {
             state,
             applied_offset,

@@ -15,7 +15,7 @@ use tally_node::event::Event;
 use tally_node::metrics::Metrics;
 use tally_node::partitioner::partition_for;
 use tally_node::shard::{Record, Shard, ShardArgs, ShardKind, ShardMsg};
-use tally_node::storage::{self, EntityRow, Progress, Store};
+use tally_node::storage::{self, player_bucket, EntityRow, Progress, Store};
 use tokio::sync::Semaphore;
 
 async fn store(env: &TestEnv) -> Arc<Store> {
@@ -297,11 +297,30 @@ async fn a_stale_writer_cannot_overwrite_newer_state() {
         state: vec![1],
         applied_offset: 400,
     };
-    store.write_players(&[("p", &newer)]).await.unwrap();
-    // A paused former owner wakes up and writes what it had: it must lose.
-    store.write_players(&[("p", &older)]).await.unwrap();
+    // Another player of the same bucket, so both rows travel in one batch (one mutation).
+    let bucket = player_bucket("p");
+    let q = (0..)
+        .map(|n| format!("q{n}"))
+        .find(|q| player_bucket(q) == bucket)
+        .unwrap();
+    store
+        .write_players(bucket, &[("p", &newer), (&q, &older)])
+        .await
+        .unwrap();
+    // A paused former owner wakes up and writes what it had: its row of p must lose, while
+    // its row of q, newer than what is stored, wins within the same batch.
+    let newest_q = EntityRow {
+        state: vec![3],
+        applied_offset: 500,
+    };
+    store
+        .write_players(bucket, &[("p", &older), (&q, &newest_q)])
+        .await
+        .unwrap();
     let row = store.read_player("p").await.unwrap().unwrap();
     assert_eq!((row.state, row.applied_offset), (vec![2], 900));
+    let row = store.read_player(&q).await.unwrap().unwrap();
+    assert_eq!((row.state, row.applied_offset), (vec![3], 500));
 
     store
         .write_progress(
@@ -372,4 +391,41 @@ async fn migrations_are_idempotent_and_recorded() {
         versions,
         (1..=tally_node::schema::MIGRATIONS.len() as i32).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_stored_before_buckets_are_still_found() {
+    let env = TestEnv::new("legacyplayers", 1);
+    let store = store(&env).await;
+    // No legacy rows when this store started: a missing player is just missing.
+    assert!(store.read_player("old").await.unwrap().is_none());
+    // A row as an earlier version wrote it, into the table before player buckets.
+    store
+        .session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {}.players (id, state, applied_offset) VALUES ('old', 0x0102, 41)",
+                env.keyspace
+            ),
+            (),
+        )
+        .await
+        .unwrap();
+    let store = Store::prepare(store.session.clone(), &env.keyspace)
+        .await
+        .unwrap();
+    let row = store.read_player("old").await.unwrap().unwrap();
+    assert_eq!((row.state, row.applied_offset), (vec![1, 2], 41));
+    // Once written again, the bucketed row is the one read.
+    let newer = EntityRow {
+        state: vec![9],
+        applied_offset: 50,
+    };
+    store
+        .write_players(player_bucket("old"), &[("old", &newer)])
+        .await
+        .unwrap();
+    let row = store.read_player("old").await.unwrap().unwrap();
+    assert_eq!((row.state, row.applied_offset), (vec![9], 50));
+    assert!(store.read_player("never").await.unwrap().is_none());
 }

@@ -64,7 +64,9 @@ pub enum Stored<T> {
 
 /// Encodes an entity for its Cassandra row.
 pub fn encode<T: Serialize + Clone>(state: &T) -> Vec<u8> {
-    postcard::to_stdvec(&Stored::V1(state)).expect("entity state always encodes")
+    // Sized for a typical player up front: growing byte by byte reallocates several times.
+    postcard::to_extend(&Stored::V1(state), Vec::with_capacity(128))
+        .expect("entity state always encodes")
 }
 
 /// Decodes an entity row written by [`encode`].
