@@ -111,6 +111,10 @@ bench_node() {
   kill -CONT "$pid"
   "$LT" consume-rate --node "$addr" --records "$records" --json "$OUT/node-consume.json" > /dev/null
   wait_checkpoints "$addr"
+  # The baseline again, now that the node is idle: the better of the two runs counts, so
+  # background work of the services (compaction) never flatters the node.
+  log "node: baseline again, node idle"
+  "$LT" baseline --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline-2.json" > /dev/null
   # Resident memory at rest: the allocator returns freed checkpoint buffers after a delay.
   sleep 5
   local rss1 resident
@@ -131,12 +135,14 @@ bench_node() {
 import json, sys
 out, rss0, rss1, resident, a0, a1, w0, w1, secs, machine, players, events, rate = sys.argv[1:]
 rss0, rss1, resident, a0, a1, w0, w1, secs = map(float, (rss0, rss1, resident, a0, a1, w0, w1, secs))
-base = json.load(open(f"{out}/baseline.json"))
+bases = [json.load(open(f"{out}/{f}")) for f in ("baseline.json", "baseline-2.json")]
+base = max(bases, key=lambda b: b["records_per_sec"])
 node = json.load(open(f"{out}/node-consume.json"))
 steady = json.load(open(f"{out}/node-steady.json"))
 res = {
   "machine": machine,
   "baseline_records_per_sec": base["records_per_sec"],
+  "baseline_runs_records_per_sec": [b["records_per_sec"] for b in bases],
   "node_records_per_sec": node["records_per_sec"],
   "node_vs_baseline": node["records_per_sec"] / base["records_per_sec"],
   "records": base["records"],

@@ -200,24 +200,22 @@ impl Store {
         })
     }
 
-    /// Writes player rows of one bucket (see [`player_bucket`]) in one unlogged batch:
-    /// Cassandra applies it as one mutation of one partition, each row still with its own
-    /// offset's timestamp. Keep batches to tens of kilobytes.
-    pub async fn write_players(
-        &self,
-        bucket: i32,
-        rows: &[(&str, &EntityRow)],
-    ) -> anyhow::Result<()> {
-        debug_assert!(rows.iter().all(|(id, _)| player_bucket(id) == bucket));
+    /// Writes player rows, given with their buckets (see [`player_bucket`]), in one unlogged
+    /// batch: one request, and one Cassandra mutation per bucket in it; each row keeps its
+    /// own offset's timestamp. Keep batches to tens of kilobytes.
+    pub async fn write_players(&self, rows: &[(i32, &str, &EntityRow)]) -> anyhow::Result<()> {
+        debug_assert!(rows
+            .iter()
+            .all(|(bucket, id, _)| player_bucket(id) == *bucket));
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in rows {
             batch.append_statement(self.insert_player.clone());
         }
         let values: Vec<(i32, &str, &Vec<u8>, i64, i64)> = rows
             .iter()
-            .map(|(id, row)| {
+            .map(|(bucket, id, row)| {
                 (
-                    bucket,
+                    *bucket,
                     *id,
                     &row.state,
                     row.applied_offset,

@@ -304,7 +304,7 @@ async fn a_stale_writer_cannot_overwrite_newer_state() {
         .find(|q| player_bucket(q) == bucket)
         .unwrap();
     store
-        .write_players(bucket, &[("p", &newer), (&q, &older)])
+        .write_players(&[(bucket, "p", &newer), (bucket, &q, &older)])
         .await
         .unwrap();
     // A paused former owner wakes up and writes what it had: its row of p must lose, while
@@ -314,7 +314,7 @@ async fn a_stale_writer_cannot_overwrite_newer_state() {
         applied_offset: 500,
     };
     store
-        .write_players(bucket, &[("p", &older), (&q, &newest_q)])
+        .write_players(&[(bucket, "p", &older), (bucket, &q, &newest_q)])
         .await
         .unwrap();
     let row = store.read_player("p").await.unwrap().unwrap();
@@ -422,7 +422,7 @@ async fn players_stored_before_buckets_are_still_found() {
         applied_offset: 50,
     };
     store
-        .write_players(player_bucket("old"), &[("old", &newer)])
+        .write_players(&[(player_bucket("old"), "old", &newer)])
         .await
         .unwrap();
     let row = store.read_player("old").await.unwrap().unwrap();
