@@ -287,6 +287,8 @@ pub struct ShardState {
     last_checkpoint: Option<Instant>,
     /// When idle entities were last looked for.
     last_passivation_scan: Instant,
+    /// When a batch last arrived full (the partition has a backlog).
+    last_full_batch: Option<Instant>,
     /// Replies waiting for a flush to finish.
     flush_waiters: Vec<RpcReplyPort<Result<Progress, String>>>,
     started: Instant,
@@ -653,6 +655,21 @@ impl ShardState {
     }
 }
 
+/// Whether a periodic tick starts a checkpoint, given the time since the last one finished
+/// and since a batch last arrived full: every tick normally; while the partition has a
+/// backlog (a full batch within the last two seconds), once per catch-up interval.
+fn checkpoint_due(
+    since_checkpoint: Option<Duration>,
+    since_full_batch: Option<Duration>,
+    cfg: &ShardConfig,
+) -> bool {
+    let catching_up = since_full_batch.is_some_and(|d| d < Duration::from_secs(2));
+    match since_checkpoint {
+        Some(since) if catching_up => since >= cfg.catch_up_checkpoint_interval(),
+        _ => true,
+    }
+}
+
 /// Orders a top-N list: value descending, then id ascending.
 pub fn sort_top(entries: &mut [TopEntry], by: TopBy) {
     entries.sort_by(|a, b| by.value(b).cmp(&by.value(a)).then_with(|| a.id.cmp(&b.id)));
@@ -730,6 +747,7 @@ impl Actor for Shard {
             checkpoint_running: false,
             last_checkpoint: None,
             last_passivation_scan: Instant::now(),
+            last_full_batch: None,
             flush_waiters: Vec::new(),
             started: Instant::now(),
             args,
@@ -744,6 +762,9 @@ impl Actor for Shard {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ShardMsg::Records(records, permit) => {
+                if records.len() >= state.args.cfg.max_batch / 2 {
+                    state.last_full_batch = Some(Instant::now());
+                }
                 let deferred = state.apply_resident(&records);
                 drop(records);
                 if !deferred.is_empty() {
@@ -764,7 +785,14 @@ impl Actor for Shard {
                 drop(permit);
             }
             ShardMsg::Tick => {
-                state.start_checkpoint(&myself);
+                let due = checkpoint_due(
+                    state.last_checkpoint.map(|t| t.elapsed()),
+                    state.last_full_batch.map(|t| t.elapsed()),
+                    &state.args.cfg,
+                );
+                if due {
+                    state.start_checkpoint(&myself);
+                }
                 state.passivate_idle();
             }
             ShardMsg::CheckpointDone(result, keys) => {
@@ -867,5 +895,33 @@ impl Actor for Shard {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_space_out_only_while_a_backlog_lasts() {
+        let cfg = ShardConfig::default();
+        let s = Duration::from_secs;
+        // Steady: every tick.
+        assert!(checkpoint_due(Some(s(1)), None, &cfg));
+        assert!(checkpoint_due(Some(s(1)), Some(s(60)), &cfg));
+        // Backlog: only once the catch-up interval has passed.
+        assert!(!checkpoint_due(Some(s(1)), Some(s(0)), &cfg));
+        assert!(!checkpoint_due(Some(s(9)), Some(s(1)), &cfg));
+        assert!(checkpoint_due(Some(s(10)), Some(s(1)), &cfg));
+        // Never checkpointed yet: now, backlog or not.
+        assert!(checkpoint_due(None, Some(s(0)), &cfg));
+        // The backlog is over two seconds after the last full batch.
+        assert!(checkpoint_due(Some(s(1)), Some(s(2)), &cfg));
+        // Catch-up equal to the interval: one pace always.
+        let same = ShardConfig {
+            catch_up_checkpoint_interval_ms: cfg.checkpoint_interval_ms,
+            ..ShardConfig::default()
+        };
+        assert!(checkpoint_due(Some(s(1)), Some(s(0)), &same));
     }
 }

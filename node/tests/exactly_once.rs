@@ -11,14 +11,18 @@ use common::{produce, NodeProcess, TestEnv};
 use rand::{Rng, SeedableRng};
 
 const TIMEOUT_SECS: u64 = 60;
-/// Fast checkpoints and a short viewer timeout, so tests exercise both.
+/// Fast checkpoints and a short viewer timeout, so tests exercise both. Checkpoints space
+/// out while the node works through the stream's backlog (the default catch-up pace).
 fn shard_config(passivate_after_secs: u64) -> String {
-    shard_config_with(passivate_after_secs, 200)
+    format!(
+        "[shard]\ncheckpoint_interval_ms = 200\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
+    )
 }
 
+/// As above, with checkpoints every `checkpoint_interval_ms` even during a backlog.
 fn shard_config_with(passivate_after_secs: u64, checkpoint_interval_ms: u64) -> String {
     format!(
-        "[shard]\ncheckpoint_interval_ms = {checkpoint_interval_ms}\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
+        "[shard]\ncheckpoint_interval_ms = {checkpoint_interval_ms}\ncatch_up_checkpoint_interval_ms = {checkpoint_interval_ms}\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
     )
 }
 
