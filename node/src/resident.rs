@@ -143,11 +143,20 @@ impl<E> Resident<E> {
     }
 
     /// Removes slot `i`, moving the last slot into its place.
-    fn remove_at(&mut self, i: u32) -> Slot<E> {
+    fn remove_at(&mut self, i: u32) {
         let last = (self.len - 1) as u32;
-        self.unindex(i);
+        let hash = self.hash(&at(&self.chunks, i).key);
+        match self.index.find_entry(hash, |&j| j == i) {
+            Ok(entry) => drop(entry.remove()),
+            Err(_) => unreachable!("every slot is indexed"),
+        }
         if i != last {
-            self.unindex(last);
+            // The last slot moves into the hole: its index entry now names `i`.
+            let hash = self.hash(&at(&self.chunks, last).key);
+            *self
+                .index
+                .find_mut(hash, |&j| j == last)
+                .expect("every slot is indexed") = i;
             let (ci, si) = (i as usize / CHUNK, i as usize % CHUNK);
             let (cl, sl) = (last as usize / CHUNK, last as usize % CHUNK);
             if ci == cl {
@@ -156,36 +165,13 @@ impl<E> Resident<E> {
                 let (head, tail) = self.chunks.split_at_mut(cl);
                 std::mem::swap(&mut head[ci][si], &mut tail[0][sl]);
             }
-            let hash = self.hash(&at(&self.chunks, i).key);
-            let Self {
-                index,
-                chunks,
-                hasher,
-                ..
-            } = self;
-            index.insert_unique(hash, i, |&j| {
-                use std::hash::BuildHasher;
-                hasher.hash_one(at(chunks, j).key.as_str())
-            });
         }
         let chunk = self.chunks.last_mut().expect("a slot to remove");
-        let removed = chunk.pop().expect("the last chunk is never empty");
+        chunk.pop();
         if chunk.is_empty() {
             self.chunks.pop();
         }
         self.len -= 1;
-        removed
-    }
-
-    /// Drops the index entry of slot `i`.
-    fn unindex(&mut self, i: u32) {
-        let hash = self.hash(&at(&self.chunks, i).key);
-        match self.index.find_entry(hash, |&j| j == i) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("every slot is indexed"),
-        }
     }
 }
 
