@@ -65,6 +65,7 @@ group_id = "$topics"
 [cassandra]
 keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
 $cluster
+${BENCH_NODE_TOML:-}
 EOT
   RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
   NODE_PID=$!

@@ -22,6 +22,8 @@ pub struct Metrics {
     checkpoints: AtomicU64,
     checkpoint_rows: AtomicU64,
     checkpoint_micros: AtomicU64,
+    source_wait_kafka_micros: AtomicU64,
+    source_wait_shards_micros: AtomicU64,
     ingest_accepted: AtomicU64,
     ingest_rejected: AtomicU64,
     ingest_transactions: AtomicU64,
@@ -60,6 +62,13 @@ impl Metrics {
         self.checkpoint_rows.fetch_add(rows, Relaxed);
         self.checkpoint_micros
             .fetch_add(took.as_micros() as u64, Relaxed);
+    }
+    /// Time the poll loop waited for Kafka to deliver records, and for a shard permit.
+    pub fn add_source_wait(&self, kafka: Duration, shards: Duration) {
+        self.source_wait_kafka_micros
+            .fetch_add(kafka.as_micros() as u64, Relaxed);
+        self.source_wait_shards_micros
+            .fetch_add(shards.as_micros() as u64, Relaxed);
     }
     pub fn add_ingest(&self, accepted: u64, rejected: u64) {
         self.ingest_accepted.fetch_add(accepted, Relaxed);
@@ -162,6 +171,18 @@ impl Metrics {
             "Time spent writing checkpoints, microseconds.",
             "",
             self.checkpoint_micros.load(Relaxed),
+        );
+        counter(
+            "tally_source_wait_micros_total",
+            "Time the Kafka poll loop waited, microseconds: for records to arrive (on=kafka) or for a shard to take a batch (on=shards, backpressure).",
+            "{on=\"kafka\"}",
+            self.source_wait_kafka_micros.load(Relaxed),
+        );
+        counter(
+            "tally_source_wait_micros_total",
+            "Time the Kafka poll loop waited, microseconds: for records to arrive (on=kafka) or for a shard to take a batch (on=shards, backpressure).",
+            "{on=\"shards\"}",
+            self.source_wait_shards_micros.load(Relaxed),
         );
         counter(
             "tally_ingest_events_accepted_total",

@@ -57,13 +57,63 @@ pub struct RecordRef<'a> {
 /// A (start, length) range of [`Records::bytes`].
 type Span = (u32, u32);
 
+/// Offset, then key and payload as spans of the batch's bytes.
+type Item = (i64, Option<Span>, Option<Span>);
+
 /// Records of one partition in offset order, handed to its shard. Keys and payloads share
 /// one buffer: the poll loop copies each record once and allocates nothing per record.
+/// Taken from a [`RecordsPool`], a batch goes back to it when dropped, so the buffers are
+/// reused instead of allocated (and their pages faulted in) for every batch.
 #[derive(Debug, Clone, Default)]
 pub struct Records {
-    /// Offset, then key and payload as (start, length) in `bytes`.
-    items: Vec<(i64, Option<Span>, Option<Span>)>,
+    items: Vec<Item>,
     bytes: Vec<u8>,
+    pool: Option<Arc<RecordsPool>>,
+}
+
+/// Emptied [`Records`] buffers waiting to be reused by the poll loop.
+#[derive(Debug, Default)]
+pub struct RecordsPool {
+    free: std::sync::Mutex<Vec<(Vec<Item>, Vec<u8>)>>,
+}
+
+impl RecordsPool {
+    /// Buffers kept at most; more are freed.
+    const KEEP: usize = 16;
+    /// A buffer that grew past this is freed rather than kept.
+    const KEEP_BYTES: usize = 256 * 1024;
+
+    /// An empty batch, with reused buffers when there are any.
+    pub fn take(self: &Arc<Self>) -> Records {
+        let reused = self.free.lock().expect("records pool lock").pop();
+        let (items, bytes) =
+            reused.unwrap_or_else(|| (Vec::with_capacity(256), Vec::with_capacity(64 * 1024)));
+        Records {
+            items,
+            bytes,
+            pool: Some(self.clone()),
+        }
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        if self.bytes.capacity() > RecordsPool::KEEP_BYTES {
+            return;
+        }
+        let mut free = pool.free.lock().expect("records pool lock");
+        if free.len() < RecordsPool::KEEP {
+            self.items.clear();
+            self.bytes.clear();
+            free.push((
+                std::mem::take(&mut self.items),
+                std::mem::take(&mut self.bytes),
+            ));
+        }
+    }
 }
 
 impl Records {
@@ -72,6 +122,7 @@ impl Records {
         Records {
             items: Vec::with_capacity(records),
             bytes: Vec::with_capacity(bytes),
+            pool: None,
         }
     }
 
@@ -233,6 +284,9 @@ fn apply_in<E: entity::Entity>(
 
 /// A record whose entity was not resident when its batch arrived: applied, in order, once
 /// the entity is loaded, with the watermark it would have seen.
+/// Deferred records whose buffer is kept between batches.
+const SPARE_DEFERRED: usize = 256;
+
 struct Deferred {
     key: CompactString,
     offset: i64,
@@ -291,6 +345,9 @@ pub struct ShardState {
     last_full_batch: Option<Instant>,
     /// Replies waiting for a flush to finish.
     flush_waiters: Vec<RpcReplyPort<Result<Progress, String>>>,
+    /// The deferred-records buffer, kept between batches (emptied, and trimmed to
+    /// [`SPARE_DEFERRED`] after a bulk load).
+    spare_deferred: Vec<Deferred>,
     started: Instant,
 }
 
@@ -408,7 +465,7 @@ impl ShardState {
     fn apply_resident(&mut self, records: &Records) -> Vec<Deferred> {
         let touched = self.now_secs();
         let timeout = self.timeout_ms();
-        let mut deferred = Vec::with_capacity(records.len());
+        let mut deferred = std::mem::take(&mut self.spare_deferred);
         let mut applied = 0u64;
         for rec in records.iter() {
             if rec.offset < self.next_offset {
@@ -449,11 +506,11 @@ impl ShardState {
     }
 
     /// Applies records held back by [`Self::apply_resident`]; their entities are resident.
-    fn apply_deferred(&mut self, deferred: Vec<Deferred>) {
+    fn apply_deferred(&mut self, deferred: &mut Vec<Deferred>) {
         let touched = self.now_secs();
         let timeout = self.timeout_ms();
         let mut applied = 0u64;
-        for d in deferred {
+        for d in deferred.drain(..) {
             let dirty = &mut self.dirty;
             let (key, offset, event, watermark) = (&d.key, d.offset, &d.event, d.watermark);
             let done = match &mut self.entities {
@@ -749,6 +806,7 @@ impl Actor for Shard {
             last_passivation_scan: Instant::now(),
             last_full_batch: None,
             flush_waiters: Vec::new(),
+            spare_deferred: Vec::new(),
             started: Instant::now(),
             args,
         })
@@ -765,7 +823,7 @@ impl Actor for Shard {
                 if records.len() >= state.args.cfg.max_batch / 2 {
                     state.last_full_batch = Some(Instant::now());
                 }
-                let deferred = state.apply_resident(&records);
+                let mut deferred = state.apply_resident(&records);
                 drop(records);
                 if !deferred.is_empty() {
                     let mut keys: Vec<CompactString> =
@@ -780,8 +838,10 @@ impl Actor for Shard {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
                     }
-                    state.apply_deferred(deferred);
+                    state.apply_deferred(&mut deferred);
                 }
+                deferred.shrink_to(SPARE_DEFERRED);
+                state.spare_deferred = deferred;
                 drop(permit);
             }
             ShardMsg::Tick => {
@@ -901,6 +961,31 @@ impl Actor for Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_batches_return_their_buffers_to_the_pool() {
+        let pool = Arc::new(RecordsPool::default());
+        let mut batch = pool.take();
+        batch.push(7, Some(b"p1"), Some(b"{}"));
+        let bytes_at = batch.bytes.as_ptr();
+        drop(batch);
+        // The next batch reuses the buffer, emptied.
+        let batch = pool.take();
+        assert!(batch.is_empty());
+        assert_eq!(batch.bytes.as_ptr(), bytes_at);
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+        drop(batch);
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        // A buffer that grew too large is freed, not kept.
+        let mut big = pool.take();
+        let payload = vec![b'x'; RecordsPool::KEEP_BYTES + 1];
+        big.push(8, None, Some(&payload));
+        drop(big);
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+        // A batch built without a pool goes nowhere.
+        drop(Records::with_capacity(1, 1));
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+    }
 
     #[test]
     fn checkpoints_space_out_only_while_a_backlog_lasts() {

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
-use crate::shard::{Records, ShardMsg};
+use crate::shard::{Records, RecordsPool, ShardMsg};
 
 /// One assigned partition and where its records go.
 pub struct Assignment {
@@ -131,7 +131,15 @@ pub fn consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         // get fuller batches); when quiet, at most 50 ms of added latency.
         .set("fetch.min.bytes", "32768")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "65536");
+        // Prefetch is bounded by bytes (16 MiB), not by count. librdkafka compares both
+        // thresholds against the whole consumer queue (every partition's records) and, once
+        // one is crossed, stops fetching each partition for fetch.queue.backoff.ms (default
+        // 1 s). With the default count (100,000), a single fetch of 16 partitions crossed
+        // it, and consumption ran in bursts. A short backoff resumes fetching as soon as
+        // the poll loop has drained the queue.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "10000000")
+        .set("fetch.queue.backoff.ms", "10");
     c
 }
 
@@ -199,6 +207,7 @@ fn poll_loop(
 ) {
     let mut last_commit = Instant::now();
     let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+    let pool = Arc::new(RecordsPool::default());
     while !stop.load(Ordering::SeqCst) {
         while let Ok(cmd) = commands.try_recv() {
             apply_command(&consumer, &mut routes, &mut committed, cmd);
@@ -207,8 +216,18 @@ fn poll_loop(
         let mut batches: Vec<((String, i32), Records)> = Vec::new();
         let mut n = 0usize;
         let mut timeout = Duration::from_millis(100);
+        let (mut waited_kafka, mut waited_shards) = (Duration::ZERO, Duration::ZERO);
         while n < max_batch {
-            match consumer.poll(timeout) {
+            // Only the first poll of a round may wait; the others take what is queued.
+            let m = if timeout.is_zero() {
+                consumer.poll(timeout)
+            } else {
+                let polled = Instant::now();
+                let m = consumer.poll(timeout);
+                waited_kafka = polled.elapsed();
+                m
+            };
+            match m {
                 None => break,
                 Some(Err(e)) => {
                     warn!(error = %e, "kafka poll error");
@@ -222,8 +241,7 @@ fn poll_loop(
                     {
                         Some(at) => at,
                         None => {
-                            let records = Records::with_capacity(256, 64 * 1024);
-                            batches.push(((topic.to_string(), partition), records));
+                            batches.push(((topic.to_string(), partition), pool.take()));
                             batches.len() - 1
                         }
                     };
@@ -239,14 +257,17 @@ fn poll_loop(
                 warn!(topic = %tp.0, partition = tp.1, "record for a partition without a shard");
                 continue;
             };
+            let asked = Instant::now();
             let permit = match rt.block_on(permits.clone().acquire_owned()) {
                 Ok(p) => p,
                 Err(_) => return, // semaphore closed: shutting down
             };
+            waited_shards += asked.elapsed();
             if shard.cast(ShardMsg::Records(records, permit)).is_err() {
                 warn!(topic = %tp.0, partition = tp.1, "shard stopped; dropping batch (it will be replayed)");
             }
         }
+        metrics.add_source_wait(waited_kafka, waited_shards);
         if last_commit.elapsed() >= Duration::from_secs(2) {
             last_commit = Instant::now();
             commit_durable(&consumer, &durable(), &mut committed);
