@@ -467,9 +467,17 @@ impl ShardState {
         let timeout = self.timeout_ms();
         let mut deferred = std::mem::take(&mut self.spare_deferred);
         let mut applied = 0u64;
-        for rec in records.iter() {
+        let mut recs = records.iter().peekable();
+        while let Some(rec) = recs.next() {
             if rec.offset < self.next_offset {
                 continue; // redelivered after a seek
+            }
+            // The next record's entity is fetched into the cache while this one decodes.
+            if let Some(next) = recs.peek().and_then(|r| std::str::from_utf8(r.key?).ok()) {
+                match &self.entities {
+                    Entities::Players(m) => m.prefetch(next),
+                    Entities::Channels(m) => m.prefetch(next),
+                }
             }
             self.next_offset = rec.offset + 1;
             let (key, event) = match decode_record(&rec) {
