@@ -112,6 +112,11 @@ pub struct KafkaConfig {
     /// Consumer group under which durable offsets are committed (for lag tools only:
     /// Tally assigns partitions itself and resumes from Cassandra).
     pub group_id: String,
+    /// The broker answers a fetch once this many bytes are waiting...
+    pub fetch_min_bytes: u32,
+    /// ...or once this many milliseconds have passed: the most a quiet stream waits.
+    /// Larger batches cost the node less CPU per record; the wait adds to latency.
+    pub fetch_wait_max_ms: u32,
 }
 
 impl Default for KafkaConfig {
@@ -124,6 +129,8 @@ impl Default for KafkaConfig {
             partitions: 8,
             replication_factor: 1,
             group_id: "tally".into(),
+            fetch_min_bytes: 32 * 1024,
+            fetch_wait_max_ms: 50,
         }
     }
 }
@@ -291,6 +298,18 @@ impl Config {
                 self.kafka.partitions
             );
         }
+        if !(1..=100_000_000).contains(&self.kafka.fetch_min_bytes) {
+            bail!(
+                "kafka.fetch_min_bytes must be 1-100000000, got {}",
+                self.kafka.fetch_min_bytes
+            );
+        }
+        if self.kafka.fetch_wait_max_ms > 300_000 {
+            bail!(
+                "kafka.fetch_wait_max_ms must be at most 300000, got {}",
+                self.kafka.fetch_wait_max_ms
+            );
+        }
         if self.kafka.player_topic == self.kafka.channel_topic {
             bail!("kafka.player_topic and kafka.channel_topic must differ");
         }
@@ -436,5 +455,21 @@ mod tests {
         );
         let err = format!("{:#}", Config::load(&f.0).unwrap_err());
         assert!(err.contains("cassandra.keyspace"), "{err}");
+    }
+
+    #[test]
+    fn fetch_settings_out_of_range_are_rejected() {
+        let base = "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[kafka]\n";
+        for (setting, field) in [
+            ("fetch_min_bytes = 0", "kafka.fetch_min_bytes"),
+            ("fetch_wait_max_ms = 300001", "kafka.fetch_wait_max_ms"),
+        ] {
+            let f = write(&format!("{base}{setting}\n"));
+            let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+            assert!(err.contains(field), "{err}");
+        }
+        let f = write(&format!("{base}fetch_min_bytes = 262144\nfetch_wait_max_ms = 100\n"));
+        let cfg = Config::load(&f.0).unwrap();
+        assert_eq!((cfg.kafka.fetch_min_bytes, cfg.kafka.fetch_wait_max_ms), (262144, 100));
     }
 }

@@ -126,11 +126,11 @@ pub fn consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // The broker answers a fetch once 32 KiB are waiting or 50 ms have passed: under
-        // load, fewer and larger fetches (less work for broker, client and shards, which
-        // get fuller batches); when quiet, at most 50 ms of added latency.
-        .set("fetch.min.bytes", "32768")
-        .set("fetch.wait.max.ms", "50")
+        // The broker answers a fetch once fetch_min_bytes are waiting or fetch_wait_max_ms
+        // have passed: under load, fewer and larger fetches (less work for broker, client
+        // and shards, which get fuller batches); when quiet, bounded added latency.
+        .set("fetch.min.bytes", kafka.fetch_min_bytes.to_string())
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         // Prefetch is bounded by bytes (16 MiB), not by count. librdkafka compares both
         // thresholds against the whole consumer queue (every partition's records) and, once
         // one is crossed, stops fetching each partition for fetch.queue.backoff.ms (default

@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use compact_str::CompactString;
 use foldhash::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +49,7 @@ pub struct ChannelCounters {
 
 /// An index entry: (last sign of life, start of the view, viewer). `joined` tells a view
 /// from a later view of the same viewer.
-type Due = Reverse<(i64, i64, Box<str>)>;
+type Due = Reverse<(i64, i64, CompactString)>;
 
 /// Live state of one channel. Stored form: viewers, unique viewers, counters (in that
 /// order; the expiry index and the change set are rebuilt, not stored).
@@ -56,27 +57,27 @@ type Due = Reverse<(i64, i64, Box<str>)>;
 #[serde(from = "StoredChannel")]
 pub struct Channel {
     /// Viewers present now (not left, not expired as of the last applied event).
-    pub viewers: HashMap<Box<str>, Presence>,
+    pub viewers: HashMap<CompactString, Presence>,
     /// Every viewer who ever joined.
-    pub unique_viewers: HashSet<Box<str>>,
+    pub unique_viewers: HashSet<CompactString>,
     pub counters: ChannelCounters,
     /// Expiry index, at least one entry per present viewer, none later than its presence.
     expiry: BinaryHeap<Due>,
     /// Viewers whose presence changed since the last delta was taken.
-    changed: HashSet<Box<str>>,
+    changed: HashSet<CompactString>,
 }
 
 #[derive(Deserialize)]
 struct StoredChannel {
-    viewers: HashMap<Box<str>, Presence>,
-    unique_viewers: HashSet<Box<str>>,
+    viewers: HashMap<CompactString, Presence>,
+    unique_viewers: HashSet<CompactString>,
     counters: ChannelCounters,
 }
 
 #[derive(Serialize)]
 struct StoredChannelRef<'a> {
-    viewers: &'a HashMap<Box<str>, Presence>,
-    unique_viewers: &'a HashSet<Box<str>>,
+    viewers: &'a HashMap<CompactString, Presence>,
+    unique_viewers: &'a HashSet<CompactString>,
     counters: &'a ChannelCounters,
 }
 
@@ -119,8 +120,8 @@ impl PartialEq for Channel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelDelta {
     pub counters: ChannelCounters,
-    pub present: Vec<(Box<str>, Presence)>,
-    pub gone: Vec<Box<str>>,
+    pub present: Vec<(CompactString, Presence)>,
+    pub gone: Vec<CompactString>,
 }
 
 /// A channel as the API shows it.
@@ -160,7 +161,7 @@ impl Channel {
                     self.mark_changed(player);
                     return;
                 }
-                let id: Box<str> = player.into();
+                let id = CompactString::from(player);
                 self.viewers.insert(
                     id.clone(),
                     Presence {

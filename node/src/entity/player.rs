@@ -1,5 +1,6 @@
 //! The player entity: everything Tally counts about one player (who is also a viewer).
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{EventBody, KINDS};
@@ -46,9 +47,9 @@ pub struct PlayerExtra {
     /// Revenue in minor units per ISO currency, sorted by currency.
     pub revenue: Vec<([u8; 3], u64)>,
     /// Channel being watched now and the event time watch time was last accrued.
-    pub watching: Option<(Box<str>, i64)>,
+    pub watching: Option<(CompactString, i64)>,
     /// Watch time per channel, milliseconds.
-    pub watch_ms: Vec<(Box<str>, u64)>,
+    pub watch_ms: Vec<(CompactString, u64)>,
 }
 
 /// The stored form, field by field in the order of the first layout (postcard has no
@@ -72,8 +73,8 @@ struct StoredPlayer {
     chat_messages: u32,
     follows: u32,
     last_seen: i64,
-    watching: Option<(Box<str>, i64)>,
-    watch_ms: Vec<(Box<str>, u64)>,
+    watching: Option<(CompactString, i64)>,
+    watch_ms: Vec<(CompactString, u64)>,
 }
 
 #[derive(Serialize)]
@@ -96,7 +97,7 @@ struct StoredPlayerRef<'a> {
     follows: u32,
     last_seen: i64,
     watching: Option<(&'a str, i64)>,
-    watch_ms: &'a [(Box<str>, u64)],
+    watch_ms: &'a [(CompactString, u64)],
 }
 
 impl From<StoredPlayer> for Player {
