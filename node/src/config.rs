@@ -468,8 +468,13 @@ mod tests {
             let err = format!("{:#}", Config::load(&f.0).unwrap_err());
             assert!(err.contains(field), "{err}");
         }
-        let f = write(&format!("{base}fetch_min_bytes = 262144\nfetch_wait_max_ms = 100\n"));
+        let f = write(&format!(
+            "{base}fetch_min_bytes = 262144\nfetch_wait_max_ms = 100\n"
+        ));
         let cfg = Config::load(&f.0).unwrap();
-        assert_eq!((cfg.kafka.fetch_min_bytes, cfg.kafka.fetch_wait_max_ms), (262144, 100));
+        assert_eq!(
+            (cfg.kafka.fetch_min_bytes, cfg.kafka.fetch_wait_max_ms),
+            (262144, 100)
+        );
     }
 }

@@ -81,7 +81,7 @@ impl RecordsPool {
     /// Buffers kept at most; more are freed.
     const KEEP: usize = 16;
     /// A buffer that grew past this is freed rather than kept.
-    const KEEP_BYTES: usize = 256 * 1024;
+    const KEEP_BYTES: usize = 512 * 1024;
 
     /// An empty batch, with reused buffers when there are any.
     pub fn take(self: &Arc<Self>) -> Records {
@@ -284,6 +284,16 @@ fn apply_in<E: entity::Entity>(
 
 /// A record whose entity was not resident when its batch arrived: applied, in order, once
 /// the entity is loaded, with the watermark it would have seen.
+/// Starts loading the entity of `next` and the table line of `after`.
+fn prefetch<E>(m: &Resident<E>, next: Option<&str>, after: Option<&str>) {
+    if let Some(k) = after {
+        m.prefetch_index(k);
+    }
+    if let Some(k) = next {
+        m.prefetch(k);
+    }
+}
+
 /// Deferred records whose buffer is kept between batches.
 const SPARE_DEFERRED: usize = 256;
 
@@ -467,20 +477,24 @@ impl ShardState {
         let timeout = self.timeout_ms();
         let mut deferred = std::mem::take(&mut self.spare_deferred);
         let mut applied = 0u64;
-        let mut recs = records.iter().peekable();
-        while let Some(rec) = recs.next() {
+        // While a record decodes, the entity of the next one and the table line of the one
+        // after that are fetched into the cache (see `Resident::prefetch`). Each key is
+        // read once, two records ahead.
+        let mut keys = records.iter().map(|r| key_of(&r));
+        let (mut next, mut after) = (keys.next(), keys.next());
+        for rec in records.iter() {
+            let key = next.take().expect("a key (or its error) per record");
+            (next, after) = (after, keys.next());
+            let (n, a) = (next.and_then(Result::ok), after.and_then(Result::ok));
+            match &self.entities {
+                Entities::Players(m) => prefetch(m, n, a),
+                Entities::Channels(m) => prefetch(m, n, a),
+            }
             if rec.offset < self.next_offset {
                 continue; // redelivered after a seek
             }
-            // The next record's entity is fetched into the cache while this one decodes.
-            if let Some(next) = recs.peek().and_then(|r| std::str::from_utf8(r.key?).ok()) {
-                match &self.entities {
-                    Entities::Players(m) => m.prefetch(next),
-                    Entities::Channels(m) => m.prefetch(next),
-                }
-            }
             self.next_offset = rec.offset + 1;
-            let (key, event) = match decode_record(&rec) {
+            let (key, event) = match decode_record(&rec, key) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.args.metrics.add_invalid_records(1);
@@ -758,12 +772,19 @@ fn summarize(id: &str, c: &Channel, watermark: i64, timeout: i64) -> ChannelSumm
     }
 }
 
-/// The key and event of a record; an error names what is wrong.
-fn decode_record<'a>(rec: &RecordRef<'a>) -> Result<(&'a str, Event), String> {
-    let key = rec
-        .key
+/// The key of a record, or what is wrong with it.
+fn key_of<'a>(rec: &RecordRef<'a>) -> Result<&'a str, &'static str> {
+    rec.key
         .ok_or("record has no key")
-        .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))?;
+        .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))
+}
+
+/// The key (read by [`key_of`]) and event of a record; an error names what is wrong.
+fn decode_record<'a>(
+    rec: &RecordRef<'a>,
+    key: Result<&'a str, &'static str>,
+) -> Result<(&'a str, Event), String> {
+    let key = key?;
     let payload = rec.payload.ok_or("record has no value")?;
     let event = Event::parse(payload).map_err(|r| format!("invalid event: {r}"))?;
     Ok((key, event))

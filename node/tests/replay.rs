@@ -429,3 +429,71 @@ async fn players_stored_before_buckets_are_still_found() {
     assert_eq!((row.state, row.applied_offset), (vec![9], 50));
     assert!(store.read_player("never").await.unwrap().is_none());
 }
+
+/// Records written to Kafka by producers other than Tally's ingest may be anything: each bad
+/// one is skipped and counted, its neighbours (and the entities read ahead of it) apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
+    let env = TestEnv::new("badrecords", 1);
+    let store = store(&env).await;
+    let events = generate(&StreamSpec {
+        seed: 11,
+        events: 400,
+        players: 20,
+        channels: 3,
+        start_ts: 1_700_000_000_000,
+    });
+    let mut model = Model::new(1, 120_000);
+    model.apply_all(&events);
+    // Bad records between the good ones, shifting the good ones' offsets.
+    let bad = [
+        (None, Some(b"{}".to_vec())),                                  // no key
+        (Some(vec![0xff, 0xfe]), Some(events[0].to_json())),           // key not utf-8
+        (Some(b"p-x".to_vec()), None),                                 // no value
+        (Some(b"p-x".to_vec()), Some(b"{\"v\":1,\"kind\":".to_vec())), // malformed json
+    ];
+    let mut recs = Vec::new();
+    for (i, rec) in records(&events).into_iter().enumerate() {
+        if i % 100 == 50 {
+            let (key, payload) = bad[i / 100].clone();
+            recs.push(tally_node::shard::Record {
+                offset: 0,
+                key,
+                payload,
+            });
+        }
+        recs.push(rec);
+    }
+    for (offset, r) in recs.iter_mut().enumerate() {
+        r.offset = offset as i64;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let args = ShardArgs {
+        kind: ShardKind::Players,
+        topic: "players".into(),
+        partition: 0,
+        store: store.clone(),
+        cfg: ShardConfig::default(),
+        owner: "test".into(),
+        progress: None,
+        metrics: metrics.clone(),
+    };
+    let shard = Actor::spawn(None, Shard, args).await.unwrap().0;
+    feed(&shard, &recs).await;
+    let p = ractor::call_t!(shard, ShardMsg::Flush, 30_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.resume_offset, recs.len() as i64);
+    let mut diffs = Vec::new();
+    for id in model.players.keys() {
+        diffs.extend(model.diff_player(id, &player_json(&shard, id).await));
+    }
+    assert!(diffs.is_empty(), "good records around bad ones: {diffs:#?}");
+    let text = metrics.render();
+    assert!(
+        text.contains(&format!("tally_records_invalid_total {}", bad.len())),
+        "{text}"
+    );
+    assert_eq!(metrics.applied_total(), events.len() as u64);
+    shard.stop(None);
+}

@@ -100,6 +100,7 @@ impl TestEnv {
             partitions: self.partitions,
             replication_factor: 1,
             group_id: format!("{}-group", self.name),
+            ..KafkaConfig::default()
         }
     }
 
