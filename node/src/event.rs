@@ -7,6 +7,8 @@
 //!
 //! Not for: state. Applying events to players and channels lives in `entity`.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -150,14 +152,18 @@ impl EventBody {
 impl Event {
     /// Parses and validates one JSON event. The error names the field and the reason.
     pub fn parse(bytes: &[u8]) -> Result<Event, Rejection> {
-        let wire: Wire = match serde_json::from_slice(bytes) {
+        // One UTF-8 check of the whole input is cheaper than serde_json's check of each
+        // string in it, and lets `kind` be borrowed.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| Rejection::new("event", format!("malformed json: not utf-8: {e}")))?;
+        let wire: Wire = match serde_json::from_str(text) {
             Ok(w) => w,
             Err(e) if e.is_syntax() || e.is_eof() => {
                 return Err(Rejection::new("event", format!("malformed json: {e}")))
             }
             // Slow path, only for bad input: decode again, tracking the field's path.
             Err(_) => {
-                let mut de = serde_json::Deserializer::from_slice(bytes);
+                let mut de = serde_json::Deserializer::from_str(text);
                 let e = match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
                     Ok(_) => unreachable!("decoding failed once"),
                     Err(e) => e,
@@ -286,12 +292,14 @@ impl<'de> Deserialize<'de> for Event {
 /// and allows is checked in [`Wire::into_event`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Wire {
+struct Wire<'a> {
     v: Option<u32>,
     id: Option<String>,
     ts: Option<i64>,
     player: Option<String>,
-    kind: Option<String>,
+    /// Borrowed from the input unless it has escapes: only matched, never kept.
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
     match_id: Option<String>,
     kills: Option<u32>,
     deaths: Option<u32>,
@@ -312,7 +320,7 @@ fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
     value.ok_or_else(|| Rejection::new(field, "missing field"))
 }
 
-impl Wire {
+impl Wire<'_> {
     fn into_event(mut self) -> Result<Event, Rejection> {
         let v = required("v", self.v)?;
         if v != EVENT_VERSION {
@@ -323,7 +331,7 @@ impl Wire {
         }
         let kind = required("kind", self.kind.take())?;
         let w = &mut self;
-        let body = match kind.as_str() {
+        let body = match kind.as_ref() {
             "session_start" => EventBody::SessionStart {},
             "session_end" => EventBody::SessionEnd {},
             "match_start" => EventBody::MatchStart {
@@ -448,6 +456,24 @@ mod tests {
 
     fn reject(json: &str) -> Rejection {
         Event::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn input_that_is_not_utf8_is_malformed_and_escapes_still_decode() {
+        let mut bytes =
+            br#"{"v":1,"id":"e1","ts":5,"player":"p1","kind":"session_start"}"#.to_vec();
+        let ok = Event::parse(&bytes).unwrap();
+        assert_eq!(ok.body, EventBody::SessionStart {});
+        bytes[15] = 0xff; // inside the player id
+        let r = Event::parse(&bytes).unwrap_err();
+        assert_eq!(r.field, "event");
+        assert!(r.reason.contains("not utf-8"), "{}", r.reason);
+        // An escaped kind cannot be borrowed from the input; it decodes all the same.
+        let escaped = r#"{"v":1,"id":"e1","ts":5,"player":"p1","kind":"session_end"}"#;
+        assert_eq!(
+            Event::parse(escaped.as_bytes()).unwrap().body,
+            EventBody::SessionEnd {}
+        );
     }
 
     #[test]
