@@ -114,9 +114,9 @@ pub async fn failover(
             .filter(|(p, _)| !done.contains_key(p))
             .map(|(_, id)| Event {
                 v: 1,
-                id: format!("{id}-{level}"),
+                id: format!("{id}-{level}").into(),
                 ts: now_ms,
-                player: id.clone(),
+                player: id.clone().into(),
                 body: EventBody::LevelUp { level },
             })
             .collect();

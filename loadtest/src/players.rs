@@ -77,17 +77,17 @@ impl Iterator for PlayersGen {
                     EventBody::SessionEnd {}
                 }
                 10..=29 => EventBody::MatchStart {
-                    match_id: format!("m{i}"),
+                    match_id: format!("m{i}").into(),
                 },
                 30..=59 => EventBody::MatchEnd {
-                    match_id: format!("m{i}"),
+                    match_id: format!("m{i}").into(),
                     kills: self.rng.random_range(0..15),
                     deaths: self.rng.random_range(0..5),
                     survival_secs: self.rng.random_range(5..1800),
                     placement: self.rng.random_range(1..100),
                 },
                 60..=69 => EventBody::Purchase {
-                    item: format!("item-{}", self.rng.random_range(0..50)),
+                    item: format!("item-{}", self.rng.random_range(0..50)).into(),
                     amount: self.rng.random_range(99..9999),
                     currency: ["USD", "EUR", "GBP", "JPY"][self.rng.random_range(0..4)].into(),
                 },
@@ -95,20 +95,22 @@ impl Iterator for PlayersGen {
                     level: self.rng.random_range(1..200),
                 },
                 75..=79 => EventBody::Achievement {
-                    achievement: format!("ach-{}", self.rng.random_range(0..100)),
+                    achievement: format!("ach-{}", self.rng.random_range(0..100)).into(),
                 },
                 80..=94 => EventBody::ChatMessage {
-                    channel,
+                    channel: channel.into(),
                     text: "gg wp".into(),
                 },
-                _ => EventBody::Follow { channel },
+                _ => EventBody::Follow {
+                    channel: channel.into(),
+                },
             }
         };
         Some(Event {
             v: 1,
-            id: format!("{}e{i}", self.spec.id_prefix),
+            id: format!("{}e{i}", self.spec.id_prefix).into(),
             ts: self.ts,
-            player: self.player_id(p),
+            player: self.player_id(p).into(),
             body,
         })
     }
@@ -138,7 +140,7 @@ impl Expected {
     /// Records one event that Kafka acknowledged.
     pub fn apply(&mut self, e: &Event) {
         self.players
-            .entry(e.player.clone())
+            .entry(e.player.to_string())
             .or_default()
             .apply(e.ts, &e.body);
         for (channel, ce) in e.channel_records() {
@@ -146,7 +148,7 @@ impl Expected {
             let wm = self.channel_watermarks.entry(part).or_insert(i64::MIN);
             *wm = (*wm).max(ce.ts);
             let wm = *wm;
-            self.channels.entry(channel).or_default().apply(
+            self.channels.entry(channel.to_string()).or_default().apply(
                 ce.ts,
                 &ce.player,
                 &ce.body,
@@ -198,7 +200,7 @@ mod tests {
             expected.apply(e);
         }
         for (id, p) in &expected.players {
-            let mine: Vec<&Event> = events.iter().filter(|e| &e.player == id).collect();
+            let mine: Vec<&Event> = events.iter().filter(|e| e.player == id).collect();
             let v = p.view(id);
             assert_eq!(v.events, mine.len() as u64);
             let kills: u64 = mine

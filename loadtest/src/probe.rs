@@ -77,9 +77,9 @@ pub async fn run(
             .as_millis() as i64;
         let event = Event {
             v: 1,
-            id: format!("{prefix}probe-{level}"),
+            id: format!("{prefix}probe-{level}").into(),
             ts: now_ms,
-            player: player.clone(),
+            player: player.clone().into(),
             body: EventBody::LevelUp { level },
         };
         let created = Instant::now();

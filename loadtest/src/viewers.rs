@@ -159,12 +159,12 @@ impl Iterator for ViewersGen {
                 let c = self.zipf.sample(&mut self.rng);
                 self.watching[vi] = c;
                 EventBody::ViewerJoin {
-                    channel: self.channel(c),
+                    channel: self.channel(c).into(),
                 }
             } else if self.rng.random_bool(self.spec.leave_probability) {
                 self.watching[vi] = NONE;
                 EventBody::ViewerLeave {
-                    channel: self.channel(cur),
+                    channel: self.channel(cur).into(),
                 }
             } else {
                 let mut c = self.zipf.sample(&mut self.rng);
@@ -173,13 +173,13 @@ impl Iterator for ViewersGen {
                 }
                 self.watching[vi] = c;
                 EventBody::ViewerSwitch {
-                    from: self.channel(cur),
-                    to: self.channel(c),
+                    from: self.channel(cur).into(),
+                    to: self.channel(c).into(),
                 }
             }
         } else {
             EventBody::ViewerHeartbeat {
-                channel: self.channel(cur),
+                channel: self.channel(cur).into(),
             }
         };
         // Schedule the next action.
@@ -200,9 +200,9 @@ impl Iterator for ViewersGen {
         self.seq += 1;
         Some(Event {
             v: 1,
-            id: format!("{}v{}", self.spec.id_prefix, self.seq),
+            id: format!("{}v{}", self.spec.id_prefix, self.seq).into(),
             ts: self.spec.start_ts + t,
-            player: format!("{}v{v}", self.spec.id_prefix),
+            player: format!("{}v{v}", self.spec.id_prefix).into(),
             body,
         })
     }

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,10 @@ use serde::{Deserialize, Serialize};
 pub const EVENT_VERSION: u32 = 1;
 /// Longest accepted id (player, channel, item, event id).
 pub const MAX_ID_LEN: usize = 128;
+
+/// An identifier (event, player, channel, match, item, ...): inline up to 24 bytes, so
+/// decoding an event allocates nothing for its ids.
+pub type Id = CompactString;
 
 /// One event as it travels on the wire and in Kafka.
 // Decoded through the flat `Wire` form (see there); serialized and documented as below.
@@ -25,11 +30,13 @@ pub struct Event {
     /// Schema version; must be 1.
     pub v: u32,
     /// Producer-chosen unique id of the event.
-    pub id: String,
+    #[schemars(with = "String")]
+    pub id: Id,
     /// Event time, milliseconds since the Unix epoch.
     pub ts: i64,
     /// The player (or viewer) the event concerns; the key of `player-events`.
-    pub player: String,
+    #[schemars(with = "String")]
+    pub player: Id,
     /// What happened.
     #[serde(flatten)]
     pub body: EventBody,
@@ -42,10 +49,12 @@ pub enum EventBody {
     SessionStart {},
     SessionEnd {},
     MatchStart {
-        match_id: String,
+        #[schemars(with = "String")]
+        match_id: Id,
     },
     MatchEnd {
-        match_id: String,
+        #[schemars(with = "String")]
+        match_id: Id,
         kills: u32,
         deaths: u32,
         /// Seconds the player survived in the match.
@@ -54,37 +63,47 @@ pub enum EventBody {
         placement: u32,
     },
     Purchase {
-        item: String,
+        #[schemars(with = "String")]
+        item: Id,
         /// Amount in minor units of `currency` (cents for USD).
         amount: u64,
         /// ISO 4217 code, three upper-case letters.
-        currency: String,
+        #[schemars(with = "String")]
+        currency: Id,
     },
     LevelUp {
         level: u32,
     },
     Achievement {
-        achievement: String,
+        #[schemars(with = "String")]
+        achievement: Id,
     },
     ChatMessage {
-        channel: String,
+        #[schemars(with = "String")]
+        channel: Id,
         text: String,
     },
     Follow {
-        channel: String,
+        #[schemars(with = "String")]
+        channel: Id,
     },
     ViewerJoin {
-        channel: String,
+        #[schemars(with = "String")]
+        channel: Id,
     },
     ViewerLeave {
-        channel: String,
+        #[schemars(with = "String")]
+        channel: Id,
     },
     ViewerSwitch {
-        from: String,
-        to: String,
+        #[schemars(with = "String")]
+        from: Id,
+        #[schemars(with = "String")]
+        to: Id,
     },
     ViewerHeartbeat {
-        channel: String,
+        #[schemars(with = "String")]
+        channel: Id,
     },
 }
 
@@ -236,10 +255,10 @@ impl Event {
     /// The records this event puts on the channel topic, as (channel key, event):
     /// viewer events and follows concern a channel; a switch is a leave on the old channel
     /// and a join on the new one (produced in the same transaction as the player record).
-    pub fn channel_records(&self) -> Vec<(String, Event)> {
+    pub fn channel_records(&self) -> Vec<(Id, Event)> {
         let derived = |suffix: &str, body: EventBody| Event {
             v: self.v,
-            id: format!("{}{suffix}", self.id),
+            id: compact_str::format_compact!("{}{suffix}", self.id),
             ts: self.ts,
             player: self.player.clone(),
             body,
@@ -294,26 +313,26 @@ impl<'de> Deserialize<'de> for Event {
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
     v: Option<u32>,
-    id: Option<String>,
+    id: Option<Id>,
     ts: Option<i64>,
-    player: Option<String>,
+    player: Option<Id>,
     /// Borrowed from the input unless it has escapes: only matched, never kept.
     #[serde(borrow)]
     kind: Option<Cow<'a, str>>,
-    match_id: Option<String>,
+    match_id: Option<Id>,
     kills: Option<u32>,
     deaths: Option<u32>,
     survival_secs: Option<u32>,
     placement: Option<u32>,
-    item: Option<String>,
+    item: Option<Id>,
     amount: Option<u64>,
-    currency: Option<String>,
+    currency: Option<Id>,
     level: Option<u32>,
-    achievement: Option<String>,
-    channel: Option<String>,
+    achievement: Option<Id>,
+    channel: Option<Id>,
     text: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
+    from: Option<Id>,
+    to: Option<Id>,
 }
 
 fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {

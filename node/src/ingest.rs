@@ -53,7 +53,7 @@ pub struct OutRecord {
 pub fn records_for(event: &Event) -> Vec<OutRecord> {
     let mut out = vec![OutRecord {
         target: Target::Players,
-        key: event.player.clone(),
+        key: event.player.to_string(),
         payload: event.to_json(),
         rejection: None,
     }];
@@ -63,7 +63,7 @@ pub fn records_for(event: &Event) -> Vec<OutRecord> {
             .into_iter()
             .map(|(channel, e)| OutRecord {
                 target: Target::Channels,
-                key: channel,
+                key: channel.into(),
                 payload: e.to_json(),
                 rejection: None,
             }),

@@ -85,7 +85,7 @@ fn channel_records(events: &[Event]) -> Vec<(Record, i64)> {
         .map(|(i, (channel, e))| {
             let rec = Record {
                 offset: i as i64,
-                key: Some(channel.into_bytes()),
+                key: Some(channel.as_bytes().to_vec()),
                 payload: Some(e.to_json()),
             };
             (rec, e.ts)

@@ -14,7 +14,7 @@ const TIMEOUT_MS: i64 = 60_000;
 type Raw = (u8, u8, u8, u32);
 
 fn body(kind: u8, ch: u8, other: u8) -> EventBody {
-    let c = |i: u8| format!("c{i}");
+    let c = |i: u8| compact_str::format_compact!("c{i}");
     match kind % 12 {
         0 => EventBody::SessionStart {},
         1 => EventBody::SessionEnd {},
@@ -56,21 +56,21 @@ fn records(raw: &[Raw], channels: bool) -> Vec<(String, Event, i64)> {
         .map(|(i, &(who, ch, kind, step))| {
             ts += step as i64;
             watermark = watermark.max(ts);
-            let player = format!("p{}", who % 6);
+            let player = compact_str::format_compact!("p{}", who % 6);
             let b = if channels {
                 // Channel topics carry joins, heartbeats, leaves and follows.
                 match kind % 4 {
                     0 => EventBody::ViewerJoin {
-                        channel: String::new(),
+                        channel: Default::default(),
                     },
                     1 => EventBody::ViewerHeartbeat {
-                        channel: String::new(),
+                        channel: Default::default(),
                     },
                     2 => EventBody::ViewerLeave {
-                        channel: String::new(),
+                        channel: Default::default(),
                     },
                     _ => EventBody::Follow {
-                        channel: String::new(),
+                        channel: Default::default(),
                     },
                 }
             } else {
@@ -79,13 +79,13 @@ fn records(raw: &[Raw], channels: bool) -> Vec<(String, Event, i64)> {
             let key = if channels {
                 format!("c{}", ch % 4)
             } else {
-                player.clone()
+                player.to_string()
             };
             (
                 key,
                 Event {
                     v: 1,
-                    id: format!("e{i}"),
+                    id: compact_str::format_compact!("e{i}"),
                     ts,
                     player,
                     body: b,

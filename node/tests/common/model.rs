@@ -34,17 +34,17 @@ pub fn generate(spec: &StreamSpec) -> Vec<Event> {
             0..=5 => EventBody::SessionStart {},
             6..=10 => EventBody::SessionEnd {},
             11..=14 => EventBody::MatchStart {
-                match_id: format!("m{i}"),
+                match_id: format!("m{i}").into(),
             },
             15..=24 => EventBody::MatchEnd {
-                match_id: format!("m{i}"),
+                match_id: format!("m{i}").into(),
                 kills: rng.random_range(0..12),
                 deaths: rng.random_range(0..4),
                 survival_secs: rng.random_range(10..1800),
                 placement: rng.random_range(1..100),
             },
             25..=29 => EventBody::Purchase {
-                item: format!("item-{}", rng.random_range(0..20)),
+                item: format!("item-{}", rng.random_range(0..20)).into(),
                 amount: rng.random_range(1..5000),
                 currency: ["USD", "EUR", "JPY"][rng.random_range(0..3)].into(),
             },
@@ -52,14 +52,14 @@ pub fn generate(spec: &StreamSpec) -> Vec<Event> {
                 level: rng.random_range(1..100),
             },
             33..=35 => EventBody::Achievement {
-                achievement: format!("a{}", rng.random_range(0..30)),
+                achievement: format!("a{}", rng.random_range(0..30)).into(),
             },
             36..=39 => EventBody::ChatMessage {
-                channel: ch(&mut rng),
+                channel: ch(&mut rng).into(),
                 text: "gg".into(),
             },
             40..=43 => EventBody::Follow {
-                channel: ch(&mut rng),
+                channel: ch(&mut rng).into(),
             },
             _ => {
                 // Viewing: join, heartbeat, switch or leave, following the player's state,
@@ -67,32 +67,32 @@ pub fn generate(spec: &StreamSpec) -> Vec<Event> {
                 let c = rng.random_range(0..spec.channels);
                 match (watching.get(&p).copied(), rng.random_range(0..10)) {
                     (None, 0) => EventBody::ViewerLeave {
-                        channel: format!("ch-{c}"),
+                        channel: format!("ch-{c}").into(),
                     },
                     (None, _) => {
                         watching.insert(p, c);
                         EventBody::ViewerJoin {
-                            channel: format!("ch-{c}"),
+                            channel: format!("ch-{c}").into(),
                         }
                     }
                     (Some(cur), 0..=5) => EventBody::ViewerHeartbeat {
-                        channel: format!("ch-{cur}"),
+                        channel: format!("ch-{cur}").into(),
                     },
                     (Some(cur), 6..=7) if c != cur => {
                         watching.insert(p, c);
                         EventBody::ViewerSwitch {
-                            from: format!("ch-{cur}"),
-                            to: format!("ch-{c}"),
+                            from: format!("ch-{cur}").into(),
+                            to: format!("ch-{c}").into(),
                         }
                     }
                     (Some(cur), 8) => {
                         watching.remove(&p);
                         EventBody::ViewerLeave {
-                            channel: format!("ch-{cur}"),
+                            channel: format!("ch-{cur}").into(),
                         }
                     }
                     (Some(_), _) => EventBody::ViewerHeartbeat {
-                        channel: format!("ch-{c}"),
+                        channel: format!("ch-{c}").into(),
                     },
                 }
             }
@@ -103,9 +103,9 @@ pub fn generate(spec: &StreamSpec) -> Vec<Event> {
         }
         out.push(Event {
             v: 1,
-            id: format!("ev-{}-{i}", spec.seed),
+            id: format!("ev-{}-{i}", spec.seed).into(),
             ts,
-            player: format!("player-{p}"),
+            player: format!("player-{p}").into(),
             body,
         });
     }
@@ -183,7 +183,7 @@ impl Model {
     }
 
     pub fn apply(&mut self, e: &Event) {
-        let p = self.players.entry(e.player.clone()).or_default();
+        let p = self.players.entry(e.player.to_string()).or_default();
         p.events += 1;
         *p.by_kind.entry(kind_name(&e.body)).or_default() += 1;
         p.last_seen = p.last_seen.max(e.ts);
@@ -224,7 +224,7 @@ impl Model {
                 amount, currency, ..
             } => {
                 p.purchases += 1;
-                *p.revenue.entry(currency.clone()).or_default() += amount;
+                *p.revenue.entry(currency.to_string()).or_default() += amount;
             }
             EventBody::LevelUp { level } => p.level = p.level.max(*level as u64),
             EventBody::Achievement { .. } => p.achievements += 1,
@@ -232,13 +232,13 @@ impl Model {
             EventBody::Follow { .. } => p.follows += 1,
             EventBody::ViewerJoin { channel } | EventBody::ViewerHeartbeat { channel } => {
                 watch_until(p, e.ts);
-                if p.current.as_ref().map(|c| &c.0) != Some(channel) {
-                    p.current = Some((channel.clone(), e.ts));
+                if p.current.as_ref().map(|c| c.0.as_str()) != Some(channel.as_str()) {
+                    p.current = Some((channel.to_string(), e.ts));
                 }
             }
             EventBody::ViewerSwitch { to, .. } => {
                 watch_until(p, e.ts);
-                p.current = Some((to.clone(), e.ts));
+                p.current = Some((to.to_string(), e.ts));
             }
             EventBody::ViewerLeave { .. } => {
                 watch_until(p, e.ts);
@@ -251,7 +251,7 @@ impl Model {
             *wm = (*wm).max(ce.ts);
             let watermark = *wm;
             let timeout = self.timeout_ms;
-            let c = self.channels.entry(channel).or_default();
+            let c = self.channels.entry(channel.to_string()).or_default();
             // Expire silent viewers as of the partition's watermark.
             let expired: Vec<String> = c
                 .present
@@ -266,17 +266,17 @@ impl Model {
             }
             match &ce.body {
                 EventBody::ViewerJoin { .. } | EventBody::ViewerHeartbeat { .. } => {
-                    if let Some(pr) = c.present.get_mut(&ce.player) {
+                    if let Some(pr) = c.present.get_mut(ce.player.as_str()) {
                         pr.1 = pr.1.max(ce.ts);
                     } else {
-                        c.present.insert(ce.player.clone(), (ce.ts, ce.ts));
+                        c.present.insert(ce.player.to_string(), (ce.ts, ce.ts));
                         c.joins += 1;
-                        c.ever.insert(ce.player.clone());
+                        c.ever.insert(ce.player.to_string());
                         c.peak = c.peak.max(c.present.len() as u64);
                     }
                 }
                 EventBody::ViewerLeave { .. } => {
-                    if let Some((joined, last)) = c.present.remove(&ce.player) {
+                    if let Some((joined, last)) = c.present.remove(ce.player.as_str()) {
                         c.leaves += 1;
                         c.watch_ms += (ce.ts.max(last) - joined).max(0);
                     }
