@@ -16,6 +16,7 @@
 #            vs. through a non-owner.
 #   viewers  BENCH_VIEWERS viewers (default 500,000) at real speed on 3 nodes: the average
 #            CPU of the nodes, of Kafka + Cassandra and of the load tester; verified exact.
+#   idle     the 3-node cluster at rest: CPU of gossip, ticks and timers alone.
 #   generator  the load tester alone (--via none): its ceiling in events/s.
 #   table    only rebuild the table (bench/results/table.md and README.md).
 # Every run ends by rebuilding the README's Performance table from all results present.
@@ -285,8 +286,30 @@ PY
   cat "$OUT/failover-$players.json" "$OUT/query-latency-$players.json"
 }
 
+# The 3-node cluster at rest (no events): what gossip, checkpoint ticks and timers cost.
+# Part of every other cluster figure.
+bench_idle() {
+  local base="bench_idle_$(date +%s)" secs=${BENCH_IDLE_SECS:-60} c0 c1 t0 t1
+  start_cluster "$base"
+  sleep 10
+  log "idle: measuring the 3 nodes' CPU at rest for $secs s"
+  c0=$(cpu_secs "${PIDS[@]}"); t0=$(date +%s.%N)
+  sleep "$secs"
+  c1=$(cpu_secs "${PIDS[@]}"); t1=$(date +%s.%N)
+  for pid in "${PIDS[@]}"; do stop_node "$pid"; done
+  python3 - "$OUT/idle.json" "$c0" "$c1" "$t0" "$t1" "$secs" "$MACHINE" <<'PY'
+import json, sys
+p, c0, c1, t0, t1, secs, machine = sys.argv[1], *map(float, sys.argv[2:7]), sys.argv[7]
+d = {"machine": machine, "secs": secs, "cluster_cpu_cores_avg": (c1 - c0) / (t1 - t0),
+     "command": "scripts/bench.sh idle"}
+json.dump(d, open(p, "w"), indent=2)
+print(f"idle: the 3 nodes at rest used {d['cluster_cpu_cores_avg']:.3f} cores on average")
+PY
+}
+
 case "${1:-all}" in
   node) bench_node ;;
+  idle) bench_idle ;;
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
   viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" "${BENCH_VIEWERS_SPEEDUP:-1}" ;;
   generator) bench_generator ;;
@@ -295,9 +318,10 @@ case "${1:-all}" in
     bench_node
     bench_cluster 300000
     bench_viewers 500000 300 1
+    bench_idle
     bench_generator
     ;;
-  *) echo "usage: $0 [node|cluster|viewers|generator|table|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [node|cluster|viewers|idle|generator|table|all]" >&2; exit 2 ;;
 esac
 # The table of everything measured so far, into README.md's Performance section.
 python3 scripts/bench_table.py "$OUT" README.md

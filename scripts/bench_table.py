@@ -85,6 +85,12 @@ for n, d in by_size("viewers-*.json"):
                  f"{d['loadtest_cpu_cores_avg']:.2f}); latency p50 / p99 {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
                  d.get("command", f"BENCH_VIEWERS={n} scripts/bench.sh viewers")))
 
+idle = load("idle.json")
+if idle:
+    rows.append(("3-node cluster at rest (no events: gossip, checkpoint ticks, timers)",
+                 f"the 3 nodes used {idle['cluster_cpu_cores_avg']:.3f} cores on average over {idle['secs']:.0f} s",
+                 idle.get("command", "scripts/bench.sh idle")))
+
 for name in ("generator-players.json", "generator-viewers.json"):
     d = load(name)
     if d:
