@@ -563,22 +563,28 @@ impl ShardState {
                 watermark_ms: self.watermark,
             },
         };
-        for key in dirty {
+        for (i, key) in dirty.iter().enumerate() {
+            // As in apply_resident: the entities ahead are on their way into the cache.
+            let ahead = |n: usize| dirty.get(i + n).map(CompactString::as_str);
+            match &self.entities {
+                Entities::Players(m) => prefetch(m, ahead(1), ahead(2)),
+                Entities::Channels(m) => prefetch(m, ahead(1), ahead(2)),
+            }
             match &mut self.entities {
                 Entities::Players(m) => {
-                    let slot = m.get_mut(&key).expect("dirty keys are resident");
+                    let slot = m.get_mut(key).expect("dirty keys are resident");
                     slot.dirty = false;
                     snap.entities.push(checkpoint::player_row(
-                        key.into_string(),
+                        key.to_string(),
                         &slot.state,
                         slot.offset,
                     ));
                 }
                 Entities::Channels(m) => {
-                    let slot = m.get_mut(&key).expect("dirty keys are resident");
+                    let slot = m.get_mut(key).expect("dirty keys are resident");
                     slot.dirty = false;
-                    let summary = summarize(&key, &slot.state, watermark, timeout);
-                    let key = key.into_string();
+                    let summary = summarize(key, &slot.state, watermark, timeout);
+                    let key = key.to_string();
                     let write = self
                         .logs
                         .entry(key.clone())
