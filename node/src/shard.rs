@@ -117,15 +117,6 @@ impl Drop for Records {
 }
 
 impl Records {
-    /// An empty batch with room for `records` records of `bytes` bytes in all.
-    pub fn with_capacity(records: usize, bytes: usize) -> Self {
-        Records {
-            items: Vec::with_capacity(records),
-            bytes: Vec::with_capacity(bytes),
-            pool: None,
-        }
-    }
-
     pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let mut put = |b: &[u8]| {
             let start = self.bytes.len() as u32;
@@ -1018,7 +1009,7 @@ mod tests {
         drop(big);
         assert_eq!(pool.free.lock().unwrap().len(), 0);
         // A batch built without a pool goes nowhere.
-        drop(Records::with_capacity(1, 1));
+        drop(Records::default());
         assert_eq!(pool.free.lock().unwrap().len(), 0);
     }
 
