@@ -78,10 +78,23 @@ pub struct RecordsPool {
 }
 
 impl RecordsPool {
-    /// Buffers kept at most; more are freed.
-    const KEEP: usize = 16;
+    /// Buffers kept at most; more are freed. Enough for every batch in flight under a
+    /// backlog (`shard.max_inflight_batches` plus a poll round's), so a bulk load reuses
+    /// buffers instead of growing (and faulting in) fresh ones for most batches.
+    const KEEP: usize = 128;
+    /// Buffers kept after [`Self::shrink`]: what a steady stream needs.
+    const KEEP_IDLE: usize = 16;
     /// A buffer that grew past this is freed rather than kept.
     const KEEP_BYTES: usize = 512 * 1024;
+
+    /// Frees the buffers beyond what a steady stream needs; called every few seconds, so
+    /// the pool's memory after a backlog does not stay resident. Under a backlog the pool
+    /// refills at once, which costs a few allocations per call.
+    pub fn shrink(&self) {
+        let mut free = self.free.lock().expect("records pool lock");
+        free.truncate(Self::KEEP_IDLE);
+        free.shrink_to(Self::KEEP_IDLE);
+    }
 
     /// An empty batch, with reused buffers when there are any.
     pub fn take(self: &Arc<Self>) -> Records {
@@ -1011,6 +1024,12 @@ mod tests {
         // A batch built without a pool goes nowhere.
         drop(Records::default());
         assert_eq!(pool.free.lock().unwrap().len(), 0);
+        // Every batch of a backlog returns to the pool; shrinking keeps a steady stream's.
+        let batches: Vec<Records> = (0..RecordsPool::KEEP + 5).map(|_| pool.take()).collect();
+        drop(batches);
+        assert_eq!(pool.free.lock().unwrap().len(), RecordsPool::KEEP);
+        pool.shrink();
+        assert_eq!(pool.free.lock().unwrap().len(), RecordsPool::KEEP_IDLE);
     }
 
     #[test]

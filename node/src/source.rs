@@ -271,6 +271,7 @@ fn poll_loop(
         if last_commit.elapsed() >= Duration::from_secs(2) {
             last_commit = Instant::now();
             commit_durable(&consumer, &durable(), &mut committed);
+            pool.shrink();
             release_c_heap();
         }
     }
