@@ -176,7 +176,7 @@ impl Event {
         // The plain shape every producer writes decodes directly; anything else, valid or
         // not, is serde's to judge.
         match plain::decode(bytes) {
-            Some(event) => event.validate().map(|()| event),
+            Some((event, printable)) => event.check(!printable).map(|()| event),
             None => Self::parse_with_serde(bytes),
         }
     }
@@ -217,6 +217,13 @@ impl Event {
 
     /// Checks the rules serde cannot express.
     pub fn validate(&self) -> Result<(), Rejection> {
+        self.check(true)
+    }
+
+    /// [`Event::validate`]; `scan_chars: false` skips looking for control characters in
+    /// ids, for a caller that saw every byte of them printable ASCII.
+    fn check(&self, scan_chars: bool) -> Result<(), Rejection> {
+        let check_id = |field: &str, value: &str| check_id(field, value, scan_chars);
         check_id("id", &self.id)?;
         check_id("player", &self.player)?;
         if self.ts <= 0 {
@@ -448,7 +455,7 @@ impl Wire<'_> {
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
+fn check_id(field: &str, value: &str, scan_chars: bool) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::new(field, "must not be empty"));
     }
@@ -460,7 +467,7 @@ fn check_id(field: &str, value: &str) -> Result<(), Rejection> {
     }
     // Control characters are C0 (bytes below 0x20), DEL, and C1 (U+0080-U+009F, which
     // UTF-8 writes as 0xC2 0x80-0x9F): only a string with such a byte needs the char scan.
-    let suspicious = value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
+    let suspicious = scan_chars && value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
     if suspicious && value.chars().any(|c| c.is_control()) {
         return Err(Rejection::new(field, "must not contain control characters"));
     }

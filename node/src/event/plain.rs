@@ -99,8 +99,14 @@ impl<'a> Fields<'a> {
 }
 
 /// Decodes `bytes` if they are a valid event in the plain shape, or gives up with `None`.
-pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
-    let mut s = Scan { b: bytes, i: 0 };
+/// Also says whether every byte of every string was printable ASCII (then no id can hold a
+/// control character, and [`Event::validate`] need not look for one).
+pub(super) fn decode(bytes: &[u8]) -> Option<(Event, bool)> {
+    let mut s = Scan {
+        b: bytes,
+        i: 0,
+        printable: true,
+    };
     let mut f = Fields {
         seen: 0,
         strings: [""; FIELDS],
@@ -133,7 +139,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Event> {
     if s.i != bytes.len() {
         return None;
     }
-    build(&f)
+    Some((build(&f)?, s.printable))
 }
 
 /// The event `f` holds, if it has exactly the envelope and its kind's fields.
@@ -235,10 +241,28 @@ fn build(f: &Fields) -> Option<Event> {
     })
 }
 
+/// The bytes of `word` (eight input bytes, little-endian) where a plain string stops: a
+/// quote, a backslash, a control character, DEL or a byte of a multi-byte character. The high
+/// bit of each such byte is set; above the lowest one, others may be set spuriously (a
+/// borrow), so only the lowest is meaningful.
+fn stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // High bit set where a byte is below n (n <= 0x80), lowest such byte exact.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1)
+        | below(word ^ (ONES * 0x7f), 1)
+        | below(word, 0x20)
+        | (word & HIGH)
+}
+
 /// A cursor over the input.
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
+    /// No string so far had a byte outside printable ASCII (0x20-0x7e).
+    printable: bool,
 }
 
 impl<'a> Scan<'a> {
@@ -258,27 +282,38 @@ impl<'a> Scan<'a> {
         (self.peek()? == c).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters, borrowed from the input. Only its
-    /// bytes are checked for UTF-8, and only when one of them is not ASCII.
+    /// A string without escapes or C0 control characters, borrowed from the input. Only its
+    /// bytes are checked for UTF-8, and only when one of them is not ASCII. Printable
+    /// bytes are skipped eight at a time.
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
-        let start = self.i;
-        let mut ascii = true;
+        let (b, start) = (self.b, self.i);
+        let mut i = start;
+        let mut printable = true;
         loop {
-            match *self.b.get(self.i)? {
+            if let Some(word) = b.get(i..i + 8) {
+                let stops = stops(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+                if stops == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += stops.trailing_zeros() as usize / 8;
+            }
+            match *b.get(i)? {
                 b'"' => break,
                 b'\\' | 0..=0x1f => return None,
-                0x80.. => ascii = false,
+                0x7f.. => printable = false,
                 _ => {}
             }
-            self.i += 1;
+            i += 1;
         }
-        let raw = &self.b[start..self.i];
-        self.i += 1;
-        if ascii {
-            // SAFETY: every byte of `raw` is below 0x80, and ASCII is valid UTF-8.
+        self.i = i + 1;
+        let raw = &b[start..i];
+        if printable {
+            // SAFETY: every byte of `raw` is below 0x7f, and ASCII is valid UTF-8.
             Some(unsafe { std::str::from_utf8_unchecked(raw) })
         } else {
+            self.printable = false;
             std::str::from_utf8(raw).ok()
         }
     }
@@ -290,13 +325,19 @@ impl<'a> Scan<'a> {
         let start = self.i;
         let mut n = 0u64;
         while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
-            n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            n = n.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.i += 1;
         }
-        let digits = self.i - start;
-        let leading_zero = digits > 1 && self.b[start] == b'0';
+        let digits = &self.b[start..self.i];
+        if digits.len() > 19 {
+            // Only now can it have overflowed: count again, checking.
+            n = digits.iter().try_fold(0u64, |n, c| {
+                n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+            })?;
+        }
+        let leading_zero = digits.len() > 1 && digits[0] == b'0';
         let fraction = matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E'));
-        (digits > 0 && !leading_zero && !fraction).then_some(n)
+        (!digits.is_empty() && !leading_zero && !fraction).then_some(n)
     }
 }
 
@@ -372,14 +413,15 @@ mod tests {
     fn every_kind_as_producers_write_it_takes_the_direct_path() {
         for e in one_of_each_kind() {
             let json = e.to_json();
-            let direct = decode(&json)
+            let (direct, printable) = decode(&json)
                 .unwrap_or_else(|| panic!("gave up on {}", String::from_utf8_lossy(&json)));
             assert_eq!(direct, e);
+            assert_eq!(printable, !json.iter().any(|&b| b >= 0x7f));
             assert_eq!(Event::parse(&json).unwrap(), e);
         }
         // Whitespace between tokens, fields in any order.
         let spaced = b" {\n \"kind\" : \"level_up\" ,\t\"level\":3, \"player\":\"p\",\"ts\":5,\"id\":\"e\",\"v\":1 }\r\n";
-        let direct = decode(spaced).expect("plain, with whitespace");
+        let (direct, _) = decode(spaced).expect("plain, with whitespace");
         assert_eq!(direct.body, EventBody::LevelUp { level: 3 });
     }
 
@@ -463,6 +505,11 @@ mod tests {
             "\"eur\"",
             "\"é\"",
             "\"a\\nb\"",
+            "\"p\u{7f}\"",
+            "\"p\u{85}\"",
+            "\"an id well past the twenty-four bytes kept inline\"",
+            "12345678901234567890",
+            "99999999999999999999",
             "\"level_up\"",
             "\"match_end\"",
             "\"viewer_switch\"",
@@ -516,12 +563,22 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
+        #[test]
+        fn stops_finds_the_first_byte_a_plain_string_stops_at(bytes in any::<[u8; 8]>()) {
+            let first = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x7f);
+            let found = stops(u64::from_le_bytes(bytes));
+            let found = (found != 0).then(|| found.trailing_zeros() as usize / 8);
+            prop_assert_eq!(found, first);
+        }
+
         /// Whatever the direct decoder accepts, serde decodes to the same event or the
         /// same rejection.
         #[test]
         fn agrees_with_serde_wherever_it_decodes(json in fragment()) {
-            if let Some(direct) = decode(json.as_bytes()) {
-                let direct = direct.validate().map(|()| direct);
+            if let Some((direct, printable)) = decode(json.as_bytes()) {
+                let direct = direct.check(!printable).map(|()| direct);
                 prop_assert_eq!(direct, by_serde(json.as_bytes()), "{}", json);
             }
         }
@@ -544,7 +601,7 @@ mod tests {
             let json = e.to_json();
             let direct = decode(&json);
             prop_assert!(direct.is_some(), "{}", String::from_utf8_lossy(&json));
-            prop_assert_eq!(direct.unwrap(), e);
+            prop_assert_eq!(direct.unwrap().0, e);
         }
     }
 }
