@@ -567,7 +567,7 @@ mod tests {
         fn stops_finds_the_first_byte_a_plain_string_stops_at(bytes in any::<[u8; 8]>()) {
             let first = bytes
                 .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20 || b >= 0x7f);
+                .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b));
             let found = stops(u64::from_le_bytes(bytes));
             let found = (found != 0).then(|| found.trailing_zeros() as usize / 8);
             prop_assert_eq!(found, first);
