@@ -2,11 +2,11 @@
 //!
 //! rdkafka's consumer blocks, so it lives on a dedicated thread (never on an actix worker
 //! or a tokio worker). Partitions are assigned by hand (`assign`), not by group
-//! subscription: Tally decides ownership. The loop reads committed records only, groups
-//! them per partition into batches and casts each batch to its shard, taking a permit from
-//! a semaphore first: when every permit is out, the loop waits and Kafka is paused, so
-//! a slow shard pushes back instead of growing memory. Durable offsets are committed back
-//! to Kafka so standard lag tools work.
+//! subscription: Tally decides ownership. The loop reads committed records only, in
+//! batches ([`reader`]), groups them per partition and casts each batch to its shard,
+//! taking a permit from a semaphore first: when every permit is out, the loop waits and
+//! Kafka is paused, so a slow shard pushes back instead of growing memory. Durable offsets
+//! are committed back to Kafka so standard lag tools work.
 //!
 //! Not for: applying records (shards do) or choosing partitions (the node does).
 
@@ -20,10 +20,12 @@ use anyhow::Context;
 use ractor::ActorRef;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+
+pub mod reader;
+use reader::Reader;
 
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
@@ -208,49 +210,36 @@ fn poll_loop(
     let mut last_commit = Instant::now();
     let mut committed: HashMap<(String, i32), i64> = HashMap::new();
     let pool = Arc::new(RecordsPool::default());
+    let mut reader = match Reader::new(consumer.clone(), max_batch) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(error = %e, "kafka source cannot read; no partition of this node will be consumed");
+            return;
+        }
+    };
     while !stop.load(Ordering::SeqCst) {
         while let Ok(cmd) = commands.try_recv() {
             apply_command(&consumer, &mut routes, &mut committed, cmd);
         }
-        // Per partition; a poll touches a handful, so a scan beats hashing the topic name.
+        // Per partition; a read touches a handful, so a scan beats hashing the topic name.
         let mut batches: Vec<((String, i32), Records)> = Vec::new();
-        let mut n = 0usize;
-        let mut timeout = Duration::from_millis(100);
-        let (mut waited_kafka, mut waited_shards) = (Duration::ZERO, Duration::ZERO);
-        while n < max_batch {
-            // Only the first poll of a round may wait; the others take what is queued.
-            let m = if timeout.is_zero() {
-                consumer.poll(timeout)
-            } else {
-                let polled = Instant::now();
-                let m = consumer.poll(timeout);
-                waited_kafka = polled.elapsed();
-                m
-            };
-            match m {
-                None => break,
-                Some(Err(e)) => {
-                    warn!(error = %e, "kafka poll error");
-                    break;
-                }
-                Some(Ok(m)) => {
-                    let (topic, partition) = (m.topic(), m.partition());
-                    let at = match batches
-                        .iter()
-                        .position(|((t, p), _)| *p == partition && t == topic)
-                    {
-                        Some(at) => at,
-                        None => {
-                            batches.push(((topic.to_string(), partition), pool.take()));
-                            batches.len() - 1
-                        }
-                    };
-                    batches[at].1.push(m.offset(), m.key(), m.payload());
-                    n += 1;
-                    timeout = Duration::ZERO;
-                }
+        let (n, waited_kafka) = reader.read(Duration::from_millis(100), |m| match m {
+            Err(e) => warn!(error = %e, "kafka poll error"),
+            Ok(m) => {
+                let at = match batches
+                    .iter()
+                    .position(|((t, p), _)| *p == m.partition && t == m.topic)
+                {
+                    Some(at) => at,
+                    None => {
+                        batches.push(((m.topic.to_string(), m.partition), pool.take()));
+                        batches.len() - 1
+                    }
+                };
+                batches[at].1.push(m.offset, m.key, m.payload);
             }
-        }
+        });
+        let mut waited_shards = Duration::ZERO;
         metrics.add_consumed(n as u64);
         for (tp, records) in batches {
             let Some(shard) = routes.get(&tp) else {
@@ -270,12 +259,27 @@ fn poll_loop(
         metrics.add_source_wait(waited_kafka, waited_shards);
         if last_commit.elapsed() >= Duration::from_secs(2) {
             last_commit = Instant::now();
-            commit_durable(&consumer, &durable(), &mut committed);
+            for e in reader.take_commit_results() {
+                warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
+            }
+            let offsets = durable_offsets(&durable(), &mut committed);
+            if offsets.count() > 0 {
+                if let Err(e) = reader.commit(&offsets) {
+                    warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
+                }
+            }
             pool.shrink();
             release_c_heap();
         }
     }
-    commit_durable(&consumer, &durable(), &mut committed);
+    // The last commit waits for its answer: the consumer closes next.
+    drop(reader);
+    let offsets = durable_offsets(&durable(), &mut committed);
+    if offsets.count() > 0 {
+        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
+            warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
+        }
+    }
 }
 
 fn apply_command(
@@ -329,12 +333,12 @@ fn release_c_heap() {
     }
 }
 
-/// Commits durable offsets to Kafka for lag tools (Tally itself resumes from Cassandra).
-fn commit_durable(
-    consumer: &BaseConsumer,
+/// Durable offsets not yet committed to Kafka, for lag tools (Tally itself resumes from
+/// Cassandra); `committed` is updated as if they were committed.
+fn durable_offsets(
     durable: &[(String, i32, i64)],
     committed: &mut HashMap<(String, i32), i64>,
-) {
+) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in durable {
         let key = (topic.clone(), *partition);
@@ -348,9 +352,5 @@ fn commit_durable(
             committed.insert(key, *offset);
         }
     }
-    if tpl.count() > 0 {
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
-        }
-    }
+    tpl
 }

@@ -152,6 +152,42 @@ async fn sigterm_checkpoints_so_a_clean_restart_replays_nothing() {
     model
         .assert_converges(|| node.base.clone(), Duration::from_secs(60))
         .await;
+    // Durable offsets reach Kafka's group offsets (for lag tools) while the node runs:
+    // checkpoints every second, commits every two.
+    let client = reqwest::Client::new();
+    let mut differ = None;
+    for _ in 0..40 {
+        let cluster = common::model::get_json(&client, &node.url("/v1/cluster"))
+            .await
+            .unwrap();
+        let mut durable: Vec<(String, i32, i64)> = cluster["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let topic = match s["kind"].as_str().unwrap() {
+                    "players" => env.player_topic.clone(),
+                    _ => env.channel_topic.clone(),
+                };
+                let offset = s["durable_offset"].as_i64().unwrap();
+                // Nothing durable is nothing to commit.
+                let offset = if offset > 0 { offset } else { -1 };
+                (topic, s["partition"].as_i64().unwrap() as i32, offset)
+            })
+            .collect();
+        let mut committed = env.kafka_commits();
+        durable.sort();
+        committed.sort();
+        if durable == committed {
+            differ = None;
+            break;
+        }
+        differ = Some((durable, committed));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Some((durable, committed)) = differ {
+        panic!("kafka group offsets differ from the durable offsets: durable {durable:?}, committed {committed:?}");
+    }
 
     let status = node.terminate();
     assert!(

@@ -145,6 +145,37 @@ keyspace = "{}"
         )
     }
 
+    /// Offsets the nodes' consumer group committed to Kafka, per partition of both topics:
+    /// (topic, partition, offset), -1 where none was committed.
+    pub fn kafka_commits(&self) -> Vec<(String, i32, i64)> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", KAFKA)
+            .set("group.id", format!("{}-group", self.name))
+            .create()
+            .expect("create kafka consumer");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for topic in [&self.player_topic, &self.channel_topic] {
+            for p in 0..self.partitions {
+                tpl.add_partition(topic, p);
+            }
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("read committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let at = match e.offset() {
+                    rdkafka::Offset::Offset(o) => o,
+                    _ => -1,
+                };
+                (e.topic().to_string(), e.partition(), at)
+            })
+            .collect()
+    }
+
     /// A producer using the node's own ingest path (transactions, partitioner).
     pub fn producer(&self) -> Ingest {
         Ingest::start(
