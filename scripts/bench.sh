@@ -105,9 +105,10 @@ bench_node() {
   "$LT" players --players "$PLAYERS" --events "$EVENTS" --seed 1 --probe-interval-ms 0 \
     --player-topic "$name.players" --channel-topic "$name.channels" --batch 5000 \
     --json "$OUT/node-prefill.json" > /dev/null
-  log "node: baseline: plain rdkafka consume-and-discard of the same topics"
+  log "node: baseline: plain rdkafka consume-and-discard of the same topics (poll, then batch reads)"
   local records
   "$LT" baseline --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline.json" > /dev/null
+  "$LT" baseline --read batch --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline-batch.json" > /dev/null
   records=$(python3 -c "import json; print(json.load(open('$OUT/baseline.json'))['records'])")
   log "node: resuming the node; measuring until it applied $records records"
   kill -CONT "$pid"
@@ -117,6 +118,7 @@ bench_node() {
   # background work of the services (compaction) never flatters the node.
   log "node: baseline again, node idle"
   "$LT" baseline --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline-2.json" > /dev/null
+  "$LT" baseline --read batch --topics "$name.players,$name.channels" --records 999999999999 --json "$OUT/baseline-batch-2.json" > /dev/null
   # Resident memory at rest: the allocator returns freed checkpoint buffers after a delay.
   sleep 5
   local rss1 resident
@@ -139,6 +141,8 @@ out, rss0, rss1, resident, a0, a1, w0, w1, secs, machine, players, events, rate 
 rss0, rss1, resident, a0, a1, w0, w1, secs = map(float, (rss0, rss1, resident, a0, a1, w0, w1, secs))
 bases = [json.load(open(f"{out}/{f}")) for f in ("baseline.json", "baseline-2.json")]
 base = max(bases, key=lambda b: b["records_per_sec"])
+batches = [json.load(open(f"{out}/{f}")) for f in ("baseline-batch.json", "baseline-batch-2.json")]
+batch = max(batches, key=lambda b: b["records_per_sec"])
 node = json.load(open(f"{out}/node-consume.json"))
 steady = json.load(open(f"{out}/node-steady.json"))
 res = {
@@ -147,6 +151,9 @@ res = {
   "baseline_runs_records_per_sec": [b["records_per_sec"] for b in bases],
   "node_records_per_sec": node["records_per_sec"],
   "node_vs_baseline": node["records_per_sec"] / base["records_per_sec"],
+  "batch_baseline_records_per_sec": batch["records_per_sec"],
+  "batch_baseline_runs_records_per_sec": [b["records_per_sec"] for b in batches],
+  "node_vs_batch_baseline": node["records_per_sec"] / batch["records_per_sec"],
   "records": base["records"],
   "rss_before_kib": rss0, "rss_after_kib": rss1, "players_resident": resident,
   "bytes_per_player": (rss1 - rss0) * 1024 / max(resident, 1),

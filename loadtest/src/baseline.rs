@@ -1,16 +1,32 @@
 //! The yardstick: a plain rdkafka consumer that reads a topic from the beginning and
 //! discards every record. A node's throughput is reported next to this number, measured
-//! on the same topic in the same run.
+//! on the same topic in the same run. It reads either with rdkafka's `poll`, a record per
+//! call (the plain consumer), or in batches the way a node's poll loop does
+//! (`tally_node::source::reader`), so the cost of reading can be told from the cost of
+//! applying.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
+use tally_node::source::reader::Reader;
+
+/// How the baseline reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Read {
+    /// rdkafka's `BaseConsumer::poll`, one record per call.
+    Poll,
+    /// librdkafka's batch call, as a node reads.
+    Batch,
+}
 
 /// Records read and the time from the first record to the last.
 #[derive(Debug, serde::Serialize)]
 pub struct BaselineResult {
+    pub read: Read,
     pub records: u64,
     pub secs: f64,
     pub records_per_sec: f64,
@@ -23,10 +39,13 @@ pub fn consume_and_discard(
     topics: &[String],
     records: u64,
     idle: Duration,
+    read: Read,
 ) -> anyhow::Result<BaselineResult> {
-    let consumer: BaseConsumer = crate::baseline_config(brokers)
-        .create()
-        .context("create kafka consumer")?;
+    let consumer: Arc<BaseConsumer> = Arc::new(
+        crate::baseline_config(brokers)
+            .create()
+            .context("create kafka consumer")?,
+    );
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         let md = consumer
@@ -42,21 +61,41 @@ pub fn consume_and_discard(
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
     let mut bytes = 0usize;
+    let mut reader = match read {
+        Read::Poll => None,
+        Read::Batch => Some(Reader::new(consumer.clone(), 2000)?),
+    };
     while seen < records {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                use rdkafka::Message;
-                bytes += m.payload().map_or(0, <[u8]>::len);
-                first.get_or_insert_with(Instant::now);
-                seen += 1;
-                last = Instant::now();
+        let got = match &mut reader {
+            None => match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    use rdkafka::Message;
+                    bytes += m.payload().map_or(0, <[u8]>::len);
+                    1
+                }
+                Some(Err(e)) => anyhow::bail!("kafka error while consuming {topic}: {e}"),
+                None => 0,
+            },
+            Some(reader) => {
+                let mut failed = None;
+                let (n, _) = reader.read(Duration::from_millis(100), |m| match m {
+                    Ok(m) => bytes += m.payload.map_or(0, <[u8]>::len),
+                    Err(e) => failed = Some(e),
+                });
+                if let Some(e) = failed {
+                    anyhow::bail!("kafka error while consuming {topic}: {e}");
+                }
+                n as u64
             }
-            Some(Err(e)) => anyhow::bail!("kafka error while consuming {topic}: {e}"),
-            None if last.elapsed() > idle && first.is_some() => break,
-            None if first.is_none() && last.elapsed() > idle * 3 => {
-                anyhow::bail!("no records in {topic}")
-            }
-            None => {}
+        };
+        if got > 0 {
+            first.get_or_insert_with(Instant::now);
+            seen += got;
+            last = Instant::now();
+        } else if first.is_some() && last.elapsed() > idle {
+            break;
+        } else if first.is_none() && last.elapsed() > idle * 3 {
+            anyhow::bail!("no records in {topic}");
         }
     }
     std::hint::black_box(bytes);
@@ -64,6 +103,7 @@ pub fn consume_and_discard(
         .map_or(0.0, |f| last.duration_since(f).as_secs_f64())
         .max(1e-6);
     Ok(BaselineResult {
+        read,
         records: seen,
         secs,
         records_per_sec: seen as f64 / secs,

@@ -206,6 +206,10 @@ struct BaselineArgs {
     /// Stop after this many records.
     #[arg(long)]
     records: u64,
+    /// poll: rdkafka's poll, a record per call (the plain consumer); batch: batches, as a
+    /// node's poll loop reads.
+    #[arg(long, value_enum, default_value_t = baseline::Read::Poll)]
+    read: baseline::Read,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
 }
@@ -503,6 +507,7 @@ async fn main() -> std::process::ExitCode {
                 &a.topics,
                 a.records,
                 Duration::from_secs(3),
+                a.read,
             )?;
             println!("{}", serde_json::to_string(&r)?);
             write_json(&a.json, &r)?;
