@@ -96,10 +96,15 @@ pub async fn run(
         }
         let node = &nodes[level as usize % nodes.len()];
         let url = format!("http://{node}/v1/players/{player}");
+        // Seen, timed out (None: the run ended while it was in flight and it was not seen
+        // within 5 s: no result either way).
         let visible = loop {
-            if created.elapsed() > Duration::from_secs(30) || progress.stop.load(Ordering::Relaxed)
-            {
-                break false;
+            let waited = created.elapsed();
+            if waited > Duration::from_secs(30) {
+                break Some(false);
+            }
+            if progress.stop.load(Ordering::Relaxed) && waited > Duration::from_secs(5) {
+                break None;
             }
             if let Ok(r) = client.get(&url).send().await {
                 if let Ok(v) = r.json::<serde_json::Value>().await {
@@ -107,16 +112,18 @@ pub async fn run(
                         .as_u64()
                         .is_some_and(|l| l >= level as u64)
                     {
-                        break true;
+                        break Some(true);
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
-        if visible {
-            let _ = hist.record(created.elapsed().as_micros().max(1) as u64);
-        } else {
-            timeouts += 1;
+        match visible {
+            Some(true) => {
+                let _ = hist.record(created.elapsed().as_micros().max(1) as u64);
+            }
+            Some(false) => timeouts += 1,
+            None => {}
         }
         tokio::time::sleep(interval.saturating_sub(created.elapsed())).await;
     }
