@@ -259,7 +259,11 @@ fn poll_loop(
         metrics.add_source_wait(waited_kafka, waited_shards);
         if last_commit.elapsed() >= Duration::from_secs(2) {
             last_commit = Instant::now();
-            for e in reader.take_commit_results() {
+            for e in reader
+                .take_commit_results()
+                .into_iter()
+                .filter_map(Result::err)
+            {
                 warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
             }
             let offsets = durable_offsets(&durable(), &mut committed);

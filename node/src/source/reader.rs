@@ -145,20 +145,20 @@ impl Reader {
         }
     }
 
-    /// Results of earlier commits: the errors among them.
-    pub fn take_commit_results(&self) -> Vec<KafkaError> {
-        let mut errors = Vec::new();
+    /// The answers to earlier commits that have arrived, oldest first.
+    pub fn take_commit_results(&self) -> Vec<Result<(), KafkaError>> {
+        let mut answers = Vec::new();
         loop {
             // SAFETY: a live queue; each event returned is ours to destroy.
             unsafe {
                 let ev = rd::rd_kafka_queue_poll(self.commits, 0);
                 if ev.is_null() {
-                    return errors;
+                    return answers;
                 }
-                let err = rd::rd_kafka_event_error(ev);
-                if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    errors.push(KafkaError::ConsumerCommit(RDKafkaErrorCode::from(err)));
-                }
+                answers.push(match rd::rd_kafka_event_error(ev) {
+                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+                    e => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::from(e))),
+                });
                 rd::rd_kafka_event_destroy(ev);
             }
         }
