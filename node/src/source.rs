@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ractor::ActorRef;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
@@ -259,30 +259,39 @@ fn poll_loop(
         metrics.add_source_wait(waited_kafka, waited_shards);
         if last_commit.elapsed() >= Duration::from_secs(2) {
             last_commit = Instant::now();
-            for e in reader
-                .take_commit_results()
-                .into_iter()
-                .filter_map(Result::err)
-            {
-                warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
-            }
+            log_failed_commits(reader.take_commit_results());
             let offsets = durable_offsets(&durable(), &mut committed);
             if offsets.count() > 0 {
-                if let Err(e) = reader.commit(&offsets) {
-                    warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
-                }
+                log_failed_commits(vec![reader.commit(&offsets)]);
             }
             pool.shrink();
             release_c_heap();
         }
     }
-    // The last commit waits for its answer: the consumer closes next.
-    drop(reader);
+    // The last commit gets up to two seconds for its answer (the consumer closes next); a
+    // Kafka that does not answer must not hold up shutdown.
+    log_failed_commits(reader.take_commit_results());
     let offsets = durable_offsets(&durable(), &mut committed);
     if offsets.count() > 0 {
-        if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-            warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
+        let sent = reader.commit(&offsets);
+        let sent_ok = sent.is_ok();
+        log_failed_commits(vec![sent]);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sent_ok && Instant::now() < deadline {
+            let answers = reader.take_commit_results();
+            if !answers.is_empty() {
+                log_failed_commits(answers);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Warns of the failed ones among commit results.
+fn log_failed_commits(results: Vec<Result<(), rdkafka::error::KafkaError>>) {
+    for e in results.into_iter().filter_map(Result::err) {
+        warn!(error = %e, "committing offsets to kafka failed (lag tools only)");
     }
 }
 
