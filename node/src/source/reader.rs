@@ -9,7 +9,10 @@
 //! Offset commits must not answer on the consumer queue: librdkafka's batch call aborts
 //! the process on an offset-commit reply it finds there (it has no callback to serve it
 //! with). So commits answer on a queue of their own, [`Reader::commit`], drained by
-//! [`Reader::take_commit_results`].
+//! [`Reader::take_commit_results`]. Likewise librdkafka's log lines: rdkafka routes them
+//! to the consumer queue, where the batch call would print them to stderr in librdkafka's
+//! own format; the reader moves them to a queue of their own and hands each to the
+//! consumer's context, so they reach the node's log as before.
 //!
 //! Not for: deciding what to read (the poll loop assigns partitions) or routing records.
 
@@ -17,6 +20,8 @@ use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rd;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
@@ -38,6 +43,8 @@ pub struct Reader {
     queue: *mut rd::rd_kafka_queue_t,
     /// Where offset-commit results arrive.
     commits: *mut rd::rd_kafka_queue_t,
+    /// Where librdkafka's log lines arrive.
+    logs: *mut rd::rd_kafka_queue_t,
     /// Records of the last read, destroyed at the next read or on drop.
     read: Vec<*mut rd::rd_kafka_message_t>,
 }
@@ -51,9 +58,10 @@ impl Reader {
         let rk = consumer.client().native_ptr();
         // SAFETY: `rk` is a live consumer handle; both calls return a new queue reference
         // (or null), released in `drop`.
-        let (queue, commits) = unsafe {
+        let (queue, commits, logs) = unsafe {
             (
                 rd::rd_kafka_queue_get_consumer(rk),
+                rd::rd_kafka_queue_new(rk),
                 rd::rd_kafka_queue_new(rk),
             )
         };
@@ -61,11 +69,19 @@ impl Reader {
             consumer,
             queue,
             commits,
+            logs,
             read: Vec::with_capacity(max_batch),
         };
         anyhow::ensure!(
-            !queue.is_null() && !commits.is_null(),
+            !queue.is_null() && !commits.is_null() && !logs.is_null(),
             "kafka consumer has no consumer queue (is group.id set?)"
+        );
+        // SAFETY: live handles; librdkafka keeps its own reference to the queue.
+        let err = unsafe { rd::rd_kafka_set_log_queue(rk, logs) };
+        anyhow::ensure!(
+            err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "kafka consumer logs cannot be redirected: {}",
+            RDKafkaErrorCode::from(err)
         );
         Ok(reader)
     }
@@ -80,6 +96,7 @@ impl Reader {
         mut each: impl FnMut(Result<Record<'_>, KafkaError>),
     ) -> (usize, Duration) {
         self.release();
+        self.forward_logs();
         let cap = self.read.capacity();
         let wait_ms = wait.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: the buffer has room for `cap` pointers; librdkafka writes the count it
@@ -164,6 +181,30 @@ impl Reader {
         }
     }
 
+    /// Hands librdkafka's queued log lines to the consumer's context (which writes them to
+    /// the node's log, as rdkafka's own poll would have).
+    fn forward_logs(&self) {
+        loop {
+            // SAFETY: a live queue; each event returned is ours to destroy, and its strings
+            // live until then.
+            unsafe {
+                let ev = rd::rd_kafka_queue_poll(self.logs, 0);
+                if ev.is_null() {
+                    return;
+                }
+                let (mut fac, mut line, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                if rd::rd_kafka_event_log(ev, &mut fac, &mut line, &mut level) == 0 {
+                    let fac = CStr::from_ptr(fac).to_string_lossy();
+                    let line = CStr::from_ptr(line).to_string_lossy();
+                    self.consumer
+                        .context()
+                        .log(log_level(level), fac.trim(), line.trim());
+                }
+                rd::rd_kafka_event_destroy(ev);
+            }
+        }
+    }
+
     /// Destroys the records of the last read.
     fn release(&mut self) {
         for m in self.read.drain(..) {
@@ -173,11 +214,35 @@ impl Reader {
     }
 }
 
+/// rdkafka's name for a syslog level.
+fn log_level(level: i32) -> RDKafkaLogLevel {
+    match level {
+        ..=0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         self.release();
-        // SAFETY: the references taken in `new`, released once, before the consumer.
+        self.forward_logs();
+        // SAFETY: the references taken in `new`, released once, before the consumer. Log
+        // lines go back to rdkafka's queue first.
         unsafe {
+            if !self.logs.is_null() {
+                let rk = self.consumer.client().native_ptr();
+                rd::rd_kafka_set_log_queue(rk, std::ptr::null_mut());
+                while let Some(ev) = std::ptr::NonNull::new(rd::rd_kafka_queue_poll(self.logs, 0)) {
+                    rd::rd_kafka_event_destroy(ev.as_ptr());
+                }
+                rd::rd_kafka_queue_destroy(self.logs);
+            }
             if !self.commits.is_null() {
                 while let Some(ev) =
                     std::ptr::NonNull::new(rd::rd_kafka_queue_poll(self.commits, 0))
