@@ -203,7 +203,8 @@ pub struct ShardConfig {
     /// A viewer whose last heartbeat is older than this, in event time, is expired from
     /// its channel (judged against the partition's event-time watermark).
     pub viewer_timeout_secs: u64,
-    /// Most records handed to a shard in one batch.
+    /// Most records read from Kafka at once, and so most records handed to a shard in one
+    /// batch.
     pub max_batch: usize,
     /// Batches in flight between the Kafka poll loop and the shards, per node. When all are
     /// taken the poll loop waits, so a slow shard pushes back on Kafka.
