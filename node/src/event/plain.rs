@@ -1,8 +1,8 @@
 //! A direct decoder for valid events in the plain shape every producer writes: one flat
 //! JSON object with exactly the envelope and the fields of its kind, whose strings have no
 //! escapes and whose numbers are non-negative integers. It builds the same [`Event`] serde
-//! would, in about 40% of the time (`benches/decode.rs`): no per-field visitor calls, no intermediate struct, no
-//! second pass over the bytes to check UTF-8.
+//! would, in about 40% of the time (`benches/decode.rs`): no per-field visitor calls, no
+//! intermediate struct, no second pass over the bytes to check UTF-8.
 //!
 //! Anything else (an escape, a `null`, a float, a negative or overflowing number, an
 //! unknown, missing or repeated field, another version, a syntax error) makes it give up
