@@ -153,15 +153,14 @@ fn build(f: &Fields) -> Option<Event> {
     if f.seen & envelope != envelope || f.numbers[V as usize] != u64::from(EVENT_VERSION) {
         return None;
     }
+    // Kinds whose only field is one id.
+    let one_id = |field: Field, body: fn(super::Id) -> EventBody| {
+        exactly(&[field]).map(|()| body(f.id(field)))
+    };
     let body = match f.str(Kind) {
         "session_start" => exactly(&[]).map(|()| EventBody::SessionStart {})?,
         "session_end" => exactly(&[]).map(|()| EventBody::SessionEnd {})?,
-        "match_start" => {
-            exactly(&[MatchId])?;
-            EventBody::MatchStart {
-                match_id: f.id(MatchId),
-            }
-        }
+        "match_start" => one_id(MatchId, |match_id| EventBody::MatchStart { match_id })?,
         "match_end" => {
             exactly(&[MatchId, Kills, Deaths, SurvivalSecs, Placement])?;
             EventBody::MatchEnd {
@@ -186,12 +185,9 @@ fn build(f: &Fields) -> Option<Event> {
                 level: f.u32(Level)?,
             }
         }
-        "achievement" => {
-            exactly(&[Achievement])?;
-            EventBody::Achievement {
-                achievement: f.id(Achievement),
-            }
-        }
+        "achievement" => one_id(Achievement, |achievement| EventBody::Achievement {
+            achievement,
+        })?,
         "chat_message" => {
             exactly(&[Channel, Text])?;
             EventBody::ChatMessage {
@@ -199,24 +195,9 @@ fn build(f: &Fields) -> Option<Event> {
                 text: f.str(Text).to_string(),
             }
         }
-        "follow" => {
-            exactly(&[Channel])?;
-            EventBody::Follow {
-                channel: f.id(Channel),
-            }
-        }
-        "viewer_join" => {
-            exactly(&[Channel])?;
-            EventBody::ViewerJoin {
-                channel: f.id(Channel),
-            }
-        }
-        "viewer_leave" => {
-            exactly(&[Channel])?;
-            EventBody::ViewerLeave {
-                channel: f.id(Channel),
-            }
-        }
+        "follow" => one_id(Channel, |channel| EventBody::Follow { channel })?,
+        "viewer_join" => one_id(Channel, |channel| EventBody::ViewerJoin { channel })?,
+        "viewer_leave" => one_id(Channel, |channel| EventBody::ViewerLeave { channel })?,
         "viewer_switch" => {
             exactly(&[From, To])?;
             EventBody::ViewerSwitch {
@@ -224,12 +205,7 @@ fn build(f: &Fields) -> Option<Event> {
                 to: f.id(To),
             }
         }
-        "viewer_heartbeat" => {
-            exactly(&[Channel])?;
-            EventBody::ViewerHeartbeat {
-                channel: f.id(Channel),
-            }
-        }
+        "viewer_heartbeat" => one_id(Channel, |channel| EventBody::ViewerHeartbeat { channel })?,
         _ => return None,
     };
     Some(Event {
@@ -242,9 +218,9 @@ fn build(f: &Fields) -> Option<Event> {
 }
 
 /// The bytes of `word` (eight input bytes, little-endian) where a plain string stops: a
-/// quote, a backslash, a control character, DEL or a byte of a multi-byte character. The high
-/// bit of each such byte is set; above the lowest one, others may be set spuriously (a
-/// borrow), so only the lowest is meaningful.
+/// quote, a backslash, a control character, DEL or a byte of a multi-byte character. The
+/// high bit of each such byte is set; above the lowest one, others may be set spuriously
+/// (a borrow), so only the lowest is meaningful.
 fn stops(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -346,11 +322,6 @@ mod tests {
     use super::super::KINDS;
     use super::*;
     use proptest::prelude::*;
-
-    /// What serde's path makes of `bytes`: the event or the rejection.
-    fn by_serde(bytes: &[u8]) -> Result<Event, super::super::Rejection> {
-        Event::parse_with_serde(bytes)
-    }
 
     fn one_of_each_kind() -> Vec<Event> {
         let body = |k: &str| match k {
@@ -579,7 +550,7 @@ mod tests {
         fn agrees_with_serde_wherever_it_decodes(json in fragment()) {
             if let Some((direct, printable)) = decode(json.as_bytes()) {
                 let direct = direct.check(!printable).map(|()| direct);
-                prop_assert_eq!(direct, by_serde(json.as_bytes()), "{}", json);
+                prop_assert_eq!(direct, Event::parse_with_serde(json.as_bytes()), "{}", json);
             }
         }
 
