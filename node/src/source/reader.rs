@@ -165,34 +165,23 @@ impl Reader {
     /// The answers to earlier commits that have arrived, oldest first.
     pub fn take_commit_results(&self) -> Vec<Result<(), KafkaError>> {
         let mut answers = Vec::new();
-        loop {
-            // SAFETY: a live queue; each event returned is ours to destroy.
-            unsafe {
-                let ev = rd::rd_kafka_queue_poll(self.commits, 0);
-                if ev.is_null() {
-                    return answers;
-                }
-                answers.push(match rd::rd_kafka_event_error(ev) {
-                    rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
-                    e => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::from(e))),
-                });
-                rd::rd_kafka_event_destroy(ev);
-            }
-        }
+        drain(self.commits, |ev| {
+            // SAFETY: a live event (see `drain`).
+            answers.push(match unsafe { rd::rd_kafka_event_error(ev) } {
+                rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(()),
+                e => Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::from(e))),
+            })
+        });
+        answers
     }
 
     /// Hands librdkafka's queued log lines to the consumer's context (which writes them to
     /// the node's log, as rdkafka's own poll would have).
     fn forward_logs(&self) {
-        loop {
-            // SAFETY: a live queue; each event returned is ours to destroy, and its strings
-            // live until then.
+        drain(self.logs, |ev| {
+            let (mut fac, mut line, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+            // SAFETY: a live event (see `drain`); its strings live as long as it does.
             unsafe {
-                let ev = rd::rd_kafka_queue_poll(self.logs, 0);
-                if ev.is_null() {
-                    return;
-                }
-                let (mut fac, mut line, mut level) = (std::ptr::null(), std::ptr::null(), 0);
                 if rd::rd_kafka_event_log(ev, &mut fac, &mut line, &mut level) == 0 {
                     let fac = CStr::from_ptr(fac).to_string_lossy();
                     let line = CStr::from_ptr(line).to_string_lossy();
@@ -200,9 +189,8 @@ impl Reader {
                         .context()
                         .log(log_level(level), fac.trim(), line.trim());
                 }
-                rd::rd_kafka_event_destroy(ev);
             }
-        }
+        });
     }
 
     /// Destroys the records of the last read.
@@ -228,31 +216,42 @@ fn log_level(level: i32) -> RDKafkaLogLevel {
     }
 }
 
+/// Hands each event waiting on `queue` (if there is a queue) to `each`, then destroys it.
+fn drain(queue: *mut rd::rd_kafka_queue_t, mut each: impl FnMut(*mut rd::rd_kafka_event_t)) {
+    if queue.is_null() {
+        return;
+    }
+    // SAFETY: a queue reference the reader holds; each event polled is ours to destroy,
+    // and `each` sees it only before that.
+    unsafe {
+        while let Some(ev) = std::ptr::NonNull::new(rd::rd_kafka_queue_poll(queue, 0)) {
+            each(ev.as_ptr());
+            rd::rd_kafka_event_destroy(ev.as_ptr());
+        }
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         self.release();
+        // Log lines go back to rdkafka's queue; those already here are still written.
+        if !self.logs.is_null() {
+            // SAFETY: a live consumer handle.
+            unsafe {
+                rd::rd_kafka_set_log_queue(
+                    self.consumer.client().native_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
         self.forward_logs();
-        // SAFETY: the references taken in `new`, released once, before the consumer. Log
-        // lines go back to rdkafka's queue first.
+        drain(self.commits, |_| {});
+        // SAFETY: the references taken in `new`, each released once, before the consumer.
         unsafe {
-            if !self.logs.is_null() {
-                let rk = self.consumer.client().native_ptr();
-                rd::rd_kafka_set_log_queue(rk, std::ptr::null_mut());
-                while let Some(ev) = std::ptr::NonNull::new(rd::rd_kafka_queue_poll(self.logs, 0)) {
-                    rd::rd_kafka_event_destroy(ev.as_ptr());
+            for queue in [self.logs, self.commits, self.queue] {
+                if !queue.is_null() {
+                    rd::rd_kafka_queue_destroy(queue);
                 }
-                rd::rd_kafka_queue_destroy(self.logs);
-            }
-            if !self.commits.is_null() {
-                while let Some(ev) =
-                    std::ptr::NonNull::new(rd::rd_kafka_queue_poll(self.commits, 0))
-                {
-                    rd::rd_kafka_event_destroy(ev.as_ptr());
-                }
-                rd::rd_kafka_queue_destroy(self.commits);
-            }
-            if !self.queue.is_null() {
-                rd::rd_kafka_queue_destroy(self.queue);
             }
         }
     }
