@@ -17,11 +17,12 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::cluster::routing::{self, RouteError};
 use crate::event::{Event, Rejection, MAX_ID_LEN};
 use crate::ingest::{dead_letter, records_for, IngestError};
-use crate::node::NodeState;
-use crate::routing::{self, RouteError};
-use crate::shard::{ShardKind, TopBy};
+use crate::kind::ShardKind;
+use crate::shard::TopBy;
+use crate::state::{Core, NodeState};
 
 /// Every way a request can fail, and its status.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +109,7 @@ async fn metrics(state: Data) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-fn core(state: &NodeState) -> Result<&crate::node::Core, ApiError> {
+fn core(state: &NodeState) -> Result<&Core, ApiError> {
     state.core.get().ok_or_else(|| {
         ApiError::Unavailable(format!(
             "node is not ready yet: {}",
@@ -368,14 +369,7 @@ async fn cluster(state: Data, query: web::Query<ClusterQuery>) -> Result<HttpRes
     let mut partitions = serde_json::Map::new();
     for m in &members {
         for (kind, p) in &m.owned {
-            let key = format!(
-                "{}/{p}",
-                if *kind == ShardKind::Players {
-                    "players"
-                } else {
-                    "channels"
-                }
-            );
+            let key = format!("{}/{p}", kind.label());
             partitions.insert(key, json!(m.node_id));
         }
     }

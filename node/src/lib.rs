@@ -11,34 +11,56 @@
 //! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters.
 //! - [`partitioner`]: Kafka's murmur2 key-to-partition function, shared by everyone.
 //! - [`source`]: the blocking Kafka consumer's poll loop, feeding shards with backpressure.
-//! - [`shard`]: one ractor actor per partition; activation, passivation, queries.
+//! - [`shard`]: one ractor actor per partition, generic over the hosted kind of entity:
+//!   record batches, activation and apply, checkpointing and passivation, queries.
 //! - [`entity`]: players and channels as pure state machines.
-//! - [`checkpoint`]: what a checkpoint writes, in which order.
-//! - [`channel_log`]: channel state stored as a base and deltas.
-//! - [`storage`], [`schema`]: Cassandra statements and versioned migrations.
-//! - [`membership`], [`ownership`], [`routing`]: gossip, who owns which partition, and
-//!   answering any query on any node (forwarding to the owner, or stale from Cassandra).
-//! - [`node`]: start-up, dependency monitoring and the designed shutdown.
-//! - [`config`], [`metrics`]: typed configuration; every metric in one place.
+//! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
+//!   order.
+//! - [`cluster`]: gossip membership, partition ownership, and routing any query anywhere.
+//! - [`node`]: start-up order, the readiness monitor, Kafka administration, shutdown.
+//! - [`state`]: the state the API, the controller and the background tasks share.
+//! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
+//! - [`config`], [`metrics`], [`retry`]: typed configuration; every metric in one place;
+//!   the one backoff policy.
+//!
+//! # Policies
+//!
+//! **Errors.** Typed errors (`thiserror`) where a caller branches on the kind of failure:
+//! [`shard::QueryError`], [`shard::CheckpointError`], [`ingest::IngestError`],
+//! [`cluster::routing::RouteError`], and [`api::ApiError`], the one mapping from error to
+//! HTTP status. Everywhere else `anyhow` with `.context("verb object")`. An error is logged
+//! where it is handled, not where it is passed up. Input from the network or disk is never
+//! unwrapped; `expect` is kept for invariants of our own (a poisoned lock, a dirty key that
+//! must be resident) and says which.
+//!
+//! **Retries.** Every wait for a dependency goes through [`retry::Backoff`] (capped
+//! exponential) or [`retry::until_ok`], which also stops when the node shuts down.
+//!
+//! **Shutdown.** One cancellation tree: [`state::NodeState::shutdown`] is cancelled once;
+//! start-up, the readiness monitor and the ownership controller hold children of it. The
+//! order of what follows (HTTP, shards, the Kafka source, gossip) is in [`node`]. A piece
+//! that cannot start at all makes [`run`] return an error, and the binary exit non-zero.
+//!
+//! **Log volume.** A line per record or per rejected event would flood the log under bad
+//! input: such warnings are rate-limited ([`log_limit`]), while their counters in
+//! [`metrics`] stay exact.
 
 pub mod api;
-pub mod channel_log;
-pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod entity;
 pub mod event;
 pub mod ingest;
-pub mod membership;
+pub mod kind;
+pub mod log_limit;
 pub mod metrics;
 pub mod node;
-pub mod ownership;
 pub mod partitioner;
-pub mod resident;
-pub mod routing;
-pub mod schema;
+pub mod retry;
 pub mod shard;
 pub mod source;
-pub mod storage;
+pub mod state;
+pub mod store;
 
 pub use config::Config;
 pub use node::run;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::shard::ShardKind;
+use crate::kind::ShardKind;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -28,14 +28,7 @@ pub struct Metrics {
     ingest_rejected: AtomicU64,
     ingest_transactions: AtomicU64,
     /// Durable resume offset per (kind, partition).
-    durable: Mutex<BTreeMap<(&'static str, i32), i64>>,
-}
-
-fn kind_label(kind: ShardKind) -> &'static str {
-    match kind {
-        ShardKind::Players => "players",
-        ShardKind::Channels => "channels",
-    }
+    durable: Mutex<BTreeMap<(ShardKind, i32), i64>>,
 }
 
 impl Metrics {
@@ -81,7 +74,7 @@ impl Metrics {
         self.durable
             .lock()
             .expect("metrics lock")
-            .insert((kind_label(kind), partition), offset);
+            .insert((kind, partition), offset);
     }
 
     /// Forgets a shard that moved away from this node.
@@ -89,11 +82,11 @@ impl Metrics {
         self.durable
             .lock()
             .expect("metrics lock")
-            .remove(&(kind_label(kind), partition));
+            .remove(&(kind, partition));
     }
 
-    /// Durable resume offsets as (kind label, partition, offset).
-    pub fn durable_offsets(&self) -> Vec<(&'static str, i32, i64)> {
+    /// Durable resume offsets as (kind, partition, offset).
+    pub fn durable_offsets(&self) -> Vec<(ShardKind, i32, i64)> {
         self.durable
             .lock()
             .expect("metrics lock")
@@ -205,7 +198,8 @@ impl Metrics {
         out.push_str("# HELP tally_durable_offset Resume offset durable in Cassandra per shard.\n# TYPE tally_durable_offset gauge\n");
         for ((kind, p), off) in self.durable.lock().expect("metrics lock").iter() {
             out.push_str(&format!(
-                "tally_durable_offset{{kind=\"{kind}\",partition=\"{p}\"}} {off}\n"
+                "tally_durable_offset{{kind=\"{}\",partition=\"{p}\"}} {off}\n",
+                kind.label()
             ));
         }
         out

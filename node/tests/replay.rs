@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use common::model::{generate, Model, StreamSpec};
 use common::TestEnv;
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use tally_node::config::{CassandraConfig, ShardConfig};
 use tally_node::event::Event;
+use tally_node::kind::ShardKind;
 use tally_node::metrics::Metrics;
 use tally_node::partitioner::partition_for;
-use tally_node::shard::{Record, Shard, ShardArgs, ShardKind, ShardMsg};
-use tally_node::storage::{self, player_bucket, EntityRow, Progress, Store};
+use tally_node::shard::{self, Record, ShardArgs, ShardMsg};
+use tally_node::store::{self, player_bucket, EntityRow, Progress, Store};
 use tokio::sync::Semaphore;
 
 async fn store(env: &TestEnv) -> Arc<Store> {
@@ -23,10 +24,10 @@ async fn store(env: &TestEnv) -> Arc<Store> {
         keyspace: env.keyspace.clone(),
         ..Default::default()
     };
-    let session = storage::connect(&cfg, Some(Duration::from_secs(30)))
+    let session = store::connect(&cfg, Duration::from_secs(30)).await.unwrap();
+    tally_node::store::schema::migrate(&session, &cfg)
         .await
         .unwrap();
-    tally_node::schema::migrate(&session, &cfg).await.unwrap();
     Arc::new(Store::prepare(session, &cfg.keyspace).await.unwrap())
 }
 
@@ -52,7 +53,7 @@ async fn start_shard_of(
         progress,
         metrics: Arc::new(Metrics::default()),
     };
-    Actor::spawn(None, Shard, args).await.unwrap().0
+    shard::spawn(args).await.unwrap()
 }
 
 /// The player-topic records of `events` that land in partition 0 of 1, offsets from 0.
@@ -96,7 +97,7 @@ fn channel_records(events: &[Event]) -> Vec<(Record, i64)> {
 async fn channel_diffs(shard: &ActorRef<ShardMsg>, model: &Model) -> Vec<String> {
     let mut diffs = Vec::new();
     for id in model.channels.keys() {
-        let (view, _) = ractor::call_t!(shard, ShardMsg::Channel, 10_000, id.to_string())
+        let (view, _) = ractor::call_t!(shard, ShardMsg::Query, 10_000, id.to_string())
             .unwrap()
             .unwrap()
             .unwrap_or_else(|| panic!("channel {id} missing"));
@@ -106,7 +107,7 @@ async fn channel_diffs(shard: &ActorRef<ShardMsg>, model: &Model) -> Vec<String>
 }
 
 async fn player_json(shard: &ActorRef<ShardMsg>, id: &str) -> serde_json::Value {
-    let (view, _) = ractor::call_t!(shard, ShardMsg::Player, 10_000, id.to_string())
+    let (view, _) = ractor::call_t!(shard, ShardMsg::Query, 10_000, id.to_string())
         .unwrap()
         .unwrap()
         .unwrap_or_else(|| panic!("player {id} missing"));
@@ -207,9 +208,9 @@ async fn channels_reload_from_base_and_deltas_and_replay_exactly() {
 /// stored channel is always one writer's complete chain, the one of the highest offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_channel_writer_never_mixes_into_the_log() {
-    use tally_node::channel_log::{self, LogState};
     use tally_node::entity::Channel;
     use tally_node::event::EventBody;
+    use tally_node::store::channel_log::{self, LogState};
     let env = TestEnv::new("chanzombie", 1);
     let store = store(&env).await;
     let write = |w: channel_log::ChannelWrite| {
@@ -362,13 +363,15 @@ async fn migrations_are_idempotent_and_recorded() {
         keyspace: env.keyspace.clone(),
         ..Default::default()
     };
-    let session = storage::connect(&cfg, Some(Duration::from_secs(30)))
+    let session = store::connect(&cfg, Duration::from_secs(30)).await.unwrap();
+    let first = tally_node::store::schema::migrate(&session, &cfg)
         .await
         .unwrap();
-    let first = tally_node::schema::migrate(&session, &cfg).await.unwrap();
-    assert_eq!(first, tally_node::schema::MIGRATIONS.len());
+    assert_eq!(first, tally_node::store::schema::MIGRATIONS.len());
     assert_eq!(
-        tally_node::schema::migrate(&session, &cfg).await.unwrap(),
+        tally_node::store::schema::migrate(&session, &cfg)
+            .await
+            .unwrap(),
         0,
         "second run applied again"
     );
@@ -389,7 +392,7 @@ async fn migrations_are_idempotent_and_recorded() {
     versions.sort();
     assert_eq!(
         versions,
-        (1..=tally_node::schema::MIGRATIONS.len() as i32).collect::<Vec<_>>()
+        (1..=tally_node::store::schema::MIGRATIONS.len() as i32).collect::<Vec<_>>()
     );
 }
 
@@ -456,7 +459,7 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
     for (i, rec) in records(&events).into_iter().enumerate() {
         if i % 100 == 50 {
             let (key, payload) = bad[i / 100].clone();
-            recs.push(tally_node::shard::Record {
+            recs.push(shard::Record {
                 offset: 0,
                 key,
                 payload,
@@ -478,7 +481,7 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
         progress: None,
         metrics: metrics.clone(),
     };
-    let shard = Actor::spawn(None, Shard, args).await.unwrap().0;
+    let shard = shard::spawn(args).await.unwrap();
     feed(&shard, &recs).await;
     let p = ractor::call_t!(shard, ShardMsg::Flush, 30_000)
         .unwrap()

@@ -14,32 +14,16 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use ractor::Actor;
-use serde::Serialize;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::membership::{rendezvous_owner, Member, ShardId};
-use crate::node::{Core, NodeState};
-use crate::shard::{Shard, ShardArgs, ShardKind, ShardMsg};
+use crate::cluster::membership::{rendezvous_owner, Member};
+use crate::kind::{ChangeKind, ShardId, ShardKind};
+use crate::shard::{self, ShardArgs, ShardMsg};
 use crate::source::Assignment;
-
-/// One entry of the recent ownership history shown by `/v1/cluster`.
-#[derive(Debug, Clone, Serialize)]
-pub struct OwnershipChange {
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    pub kind: ShardKind,
-    pub partition: i32,
-    /// `acquired` or `released`.
-    pub change: &'static str,
-    /// Offset the shard started from, or the durable offset it released at.
-    pub offset: i64,
-    /// For acquisitions after a handover timeout or a failure: who advertised it before.
-    pub note: String,
-}
+use crate::state::{Core, NodeState, OwnershipChange};
 
 /// The shards `node` should own given the live `members`.
 pub fn desired(members: &[Member], node: &str, partitions: (i32, i32)) -> BTreeSet<ShardId> {
@@ -57,27 +41,22 @@ pub fn desired(members: &[Member], node: &str, partitions: (i32, i32)) -> BTreeS
         .collect()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Keeps the local shards equal to the desired ones until `stop` turns true.
-pub async fn run_controller(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+/// Keeps the local shards equal to the desired ones until `stop` is cancelled.
+pub async fn run_controller(state: Arc<NodeState>, stop: CancellationToken) {
     let core = state.core.get().expect("controller starts after core");
     let mut members_changed = core.membership.watch();
     if !state.cfg.cluster.seeds.is_empty() {
         // Let gossip find the peers first, so a starting node does not grab every
         // partition only to hand most of them back a moment later.
-        tokio::time::sleep(Duration::from_millis(
-            state.cfg.cluster.gossip_interval_ms * 15,
-        ))
-        .await;
+        let settle = Duration::from_millis(state.cfg.cluster.gossip_interval_ms * 15);
+        tokio::select! {
+            _ = tokio::time::sleep(settle) => {}
+            _ = stop.cancelled() => return,
+        }
     }
     let mut wanted_since: HashMap<ShardId, Instant> = HashMap::new();
     loop {
-        if *stop.borrow() {
+        if stop.is_cancelled() {
             return;
         }
         reconcile(&state, core, &mut wanted_since).await;
@@ -85,7 +64,7 @@ pub async fn run_controller(state: Arc<NodeState>, mut stop: watch::Receiver<boo
         tokio::select! {
             _ = members_changed.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -150,8 +129,8 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         progress,
         metrics: state.metrics.clone(),
     };
-    let actor = match Actor::spawn(None, Shard, args).await {
-        Ok((a, _)) => a,
+    let actor = match shard::spawn(args).await {
+        Ok(a) => a,
         Err(e) => {
             error!(%topic, partition, error = %e, "shard failed to start; will retry");
             return false;
@@ -168,14 +147,12 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         error!(%topic, partition, error = %format!("{e:#}"), "assigning partition failed");
     }
     info!(%topic, partition, start_offset, "acquired partition");
-    state.record_change(OwnershipChange {
-        at_ms: now_ms(),
-        kind,
-        partition,
-        change: "acquired",
-        offset: start_offset,
+    state.record_change(OwnershipChange::now(
+        shard,
+        ChangeKind::Acquired,
+        start_offset,
         note,
-    });
+    ));
     true
 }
 
@@ -203,27 +180,26 @@ pub async fn release(state: &NodeState, core: &Core, shard: ShardId, why: &str) 
     actor.stop(None);
     state.metrics.clear_durable(kind, partition);
     info!(%topic, partition, durable_offset = offset, why, "released partition");
-    state.record_change(OwnershipChange {
-        at_ms: now_ms(),
-        kind,
-        partition,
-        change: "released",
+    state.record_change(OwnershipChange::now(
+        shard,
+        ChangeKind::Released,
         offset,
-        note: why.to_string(),
-    });
+        why.to_string(),
+    ));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kind::MemberStatus;
 
-    fn member(id: &str, status: &str) -> Member {
+    fn member(id: &str, status: MemberStatus) -> Member {
         Member {
             node_id: id.into(),
             generation: 1,
             gossip_addr: String::new(),
             api_addr: None,
-            status: status.into(),
+            status,
             owned: BTreeSet::new(),
         }
     }
@@ -231,9 +207,9 @@ mod tests {
     #[test]
     fn every_partition_has_exactly_one_desired_owner() {
         let members = vec![
-            member("a", "serving"),
-            member("b", "serving"),
-            member("c", "serving"),
+            member("a", MemberStatus::Serving),
+            member("b", MemberStatus::Serving),
+            member("c", MemberStatus::Serving),
         ];
         let sets: Vec<BTreeSet<ShardId>> = ["a", "b", "c"]
             .iter()
@@ -250,7 +226,10 @@ mod tests {
 
     #[test]
     fn a_leaving_node_is_not_a_candidate() {
-        let members = vec![member("a", "serving"), member("b", "leaving")];
+        let members = vec![
+            member("a", MemberStatus::Serving),
+            member("b", MemberStatus::Leaving),
+        ];
         assert!(desired(&members, "b", (8, 8)).is_empty());
         assert_eq!(desired(&members, "a", (8, 8)).len(), 16);
     }

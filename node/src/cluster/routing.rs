@@ -12,12 +12,13 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use tracing::warn;
 
-use crate::channel_log;
+use crate::cluster::membership::{rendezvous_owner, Member};
 use crate::entity::{self, Player};
-use crate::membership::{rendezvous_owner, Member, ShardId};
-use crate::node::{Core, NodeState};
+use crate::kind::{ShardId, ShardKind};
 use crate::partitioner::partition_for;
-use crate::shard::{sort_top, ShardKind, ShardMsg, TopBy, TopEntry};
+use crate::shard::{sort_top, ShardMsg, TopBy, TopEntry};
+use crate::state::{Core, NodeState};
+use crate::store::channel_log;
 
 /// Header marking a request forwarded by another node.
 pub const FORWARDED: &str = "x-tally-forwarded";
@@ -97,10 +98,7 @@ pub async fn lookup(
     if let Some(actor) = core.shard(shard) {
         return ask_local(state, &actor, kind, id).await;
     }
-    let path = match kind {
-        ShardKind::Players => format!("/v1/players/{id}"),
-        ShardKind::Channels => format!("/v1/channels/{id}"),
-    };
+    let path = format!("{}/{id}", kind.api_path());
     if !forwarded {
         if let Some(addr) = owner_api(core, shard) {
             match get_remote(state, &addr, &path).await {
@@ -121,39 +119,18 @@ async fn ask_local(
     kind: ShardKind,
     id: &str,
 ) -> Result<Answer, RouteError> {
-    let unavailable = |e: String| RouteError::Unavailable(format!("{} {id}: {e}", kind_name(kind)));
-    let (key, answer) = match kind {
-        ShardKind::Players => {
-            let a = ractor::call_t!(actor, ShardMsg::Player, 10_000, id.to_string())
-                .map_err(|e| unavailable(format!("shard did not answer: {e}")))?
-                .map_err(unavailable)?;
-            ("player", a.map(|(v, f)| (serde_json::to_value(v), f)))
-        }
-        ShardKind::Channels => {
-            let a = ractor::call_t!(actor, ShardMsg::Channel, 10_000, id.to_string())
-                .map_err(|e| unavailable(format!("shard did not answer: {e}")))?
-                .map_err(unavailable)?;
-            ("channel", a.map(|(v, f)| (serde_json::to_value(v), f)))
-        }
-    };
+    let name = kind.entity_name();
+    let unavailable = |e: String| RouteError::Unavailable(format!("{name} {id}: {e}"));
+    let answer = ractor::call_t!(actor, ShardMsg::Query, 10_000, id.to_string())
+        .map_err(|e| unavailable(format!("shard did not answer: {e}")))?
+        .map_err(|e| unavailable(e.to_string()))?;
     let Some((view, freshness)) = answer else {
-        return Err(RouteError::NotFound(format!(
-            "{} {id}: no events seen",
-            kind_name(kind)
-        )));
+        return Err(RouteError::NotFound(format!("{name} {id}: no events seen")));
     };
-    let view = view.map_err(|e| unavailable(e.to_string()))?;
     Ok((
         200,
-        json!({ key: view, "freshness": freshness, "stale": false, "served_by": state.cfg.node.id }),
+        json!({ name: view, "freshness": freshness, "stale": false, "served_by": state.cfg.node.id }),
     ))
-}
-
-fn kind_name(kind: ShardKind) -> &'static str {
-    match kind {
-        ShardKind::Players => "player",
-        ShardKind::Channels => "channel",
-    }
 }
 
 /// The last checkpointed state, marked stale: used while the owner is unknown or down.
@@ -167,7 +144,7 @@ async fn from_storage(
     let unavailable = |e: anyhow::Error| {
         RouteError::Unavailable(format!(
             "{} {id}: owner unavailable and cassandra failed: {e:#}",
-            kind_name(kind)
+            kind.entity_name()
         ))
     };
     let (key, view, offset) = match kind {
@@ -276,12 +253,7 @@ pub async fn cluster_top(
         }
         stale = true;
         match core.store.channel_summaries(p).await {
-            Ok(summaries) => all.extend(summaries.into_iter().map(|s| TopEntry {
-                id: s.id,
-                concurrent: s.concurrent.max(0) as u32,
-                peak: s.peak.max(0) as u32,
-                follows: s.follows.max(0) as u64,
-            })),
+            Ok(summaries) => all.extend(summaries.iter().map(TopEntry::from_summary)),
             Err(e) => {
                 warn!(partition = p, error = %format!("{e:#}"), "top-N: cannot read stored summaries")
             }

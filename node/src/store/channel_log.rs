@@ -27,7 +27,7 @@ use anyhow::{bail, ensure, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::entity::{self, Channel, ChannelDelta};
-use crate::storage::{LogRow, Store};
+use crate::store::{LogRow, Store};
 
 /// Size of one base chunk: well below Cassandra's mutation size limit.
 const CHUNK_BYTES: usize = 256 * 1024;

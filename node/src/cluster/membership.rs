@@ -10,20 +10,17 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig};
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::ClusterConfig;
-use crate::shard::ShardKind;
+use crate::kind::{MemberStatus, ShardId, ShardKind};
 
 const KEY_API: &str = "api";
 const KEY_STATUS: &str = "status";
 const KEY_OWNED: &str = "owned";
-
-/// A shard's identity in the cluster.
-pub type ShardId = (ShardKind, i32);
 
 /// A live member as gossip describes it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -33,7 +30,7 @@ pub struct Member {
     pub gossip_addr: String,
     pub api_addr: Option<String>,
     /// `serving`, or `leaving` during a graceful shutdown.
-    pub status: String,
+    pub status: MemberStatus,
     /// Partitions the member currently runs shards for.
     #[serde(serialize_with = "serialize_owned")]
     pub owned: BTreeSet<ShardId>,
@@ -56,20 +53,19 @@ pub fn encode_owned(owned: &BTreeSet<ShardId>) -> String {
             .collect::<Vec<_>>()
             .join(",")
     };
-    format!(
-        "p:{} c:{}",
-        list(ShardKind::Players),
-        list(ShardKind::Channels)
-    )
+    ShardKind::ALL
+        .map(|kind| format!("{}:{}", kind.tag(), list(kind)))
+        .join(" ")
 }
 
 pub fn decode_owned(s: &str) -> BTreeSet<ShardId> {
     let mut out = BTreeSet::new();
     for part in s.split_whitespace() {
-        let (kind, list) = match part.split_once(':') {
-            Some(("p", l)) => (ShardKind::Players, l),
-            Some(("c", l)) => (ShardKind::Channels, l),
-            _ => continue,
+        let Some((kind, list)) = part
+            .split_once(':')
+            .and_then(|(tag, list)| Some((ShardKind::from_tag(tag)?, list)))
+        else {
+            continue;
         };
         out.extend(
             list.split(',')
@@ -82,7 +78,7 @@ pub fn decode_owned(s: &str) -> BTreeSet<ShardId> {
 
 impl Member {
     pub fn is_serving(&self) -> bool {
-        self.status == "serving"
+        self.status == MemberStatus::Serving
     }
 }
 
@@ -94,11 +90,23 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// Starts gossiping; `api_addr` is the API address peers should use.
+    /// Starts gossiping over UDP on `cluster.gossip_addr`, as a node does.
+    pub async fn start_udp(
+        cfg: &ClusterConfig,
+        node_id: &str,
+        api_addr: &str,
+    ) -> anyhow::Result<Membership> {
+        Membership::start(cfg, node_id, api_addr, UdpTransport).await
+    }
+
+    /// Starts gossiping over `transport`; `api_addr` is the API address peers should use.
+    /// Tests hand in chitchat's `ChannelTransport`, so a whole cluster gossips in one
+    /// process and links can be cut.
     pub async fn start(
         cfg: &ClusterConfig,
         node_id: &str,
         api_addr: &str,
+        transport: impl Transport + 'static,
     ) -> anyhow::Result<Membership> {
         let generation = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
         let advertised = match &cfg.advertise_gossip_addr {
@@ -134,7 +142,10 @@ impl Membership {
         };
         let initial = vec![
             (KEY_API.to_string(), api_addr.to_string()),
-            (KEY_STATUS.to_string(), "serving".to_string()),
+            (
+                KEY_STATUS.to_string(),
+                MemberStatus::Serving.as_str().to_string(),
+            ),
             (KEY_OWNED.to_string(), encode_owned(&BTreeSet::new())),
         ];
         // Gossip gets a runtime of its own: heartbeats must keep flowing while the shards
@@ -154,11 +165,16 @@ impl Membership {
                     }
                 };
                 rt.block_on(async move {
-                    let started = spawn_chitchat(config, initial, &UdpTransport).await;
-                    let failed = started.is_err();
-                    let _ = tx.send(started);
-                    if !failed {
-                        std::future::pending::<()>().await;
+                    match spawn_chitchat(config, initial, &transport).await {
+                        Ok(handle) => {
+                            // The runtime lives as long as the gossip server does.
+                            let terminated = handle.termination_watcher();
+                            let _ = tx.send(Ok(handle));
+                            let _ = terminated.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
                     }
                 });
             })
@@ -189,7 +205,9 @@ impl Membership {
                 generation: id.generation_id,
                 gossip_addr: id.gossip_advertise_addr.to_string(),
                 api_addr: state.get(KEY_API).map(str::to_string),
-                status: state.get(KEY_STATUS).unwrap_or("serving").to_string(),
+                status: state
+                    .get(KEY_STATUS)
+                    .map_or(MemberStatus::Serving, MemberStatus::parse),
                 owned: state.get(KEY_OWNED).map(decode_owned).unwrap_or_default(),
             })
             .collect()
@@ -209,14 +227,18 @@ impl Membership {
             .await;
     }
 
-    pub async fn set_status(&self, status: &str) {
+    pub async fn set_status(&self, status: MemberStatus) {
         self.handle
-            .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, status))
+            .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, status.as_str()))
             .await;
     }
 
-    pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+    /// Stops gossiping: the server ends, and with it the gossip thread. Peers then see
+    /// this node's heartbeat stop.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.handle.initiate_shutdown() {
+            tracing::debug!(error = %e, "gossip already stopped");
+        }
     }
 }
 
@@ -225,10 +247,7 @@ pub fn rendezvous_owner<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
     shard: ShardId,
 ) -> Option<&'a str> {
-    let kind = match shard.0 {
-        ShardKind::Players => 'p',
-        ShardKind::Channels => 'c',
-    };
+    let kind = shard.0.tag();
     candidates
         .into_iter()
         .map(|node| {

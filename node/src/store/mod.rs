@@ -1,8 +1,19 @@
-//! Cassandra / ScyllaDB access: connecting with retry, and the few statements Tally runs.
+//! Cassandra / ScyllaDB: the statements Tally runs, the migrations that create the tables,
+//! and the two write paths that make checkpoints exactly once.
 //!
-//! Entity and progress rows are written `USING TIMESTAMP` derived from the Kafka offset
-//! they reflect ([`write_timestamp`]), so Cassandra's last-write-wins keeps the newest
-//! state whoever writes last. Not for: deciding what to write or when (see `checkpoint`).
+//! - this module: connecting with retry, and every statement ([`Store`]). Entity and
+//!   progress rows are written `USING TIMESTAMP` derived from the Kafka offset they reflect
+//!   ([`write_timestamp`]), so Cassandra's last-write-wins keeps the newest state whoever
+//!   writes last.
+//! - [`schema`]: versioned migrations from `cassandra-schema/`, applied at start.
+//! - [`channel_log`]: channel state stored as a base and deltas.
+//! - [`checkpoint`]: what one checkpoint writes, and in which order.
+//!
+//! Not for: deciding when to checkpoint (the shard's tick does that).
+
+pub mod channel_log;
+pub mod checkpoint;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +24,13 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::retry::Backoff;
 
 use crate::config::CassandraConfig;
 
-/// The write timestamp of a row reflecting everything up to `offset` (inclusive).
-/// Offsets start at 0 and Cassandra timestamps must be positive, hence the +1.
 /// Buckets of the `player_state` table. Part of the stored format: changing it orphans rows.
 pub const PLAYER_BUCKETS: i32 = 512;
 
@@ -28,38 +40,46 @@ pub fn player_bucket(id: &str) -> i32 {
     (crate::partitioner::murmur2(id.as_bytes()) & 0x7fff_ffff) % PLAYER_BUCKETS
 }
 
+/// The write timestamp of a row reflecting everything up to `offset` (inclusive).
+/// Offsets start at 0 and Cassandra timestamps must be positive, hence the +1.
 pub fn write_timestamp(offset: i64) -> i64 {
     offset + 1
 }
 
-/// Opens a session, retrying with capped exponential backoff until it succeeds or
-/// `give_up` is reached. Each failure is logged with the contact points.
-pub async fn connect(
-    cfg: &CassandraConfig,
-    give_up: Option<Duration>,
-) -> anyhow::Result<Arc<Session>> {
+async fn open_session(cfg: &CassandraConfig) -> anyhow::Result<Arc<Session>> {
+    let session = SessionBuilder::new()
+        .known_nodes(&cfg.contact_points)
+        .connection_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .with_context(|| format!("connect to cassandra at {}", cfg.contact_points.join(",")))?;
+    Ok(Arc::new(session))
+}
+
+/// Opens a session, retrying with the crate's backoff until it succeeds or `give_up` has
+/// passed (tests and tools, which must not wait forever).
+pub async fn connect(cfg: &CassandraConfig, give_up: Duration) -> anyhow::Result<Arc<Session>> {
     let started = std::time::Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::dependency();
     loop {
-        let attempt = SessionBuilder::new()
-            .known_nodes(&cfg.contact_points)
-            .connection_timeout(Duration::from_secs(3))
-            .build()
-            .await;
-        match attempt {
-            Ok(session) => return Ok(Arc::new(session)),
+        match open_session(cfg).await {
+            Ok(session) => return Ok(session),
+            Err(e) if started.elapsed() >= give_up => return Err(e),
             Err(e) => {
-                if give_up.is_some_and(|g| started.elapsed() >= g) {
-                    return Err(e).with_context(|| {
-                        format!("connect to cassandra at {}", cfg.contact_points.join(","))
-                    });
-                }
-                warn!(contact_points = %cfg.contact_points.join(","), error = %e, retry_in_ms = delay.as_millis() as u64, "cassandra unreachable");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                warn!(error = %format!("{e:#}"), "cassandra unreachable; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
+}
+
+/// Opens a session, retrying until it succeeds; None only if `cancel` fires first (the
+/// node is stopping before Cassandra was ever reached).
+pub async fn connect_until(
+    cfg: &CassandraConfig,
+    cancel: &CancellationToken,
+) -> Option<Arc<Session>> {
+    crate::retry::until_ok("connect to cassandra", cancel, || open_session(cfg)).await
 }
 
 /// A stored entity row.

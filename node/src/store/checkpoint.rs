@@ -14,10 +14,10 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::channel_log::ChannelWrite;
 use crate::entity;
 use crate::metrics::Metrics;
-use crate::storage::{player_bucket, ChannelSummary, EntityRow, Progress, Store};
+use crate::store::channel_log::ChannelWrite;
+use crate::store::{player_bucket, ChannelSummary, EntityRow, Progress, Store};
 
 /// Rows one checkpoint has in flight at most.
 const ROWS_IN_FLIGHT: usize = 256;

@@ -25,22 +25,22 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "keyspace",
-        cql: include_str!("../../cassandra-schema/0001_keyspace.cql"),
+        cql: include_str!("../../../cassandra-schema/0001_keyspace.cql"),
     },
     Migration {
         version: 2,
         name: "entities",
-        cql: include_str!("../../cassandra-schema/0002_entities.cql"),
+        cql: include_str!("../../../cassandra-schema/0002_entities.cql"),
     },
     Migration {
         version: 3,
         name: "channel_log",
-        cql: include_str!("../../cassandra-schema/0003_channel_log.cql"),
+        cql: include_str!("../../../cassandra-schema/0003_channel_log.cql"),
     },
     Migration {
         version: 4,
         name: "player_buckets",
-        cql: include_str!("../../cassandra-schema/0004_player_buckets.cql"),
+        cql: include_str!("../../../cassandra-schema/0004_player_buckets.cql"),
     },
 ];
 

@@ -1,0 +1,241 @@
+//! The node: starts every piece in order, watches the services it depends on, and shuts
+//! down in a designed order.
+//!
+//! Start: the HTTP API first (so `/healthz` answers and `/readyz` explains what is
+//! missing), then in the background Cassandra (retried with backoff), migrations, Kafka
+//! topics, the ingest producer, gossip, the Kafka source and the ownership controller,
+//! which starts one shard actor per owned partition. A piece that cannot start at all (the
+//! Kafka source refusing its configuration) ends the process with an error instead of
+//! leaving it up and never ready.
+//!
+//! Shutdown is one cancellation tree: [`NodeState::shutdown`] is cancelled once, and every
+//! background task holds a child of it. Order: cancel the tree (start-up, the dependency
+//! monitor and the controller stop); stop HTTP (in-flight requests finish); advertise
+//! `leaving`; release every shard (revoke it from the source, final checkpoint, stop the
+//! actor); advertise that nothing is owned and give gossip a few rounds to say so; close
+//! the permits and stop the Kafka source; stop gossip.
+//!
+//! - [`kafka_admin`]: topics and partition counts.
+//! - [`readiness`]: the dependency monitor behind `/readyz`.
+//!
+//! Not for: the HTTP handlers (see `api`) or state transitions (see `entity`).
+
+pub mod kafka_admin;
+pub mod readiness;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Semaphore;
+use tracing::info;
+
+use crate::cluster::membership::Membership;
+use crate::cluster::ownership;
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::kind::{MemberStatus, ShardKind};
+use crate::retry::until_ok;
+use crate::source;
+use crate::state::{Core, NodeState};
+use crate::store::{self, Store};
+
+pub use kafka_admin::partition_counts;
+
+/// Runs a node until `shutdown` resolves, then shuts down in order. Returns an error if
+/// a piece of the node could not start at all.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let state = NodeState::new(cfg)?;
+    let listener = std::net::TcpListener::bind(state.cfg.node.api_addr)
+        .with_context(|| format!("bind api address {}", state.cfg.node.api_addr))?;
+    let addr: SocketAddr = listener.local_addr().context("read bound api address")?;
+    let server = crate::api::serve(listener, state.clone())?;
+    let server_handle = server.handle();
+    let server_task = tokio::spawn(server);
+    info!(node = %state.cfg.node.id, "api listening on http://{addr}");
+
+    let mut startup = tokio::spawn(start_core(state.clone(), addr));
+    let monitor = tokio::spawn(readiness::monitor(state.clone()));
+
+    tokio::pin!(shutdown);
+    let mut failure = None;
+    tokio::select! {
+        _ = &mut shutdown => {}
+        started = &mut startup => match started {
+            Ok(Ok(())) => shutdown.await,
+            Ok(Err(e)) => failure = Some(e),
+            Err(e) => failure = Some(anyhow::anyhow!("start-up task failed: {e}")),
+        },
+    }
+    info!("shutting down: stopping background tasks and http");
+    state.shutdown.cancel();
+    server_handle.stop(true).await;
+    let _ = server_task.await;
+    let _ = startup.await;
+    let _ = monitor.await;
+    if let Some(core) = state.core.get() {
+        stop_core(core, &state).await;
+    }
+    match failure {
+        Some(e) => Err(e.context("node could not start")),
+        None => {
+            info!("shutdown complete");
+            Ok(())
+        }
+    }
+}
+
+/// The stop order of what start-up built (see the module doc). The controller was
+/// cancelled with the tree; it is awaited first so it starts no shard behind our back.
+async fn stop_core(core: &Core, state: &Arc<NodeState>) {
+    let controller = core.controller.lock().expect("controller lock").take();
+    if let Some(c) = controller {
+        let _ = c.await;
+    }
+    core.membership.set_status(MemberStatus::Leaving).await;
+    let shards = core.shard_ids();
+    futures::future::join_all(
+        shards
+            .into_iter()
+            .map(|s| ownership::release(state, core, s, "shutdown")),
+    )
+    .await;
+    core.membership.advertise_owned(&BTreeSet::new()).await;
+    // Give gossip a few rounds to tell the peers before going silent.
+    tokio::time::sleep(Duration::from_millis(
+        state.cfg.cluster.gossip_interval_ms * 5,
+    ))
+    .await;
+    core.permits.close();
+    // Joining the poll thread blocks: do it off the async workers.
+    let st = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(core) = st.core.get() {
+            core.source.stop();
+        }
+    })
+    .await;
+    core.membership.shutdown().await;
+}
+
+/// Builds the core: every step retries until its service answers, and gives up only when
+/// the node is stopping (Ok: nothing to report) or a step can never succeed (Err).
+async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Result<()> {
+    let cfg = &state.cfg;
+    let cancel = state.shutdown.child_token();
+    let Some(session) = store::connect_until(&cfg.cassandra, &cancel).await else {
+        return Ok(());
+    };
+    info!(contact_points = %cfg.cassandra.contact_points.join(","), "connected to cassandra");
+    let _ = state.session.set(session.clone());
+    let migrated = until_ok("apply cassandra migrations", &cancel, || {
+        store::schema::migrate(&session, &cfg.cassandra)
+    });
+    if migrated.await.is_none() {
+        return Ok(());
+    }
+    state.set_health(|h| h.schema_applied = true);
+    let Some(store) = until_ok("prepare cassandra statements", &cancel, || {
+        Store::prepare(session.clone(), &cfg.cassandra.keyspace)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let store = Arc::new(store);
+    if until_ok("create kafka topics", &cancel, || {
+        kafka_admin::create_topics(cfg)
+    })
+    .await
+    .is_none()
+    {
+        return Ok(());
+    }
+    let Some(partitions) = until_ok("read kafka topic metadata", &cancel, || {
+        partition_counts(&cfg.kafka)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let Some(ingest) = until_ok("start ingest producer", &cancel, || async {
+        Ingest::start(
+            &cfg.kafka,
+            &cfg.ingest,
+            &cfg.node.id,
+            partitions,
+            state.metrics.clone(),
+        )
+    })
+    .await
+    else {
+        return Ok(());
+    };
+
+    let advertised_api = cfg
+        .node
+        .advertise_api_addr
+        .clone()
+        .unwrap_or_else(|| api_addr.to_string());
+    let Some(membership) = until_ok("start gossip membership", &cancel, || {
+        Membership::start_udp(&cfg.cluster, &cfg.node.id, &advertised_api)
+    })
+    .await
+    else {
+        return Ok(());
+    };
+    let permits = Arc::new(Semaphore::new(cfg.shard.max_inflight_batches));
+    let metrics = state.metrics.clone();
+    let topics = (
+        cfg.kafka.player_topic.clone(),
+        cfg.kafka.channel_topic.clone(),
+    );
+    let durable = Arc::new(move || {
+        metrics
+            .durable_offsets()
+            .into_iter()
+            .map(|(kind, p, off)| {
+                let topic = match kind {
+                    ShardKind::Players => &topics.0,
+                    ShardKind::Channels => &topics.1,
+                };
+                (topic.clone(), p, off)
+            })
+            .collect()
+    });
+    let source = match source::spawn(
+        &cfg.kafka,
+        &format!("tally-{}", cfg.node.id),
+        Vec::new(),
+        cfg.shard.max_batch,
+        permits.clone(),
+        state.metrics.clone(),
+        durable,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            membership.shutdown().await;
+            return Err(e.context("start the kafka source"));
+        }
+    };
+    let core = Core::new(store, ingest, partitions, source, membership, permits);
+    if state.core.set(core).is_err() {
+        anyhow::bail!("the node's core was started twice");
+    }
+    let controller = tokio::spawn(ownership::run_controller(
+        state.clone(),
+        state.shutdown.child_token(),
+    ));
+    if let Some(core) = state.core.get() {
+        *core.controller.lock().expect("controller lock") = Some(controller);
+    }
+    info!(
+        player_partitions = partitions.0,
+        channel_partitions = partitions.1,
+        "node ready"
+    );
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Activation and the offset-ordered apply: how a batch of records reaches the entities.
+//!
+//! Records of resident entities are applied at once; the others wait (in order) until
+//! their entities are loaded, then apply with the watermark they would have seen. Records
+//! at or below an entity's offset are skipped: its stored state already reflects them.
+//!
+//! Not for: deciding what to write or evict (see `shard::checkpointing`).
+
+use compact_str::CompactString;
+use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{error, warn};
+
+use super::{Hosted, RecordRef, Records, ShardState};
+use crate::entity;
+use crate::event::Event;
+use crate::log_limit::LogLimit;
+use crate::retry::Backoff;
+use crate::shard::resident::Resident;
+
+/// Deferred records whose buffer is kept between batches.
+pub(super) const SPARE_DEFERRED: usize = 256;
+
+/// One "skipping invalid record" line per second at most, for the whole node; the
+/// `tally_records_invalid_total` counter stays exact.
+static INVALID_RECORD_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(1));
+
+/// Entities loaded from Cassandra at once.
+const LOADS_IN_FLIGHT: usize = 64;
+
+/// A record whose entity was not resident when its batch arrived: applied, in order, once
+/// the entity is loaded, with the watermark it would have seen.
+pub(super) struct Deferred {
+    key: CompactString,
+    offset: i64,
+    event: Event,
+    watermark: i64,
+}
+
+/// Starts loading the entity of `next` and the table line of `after`.
+fn prefetch<E>(m: &Resident<E>, next: Option<&str>, after: Option<&str>) {
+    if let Some(k) = after {
+        m.prefetch_index(k);
+    }
+    if let Some(k) = next {
+        m.prefetch(k);
+    }
+}
+
+/// The key of a record, or what is wrong with it.
+fn key_of<'a>(rec: &RecordRef<'a>) -> Result<&'a str, &'static str> {
+    rec.key
+        .ok_or("record has no key")
+        .and_then(|k| std::str::from_utf8(k).map_err(|_| "key is not utf-8"))
+}
+
+/// The key (read by [`key_of`]) and event of a record; an error names what is wrong.
+fn decode_record<'a>(
+    rec: &RecordRef<'a>,
+    key: Result<&'a str, &'static str>,
+) -> Result<(&'a str, Event), String> {
+    let key = key?;
+    let payload = rec.payload.ok_or("record has no value")?;
+    let event = Event::parse(payload).map_err(|r| format!("invalid event: {r}"))?;
+    Ok((key, event))
+}
+
+impl<E: Hosted> ShardState<E> {
+    /// Applies one batch whole and in order, then returns its permit to the poll loop.
+    pub(super) async fn apply_batch(&mut self, records: Records, permit: OwnedSemaphorePermit) {
+        if records.len() >= self.args.cfg.max_batch / 2 {
+            self.last_full_batch = Some(std::time::Instant::now());
+        }
+        let mut deferred = self.apply_resident(&records);
+        drop(records);
+        if !deferred.is_empty() {
+            let mut keys: Vec<CompactString> = deferred.iter().map(|d| d.key.clone()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            // Storage errors while loading entities are retried: the batch must apply
+            // whole and in order, or the shard would skip records.
+            let mut backoff = Backoff::new(
+                std::time::Duration::from_millis(100),
+                2,
+                std::time::Duration::from_secs(5),
+            );
+            while let Err(e) = self.activate(keys.clone()).await {
+                error!(partition = self.args.partition, error = %format!("{e:#}"), "loading entities failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            self.apply_deferred(&mut deferred);
+        }
+        deferred.shrink_to(SPARE_DEFERRED);
+        self.spare_deferred = deferred;
+        drop(permit);
+    }
+
+    /// Loads the given keys that are not resident, in parallel, and makes them resident.
+    pub(super) async fn activate(&mut self, keys: Vec<CompactString>) -> anyhow::Result<()> {
+        let store = self.args.store.clone();
+        let partition = self.args.partition;
+        let touched = self.now_secs();
+        let missing = keys.into_iter().filter(|k| !self.entities.contains_key(k));
+        let (to_load, fresh): (Vec<CompactString>, Vec<CompactString>) =
+            missing.partition(|k| self.may_be_stored(k));
+        let loaded: Vec<(CompactString, Option<E::Stored>)> =
+            futures::stream::iter(to_load.into_iter().map(|k| {
+                let store = store.clone();
+                async move {
+                    let stored = E::load(store, partition, k.clone()).await?;
+                    anyhow::Ok((k, stored))
+                }
+            }))
+            .buffer_unordered(LOADS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+        self.args.metrics.add_entity_loads(loaded.len() as u64);
+        for (key, stored) in loaded
+            .into_iter()
+            .chain(fresh.into_iter().map(|k| (k, None)))
+        {
+            self.passivated.remove(key.as_str());
+            let (state, offset) = E::activate(&mut self.extra, &key, stored)?;
+            self.entities.insert(key, state, offset, touched);
+        }
+        Ok(())
+    }
+
+    /// Applies a batch in offset order. Records of resident entities are applied at once;
+    /// the others are returned, to be applied by [`Self::apply_deferred`] after loading
+    /// their entities (each entity still sees its records in offset order, with the
+    /// watermark it would have seen). Records at or below an entity's offset are skipped:
+    /// its stored state already reflects them.
+    fn apply_resident(&mut self, records: &Records) -> Vec<Deferred> {
+        let touched = self.now_secs();
+        let timeout = self.clock().timeout_ms;
+        let mut deferred = std::mem::take(&mut self.spare_deferred);
+        let mut applied = 0u64;
+        // While a record decodes, the entity of the next one and the table line of the one
+        // after that are fetched into the cache (see `Resident::prefetch`). Each key is
+        // read once, two records ahead.
+        let mut keys = records.iter().map(|r| key_of(&r));
+        let (mut next, mut after) = (keys.next(), keys.next());
+        for rec in records.iter() {
+            let key = next.take().expect("a key (or its error) per record");
+            (next, after) = (after, keys.next());
+            prefetch(
+                &self.entities,
+                next.and_then(Result::ok),
+                after.and_then(Result::ok),
+            );
+            if rec.offset < self.next_offset {
+                continue; // redelivered after a seek
+            }
+            self.next_offset = rec.offset + 1;
+            let (key, event) = match decode_record(&rec, key) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    self.args.metrics.add_invalid_records(1);
+                    if let Some(suppressed) = INVALID_RECORD_LOG.allow() {
+                        warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, suppressed, "skipping invalid record");
+                    }
+                    continue;
+                }
+            };
+            self.watermark = self.watermark.max(event.ts);
+            let watermark = self.watermark;
+            let done = apply_in(
+                &mut self.entities,
+                &mut self.dirty,
+                key,
+                rec.offset,
+                &event,
+                (watermark, timeout, touched),
+            );
+            match done {
+                Some(changed) => applied += changed as u64,
+                None => deferred.push(Deferred {
+                    key: key.into(),
+                    offset: rec.offset,
+                    event,
+                    watermark,
+                }),
+            }
+        }
+        self.args.metrics.add_applied(E::KIND, applied);
+        deferred
+    }
+
+    /// Applies records held back by [`Self::apply_resident`]; their entities are resident.
+    fn apply_deferred(&mut self, deferred: &mut Vec<Deferred>) {
+        let touched = self.now_secs();
+        let timeout = self.clock().timeout_ms;
+        let mut applied = 0u64;
+        for d in deferred.drain(..) {
+            let done = apply_in(
+                &mut self.entities,
+                &mut self.dirty,
+                &d.key,
+                d.offset,
+                &d.event,
+                (d.watermark, timeout, touched),
+            );
+            applied += done.expect("deferred entities were activated") as u64;
+        }
+        self.args.metrics.add_applied(E::KIND, applied);
+    }
+}
+
+/// Applies one record to `key` if it is resident; a newly dirtied key joins `dirty`.
+/// `at` is (watermark, viewer timeout, touch time). Returns whether the entity changed,
+/// or None when it must be loaded first.
+fn apply_in<E: Hosted>(
+    m: &mut Resident<E>,
+    dirty: &mut Vec<CompactString>,
+    key: &str,
+    offset: i64,
+    event: &Event,
+    (watermark, timeout, touched): (i64, i64, u32),
+) -> Option<bool> {
+    let slot = m.get_mut(key)?;
+    slot.touched = touched;
+    let changed = entity::apply_record(
+        &mut slot.state,
+        &mut slot.offset,
+        offset,
+        event,
+        watermark,
+        timeout,
+    );
+    if changed && !slot.dirty {
+        slot.dirty = true;
+        dirty.push(slot.key.clone());
+    }
+    Some(changed)
+}

@@ -1,0 +1,179 @@
+//! Record batches: what the Kafka poll loop hands a shard.
+//!
+//! A batch's keys and payloads share one buffer, and emptied buffers return to a pool, so
+//! the poll loop copies each record once and allocates nothing per record or per batch.
+//!
+//! Not for: decoding records (see `shard::apply`) or reading Kafka (see `source`).
+
+use std::sync::Arc;
+
+/// One Kafka record, owned (tests and tools build batches from these).
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// One record of a [`Records`] batch, borrowed from it.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A (start, length) range of [`Records::bytes`].
+type Span = (u32, u32);
+
+/// Offset, then key and payload as spans of the batch's bytes.
+type Item = (i64, Option<Span>, Option<Span>);
+
+/// Records of one partition in offset order, handed to its shard. Keys and payloads share
+/// one buffer: the poll loop copies each record once and allocates nothing per record.
+/// Taken from a [`RecordsPool`], a batch goes back to it when dropped, so the buffers are
+/// reused instead of allocated (and their pages faulted in) for every batch.
+#[derive(Debug, Clone, Default)]
+pub struct Records {
+    items: Vec<Item>,
+    bytes: Vec<u8>,
+    pool: Option<Arc<RecordsPool>>,
+}
+
+/// Emptied [`Records`] buffers waiting to be reused by the poll loop.
+#[derive(Debug, Default)]
+pub struct RecordsPool {
+    free: std::sync::Mutex<Vec<(Vec<Item>, Vec<u8>)>>,
+}
+
+impl RecordsPool {
+    /// Buffers kept at most; more are freed. Enough for every batch in flight under a
+    /// backlog (`shard.max_inflight_batches` plus a poll round's), so a bulk load reuses
+    /// buffers instead of growing (and faulting in) fresh ones for most batches.
+    const KEEP: usize = 128;
+    /// Buffers kept after [`Self::shrink`]: what a steady stream needs.
+    const KEEP_IDLE: usize = 16;
+    /// A buffer that grew past this is freed rather than kept.
+    const KEEP_BYTES: usize = 512 * 1024;
+
+    /// Frees the buffers beyond what a steady stream needs; called every few seconds, so
+    /// the pool's memory after a backlog does not stay resident. Under a backlog the pool
+    /// refills at once, which costs a few allocations per call.
+    pub fn shrink(&self) {
+        let mut free = self.free.lock().expect("records pool lock");
+        free.truncate(Self::KEEP_IDLE);
+        free.shrink_to(Self::KEEP_IDLE);
+    }
+
+    /// An empty batch, with reused buffers when there are any.
+    pub fn take(self: &Arc<Self>) -> Records {
+        let reused = self.free.lock().expect("records pool lock").pop();
+        let (items, bytes) =
+            reused.unwrap_or_else(|| (Vec::with_capacity(256), Vec::with_capacity(64 * 1024)));
+        Records {
+            items,
+            bytes,
+            pool: Some(self.clone()),
+        }
+    }
+}
+
+impl Drop for Records {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        if self.bytes.capacity() > RecordsPool::KEEP_BYTES {
+            return;
+        }
+        let mut free = pool.free.lock().expect("records pool lock");
+        if free.len() < RecordsPool::KEEP {
+            self.items.clear();
+            self.bytes.clear();
+            free.push((
+                std::mem::take(&mut self.items),
+                std::mem::take(&mut self.bytes),
+            ));
+        }
+    }
+}
+
+impl Records {
+    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let mut put = |b: &[u8]| {
+            let start = self.bytes.len() as u32;
+            self.bytes.extend_from_slice(b);
+            (start, b.len() as u32)
+        };
+        let key = key.map(&mut put);
+        let payload = payload.map(&mut put);
+        self.items.push((offset, key, payload));
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        let part = |r: Option<Span>| {
+            r.map(|(start, len)| &self.bytes[start as usize..(start + len) as usize])
+        };
+        self.items
+            .iter()
+            .map(move |&(offset, key, payload)| RecordRef {
+                offset,
+                key: part(key),
+                payload: part(payload),
+            })
+    }
+}
+
+impl From<&[Record]> for Records {
+    fn from(records: &[Record]) -> Self {
+        let mut out = Records::default();
+        for r in records {
+            out.push(r.offset, r.key.as_deref(), r.payload.as_deref());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_batches_return_their_buffers_to_the_pool() {
+        let pool = Arc::new(RecordsPool::default());
+        let mut batch = pool.take();
+        batch.push(7, Some(b"p1"), Some(b"{}"));
+        let bytes_at = batch.bytes.as_ptr();
+        drop(batch);
+        // The next batch reuses the buffer, emptied.
+        let batch = pool.take();
+        assert!(batch.is_empty());
+        assert_eq!(batch.bytes.as_ptr(), bytes_at);
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+        drop(batch);
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        // A buffer that grew too large is freed, not kept.
+        let mut big = pool.take();
+        let payload = vec![b'x'; RecordsPool::KEEP_BYTES + 1];
+        big.push(8, None, Some(&payload));
+        drop(big);
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+        // A batch built without a pool goes nowhere.
+        drop(Records::default());
+        assert_eq!(pool.free.lock().unwrap().len(), 0);
+        // Every batch of a backlog returns to the pool; shrinking keeps a steady stream's.
+        let batches: Vec<Records> = (0..RecordsPool::KEEP + 5).map(|_| pool.take()).collect();
+        drop(batches);
+        assert_eq!(pool.free.lock().unwrap().len(), RecordsPool::KEEP);
+        pool.shrink();
+        assert_eq!(pool.free.lock().unwrap().len(), RecordsPool::KEEP_IDLE);
+    }
+}

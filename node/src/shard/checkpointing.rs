@@ -1,0 +1,225 @@
+//! When and what a shard checkpoints, and passivation of idle entities.
+//!
+//! A tick starts a checkpoint unless one is running: a snapshot of every dirty entity plus
+//! the progress it makes durable, written by a task of its own (see `store::checkpoint`)
+//! while the shard keeps applying. While the partition has a backlog, checkpoints space
+//! out to the catch-up interval. Idle entities leave memory only once they are clean.
+//!
+//! Not for: the write order itself (see `store::checkpoint`).
+
+use std::time::{Duration, Instant};
+
+use ractor::{ActorRef, RpcReplyPort};
+use tracing::{debug, error};
+
+use super::{CheckpointError, Hosted, ShardMsg, ShardState};
+use crate::config::ShardConfig;
+use crate::store::checkpoint::{self, Snapshot};
+use crate::store::Progress;
+
+impl<E: Hosted> ShardState<E> {
+    /// Periodic: checkpoint when due, passivate idle entities.
+    pub(super) fn tick(&mut self, myself: &ActorRef<ShardMsg>) {
+        let due = checkpoint_due(
+            self.last_checkpoint.map(|t| t.elapsed()),
+            self.last_full_batch.map(|t| t.elapsed()),
+            &self.args.cfg,
+        );
+        if due {
+            self.start_checkpoint(myself);
+        }
+        self.passivate_idle();
+    }
+
+    /// Writes everything and answers `reply` once it is durable.
+    pub(super) fn flush(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        reply: RpcReplyPort<Result<Progress, CheckpointError>>,
+    ) {
+        self.flush_waiters.push(reply);
+        // A running checkpoint starts the next round when it is done.
+        self.start_checkpoint(myself);
+    }
+
+    /// A checkpoint task finished: record the durable progress, or mark its entities dirty
+    /// again so the next one writes them.
+    pub(super) fn checkpoint_done(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        result: Result<Progress, CheckpointError>,
+        keys: Vec<String>,
+    ) {
+        self.checkpoint_running = false;
+        E::checkpointed(&mut self.extra, &keys, result.is_ok());
+        match result {
+            Ok(progress) => {
+                self.durable = progress;
+                self.last_checkpoint = Some(Instant::now());
+                self.args
+                    .metrics
+                    .set_durable(E::KIND, self.args.partition, progress.resume_offset);
+                if !self.flush_waiters.is_empty() {
+                    // Anything applied since the snapshot needs one more round.
+                    self.start_checkpoint(myself);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "checkpoint failed; will retry");
+                self.mark_dirty(keys);
+            }
+        }
+    }
+
+    /// Marks resident entities dirty again (their checkpoint failed).
+    fn mark_dirty(&mut self, keys: Vec<String>) {
+        for key in keys {
+            if let Some(slot) = self.entities.get_mut(&key) {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.dirty.push(slot.key.clone());
+                }
+            }
+        }
+    }
+
+    /// Takes a consistent snapshot of every dirty entity and the progress it makes durable.
+    fn snapshot(&mut self) -> Snapshot {
+        let dirty = std::mem::take(&mut self.dirty);
+        let clock = self.clock();
+        let mut snap = Snapshot {
+            topic: self.args.topic.clone(),
+            partition: self.args.partition,
+            owner: self.args.owner.clone(),
+            entities: Vec::with_capacity(dirty.len()),
+            progress: Progress {
+                resume_offset: self.next_offset,
+                watermark_ms: self.watermark,
+            },
+        };
+        for (i, key) in dirty.iter().enumerate() {
+            // As in the apply loop: the entities ahead are on their way into the cache.
+            if let Some(k) = dirty.get(i + 2) {
+                self.entities.prefetch_index(k);
+            }
+            if let Some(k) = dirty.get(i + 1) {
+                self.entities.prefetch(k);
+            }
+            let slot = self.entities.get_mut(key).expect("dirty keys are resident");
+            slot.dirty = false;
+            snap.entities.push(E::snapshot(
+                &mut self.extra,
+                key,
+                &mut slot.state,
+                slot.offset,
+                clock,
+            ));
+        }
+        snap
+    }
+
+    fn start_checkpoint(&mut self, myself: &ActorRef<ShardMsg>) {
+        if self.checkpoint_running {
+            return;
+        }
+        if self.dirty.is_empty() && self.next_offset == self.durable.resume_offset {
+            // Nothing new: answer waiting flushes at once.
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(Ok(self.durable));
+            }
+            self.last_checkpoint = Some(Instant::now());
+            return;
+        }
+        let snap = self.snapshot();
+        self.checkpoint_running = true;
+        let store = self.args.store.clone();
+        let metrics = self.args.metrics.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let keys: Vec<String> = snap.entities.iter().map(|e| e.key().to_string()).collect();
+            let result = checkpoint::write(&store, &snap, &metrics)
+                .await
+                .map(|_| snap.progress)
+                .map_err(|source| CheckpointError {
+                    partition: snap.partition,
+                    source,
+                });
+            let _ = myself.cast(ShardMsg::CheckpointDone(result, keys));
+        });
+    }
+
+    /// Evicts entities idle for `passivate_after`. The scan visits every resident entity,
+    /// so it runs every twentieth of that period (at most once a second), not every tick:
+    /// an idle entity then stays at most 5% longer than configured.
+    fn passivate_idle(&mut self) {
+        let every = (self.args.cfg.passivate_after() / 20).max(Duration::from_secs(1));
+        if self.checkpoint_running || self.last_passivation_scan.elapsed() < every {
+            return;
+        }
+        self.last_passivation_scan = Instant::now();
+        let idle = self.args.cfg.passivate_after().as_secs() as u32;
+        let now = self.now_secs();
+        let clock = self.clock();
+        let (passivated, extra) = (&mut self.passivated, &mut self.extra);
+        let mut evicted = 0u64;
+        self.entities.retain(|s| {
+            let keep = now.saturating_sub(s.touched) < idle || s.dirty;
+            if !keep {
+                E::passivated(extra, &s.key, &s.state, clock);
+                passivated.insert(s.key.to_string());
+                evicted += 1;
+            }
+            keep
+        });
+        if evicted > 0 {
+            self.args.metrics.add_passivations(evicted);
+            debug!(
+                partition = self.args.partition,
+                evicted, "passivated idle entities"
+            );
+        }
+    }
+}
+
+/// Whether a periodic tick starts a checkpoint, given the time since the last one finished
+/// and since a batch last arrived full: every tick normally; while the partition has a
+/// backlog (a full batch within the last two seconds), once per catch-up interval.
+fn checkpoint_due(
+    since_checkpoint: Option<Duration>,
+    since_full_batch: Option<Duration>,
+    cfg: &ShardConfig,
+) -> bool {
+    let catching_up = since_full_batch.is_some_and(|d| d < Duration::from_secs(2));
+    match since_checkpoint {
+        Some(since) if catching_up => since >= cfg.catch_up_checkpoint_interval(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_space_out_only_while_a_backlog_lasts() {
+        let cfg = ShardConfig::default();
+        let s = Duration::from_secs;
+        // Steady: every tick.
+        assert!(checkpoint_due(Some(s(1)), None, &cfg));
+        assert!(checkpoint_due(Some(s(1)), Some(s(60)), &cfg));
+        // Backlog: only once the catch-up interval has passed.
+        assert!(!checkpoint_due(Some(s(1)), Some(s(0)), &cfg));
+        assert!(!checkpoint_due(Some(s(9)), Some(s(1)), &cfg));
+        assert!(checkpoint_due(Some(s(10)), Some(s(1)), &cfg));
+        // Never checkpointed yet: now, backlog or not.
+        assert!(checkpoint_due(None, Some(s(0)), &cfg));
+        // The backlog is over two seconds after the last full batch.
+        assert!(checkpoint_due(Some(s(1)), Some(s(2)), &cfg));
+        // Catch-up equal to the interval: one pace always.
+        let same = ShardConfig {
+            catch_up_checkpoint_interval_ms: cfg.checkpoint_interval_ms,
+            ..ShardConfig::default()
+        };
+        assert!(checkpoint_due(Some(s(1)), Some(s(0)), &same));
+    }
+}

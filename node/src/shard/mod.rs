@@ -1,0 +1,222 @@
+//! The shard actor: one ractor actor per owned partition, hosting that partition's players
+//! or channels as virtual actors.
+//!
+//! A shard applies its partition's records in offset order to entities kept in a map
+//! (single writer, one event at a time), activates an entity on its first event or query
+//! (loading it from Cassandra when a row may exist), passivates idle ones after
+//! checkpointing them, and checkpoints dirty entities on an interval (see
+//! `store::checkpoint`). Per-entity actors were measured too heavy (about 6.7 KB each); a
+//! map entry costs a few hundred bytes.
+//!
+//! The host is written once, generic over the kind of entity ([`Hosted`]):
+//! - [`batch`]: record batches and their buffer pool;
+//! - [`apply`]: activation and the offset-ordered apply;
+//! - [`checkpointing`]: snapshots, their pace, passivation;
+//! - [`query`]: freshness, stats and the per-shard top-N;
+//! - [`resident`]: the slab and index that hold resident entities;
+//! - [`hosted`]: what each kind of entity supplies.
+//!
+//! Not for: talking to Kafka (see `source`) or deciding ownership.
+
+mod apply;
+pub mod batch;
+mod checkpointing;
+pub mod hosted;
+pub mod query;
+pub mod resident;
+
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+use compact_str::CompactString;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::info;
+
+use crate::config::ShardConfig;
+use crate::entity::{Channel, Player};
+use crate::kind::ShardKind;
+use crate::metrics::Metrics;
+use crate::store::{Progress, Store};
+
+pub use batch::{Record, RecordRef, Records, RecordsPool};
+pub use hosted::{EventClock, Hosted, View};
+pub use query::{sort_top, Freshness, ShardStats, TopBy, TopEntry};
+
+use apply::Deferred;
+use resident::Resident;
+
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The entity may be stored, and reading it failed.
+    #[error("loading from cassandra failed: {0:#}")]
+    Load(anyhow::Error),
+}
+
+/// Why a checkpoint did not complete; the shard retries on its next tick.
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint of partition {partition} failed: {source:#}")]
+pub struct CheckpointError {
+    pub partition: i32,
+    pub source: anyhow::Error,
+}
+
+/// The answer to a query: the entity's view and how fresh it is, or None when the entity
+/// has seen no event.
+pub type QueryReply = RpcReplyPort<Result<Option<(View, Freshness)>, QueryError>>;
+
+/// Messages a shard handles.
+pub enum ShardMsg {
+    /// Records of this partition, in offset order. The permit returns to the poll loop
+    /// when the batch is applied, bounding the records in flight.
+    Records(Records, OwnedSemaphorePermit),
+    /// Periodic: start a checkpoint if none is running, passivate idle entities.
+    Tick,
+    /// A checkpoint task finished; the keys are the entities it wrote.
+    CheckpointDone(Result<Progress, CheckpointError>, Vec<String>),
+    /// The view of one entity by id.
+    Query(String, QueryReply),
+    Top(TopBy, usize, RpcReplyPort<Vec<TopEntry>>),
+    Stats(RpcReplyPort<ShardStats>),
+    /// Write everything, wait for it, reply with the durable progress (shutdown, handover).
+    Flush(RpcReplyPort<Result<Progress, CheckpointError>>),
+}
+
+/// What a shard is started with.
+pub struct ShardArgs {
+    pub kind: ShardKind,
+    pub topic: String,
+    pub partition: i32,
+    pub store: Arc<Store>,
+    pub cfg: ShardConfig,
+    pub owner: String,
+    /// Progress read from Cassandra before the shard starts (None: never checkpointed).
+    pub progress: Option<Progress>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Starts the shard of `args.kind` for `args.partition`.
+pub async fn spawn(args: ShardArgs) -> Result<ActorRef<ShardMsg>, ractor::SpawnErr> {
+    let actor = match args.kind {
+        ShardKind::Players => Actor::spawn(None, Shard::<Player>::default(), args).await?,
+        ShardKind::Channels => Actor::spawn(None, Shard::<Channel>::default(), args).await?,
+    };
+    Ok(actor.0)
+}
+
+/// The actor; its state is [`ShardState`].
+pub struct Shard<E>(PhantomData<fn() -> E>);
+
+impl<E> Default for Shard<E> {
+    fn default() -> Self {
+        Shard(PhantomData)
+    }
+}
+
+/// A shard's state: the resident entities of one kind and the partition's progress.
+pub struct ShardState<E: Hosted> {
+    args: ShardArgs,
+    entities: Resident<E>,
+    /// What this kind keeps beside its entities (channels: log places, summaries).
+    extra: E::Extra,
+    /// Keys changed since the last checkpoint snapshot (each once; see `Slot::dirty`).
+    dirty: Vec<CompactString>,
+    /// Keys that may have a stored row not in memory: anything, if the partition was ever
+    /// checkpointed before this shard started; else just what this shard passivated.
+    passivated: HashSet<String>,
+    stored_before_start: bool,
+    /// Next offset to apply.
+    next_offset: i64,
+    /// Max event time seen in the partition.
+    watermark: i64,
+    /// Progress known durable in Cassandra.
+    durable: Progress,
+    checkpoint_running: bool,
+    last_checkpoint: Option<Instant>,
+    /// When idle entities were last looked for.
+    last_passivation_scan: Instant,
+    /// When a batch last arrived full (the partition has a backlog).
+    last_full_batch: Option<Instant>,
+    /// Replies waiting for a flush to finish.
+    flush_waiters: Vec<RpcReplyPort<Result<Progress, CheckpointError>>>,
+    /// The deferred-records buffer, kept between batches (emptied, and trimmed to
+    /// `apply::SPARE_DEFERRED` after a bulk load).
+    spare_deferred: Vec<Deferred>,
+    started: Instant,
+}
+
+impl<E: Hosted> ShardState<E> {
+    fn now_secs(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    fn may_be_stored(&self, key: &str) -> bool {
+        self.stored_before_start || self.passivated.contains(key)
+    }
+
+    fn clock(&self) -> EventClock {
+        EventClock {
+            watermark: self.watermark,
+            timeout_ms: self.args.cfg.viewer_timeout_secs as i64 * 1000,
+        }
+    }
+}
+
+impl<E: Hosted> Actor for Shard<E> {
+    type Msg = ShardMsg;
+    type State = ShardState<E>;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ShardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let durable = args.progress.unwrap_or(Progress {
+            resume_offset: 0,
+            watermark_ms: 0,
+        });
+        let extra = E::prepare(&args.store, args.partition, args.progress.is_some()).await?;
+        myself.send_interval(args.cfg.checkpoint_interval(), || ShardMsg::Tick);
+        info!(topic = %args.topic, partition = args.partition, resume_offset = durable.resume_offset, "shard started");
+        Ok(ShardState {
+            entities: Resident::default(),
+            stored_before_start: args.progress.is_some(),
+            passivated: E::stored_keys(&extra).into_iter().collect(),
+            extra,
+            dirty: Vec::new(),
+            next_offset: durable.resume_offset,
+            watermark: durable.watermark_ms,
+            durable,
+            checkpoint_running: false,
+            last_checkpoint: None,
+            last_passivation_scan: Instant::now(),
+            last_full_batch: None,
+            flush_waiters: Vec::new(),
+            spare_deferred: Vec::new(),
+            started: Instant::now(),
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ShardMsg::Records(records, permit) => state.apply_batch(records, permit).await,
+            ShardMsg::Tick => state.tick(&myself),
+            ShardMsg::CheckpointDone(result, keys) => state.checkpoint_done(&myself, result, keys),
+            ShardMsg::Query(id, reply) => _ = reply.send(state.query(&id).await),
+            ShardMsg::Top(by, limit, reply) => _ = reply.send(E::top(state, by, limit).await),
+            ShardMsg::Stats(reply) => _ = reply.send(state.stats()),
+            ShardMsg::Flush(reply) => state.flush(&myself, reply),
+        }
+        Ok(())
+    }
+}
