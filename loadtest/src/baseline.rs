@@ -63,7 +63,10 @@ pub fn consume_and_discard(
     let mut bytes = 0usize;
     let mut reader = match read {
         Read::Poll => None,
-        Read::Batch => Some(Reader::new(consumer.clone(), 2000)?),
+        Read::Batch => Some(Reader::new(
+            consumer.clone(),
+            std::num::NonZeroUsize::new(2000).expect("not zero"),
+        )?),
     };
     while seen < records {
         let got = match &mut reader {

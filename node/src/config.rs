@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -204,8 +205,8 @@ pub struct ShardConfig {
     /// its channel (judged against the partition's event-time watermark).
     pub viewer_timeout_secs: u64,
     /// Most records read from Kafka at once, and so most records handed to a shard in one
-    /// batch.
-    pub max_batch: usize,
+    /// batch. At least 1 (0 is refused when the config is read).
+    pub max_batch: NonZeroUsize,
     /// Batches in flight between the Kafka poll loop and the shards, per node. When all are
     /// taken the poll loop waits, so a slow shard pushes back on Kafka.
     pub max_inflight_batches: usize,
@@ -218,7 +219,7 @@ impl Default for ShardConfig {
             catch_up_checkpoint_interval_ms: 10_000,
             passivate_after_secs: 600,
             viewer_timeout_secs: 120,
-            max_batch: 2000,
+            max_batch: NonZeroUsize::new(2000).expect("2000 is not zero"),
             max_inflight_batches: 64,
         }
     }
@@ -335,8 +336,8 @@ impl Config {
                 self.shard.checkpoint_interval_ms
             );
         }
-        if self.shard.max_batch == 0 || self.shard.max_inflight_batches == 0 {
-            bail!("shard.max_batch and shard.max_inflight_batches must be positive");
+        if self.shard.max_inflight_batches == 0 {
+            bail!("shard.max_inflight_batches must be positive");
         }
         if self.node.api_addr.ip().is_unspecified() && self.node.advertise_api_addr.is_none() {
             bail!(

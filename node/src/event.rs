@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(r.field, "event");
         assert!(r.reason.contains("not utf-8"), "{}", r.reason);
         // An escaped kind cannot be borrowed from the input; it decodes all the same.
-        let escaped = r#"{"v":1,"id":"e1","ts":5,"player":"p1","kind":"session_end"}"#;
+        let escaped = r#"{"v":1,"id":"e1","ts":5,"player":"p1","kind":"session\u005fend"}"#;
         assert_eq!(
             Event::parse(escaped.as_bytes()).unwrap().body,
             EventBody::SessionEnd {}

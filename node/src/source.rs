@@ -11,6 +11,7 @@
 //! Not for: applying records (shards do) or choosing partitions (the node does).
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -150,7 +151,7 @@ pub fn spawn(
     kafka: &KafkaConfig,
     client_id: &str,
     assignments: Vec<Assignment>,
-    max_batch: usize,
+    max_batch: NonZeroUsize,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     durable: Arc<dyn Fn() -> Vec<(String, i32, i64)> + Send + Sync>,
@@ -200,7 +201,7 @@ fn poll_loop(
     consumer: Arc<BaseConsumer>,
     mut routes: HashMap<(String, i32), ActorRef<ShardMsg>>,
     commands: std::sync::mpsc::Receiver<SourceCommand>,
-    max_batch: usize,
+    max_batch: NonZeroUsize,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     durable: Arc<dyn Fn() -> Vec<(String, i32, i64)> + Send + Sync>,

@@ -61,7 +61,8 @@ async fn reads_every_record_once_in_partition_order_and_commits_answer() {
         }
     }
     consumer.assign(&tpl).unwrap();
-    let mut reader = Reader::new(consumer.clone(), 300).unwrap();
+    let mut reader =
+        Reader::new(consumer.clone(), std::num::NonZeroUsize::new(300).unwrap()).unwrap();
 
     let mut read = ByPartition::new();
     let mut last_offset: HashMap<(String, i32), i64> = HashMap::new();

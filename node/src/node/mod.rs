@@ -62,19 +62,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 
     tokio::pin!(shutdown);
     let mut failure = None;
+    let mut startup_done = false;
     tokio::select! {
         _ = &mut shutdown => {}
-        started = &mut startup => match started {
-            Ok(Ok(())) => shutdown.await,
-            Ok(Err(e)) => failure = Some(e),
-            Err(e) => failure = Some(anyhow::anyhow!("start-up task failed: {e}")),
-        },
+        started = &mut startup => {
+            startup_done = true;
+            match started {
+                Ok(Ok(())) => shutdown.await,
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(anyhow::anyhow!("start-up task failed: {e}")),
+            }
+        }
     }
     info!("shutting down: stopping background tasks and http");
     state.shutdown.cancel();
     server_handle.stop(true).await;
     let _ = server_task.await;
-    let _ = startup.await;
+    if !startup_done {
+        let _ = startup.await;
+    }
     let _ = monitor.await;
     if let Some(core) = state.core.get() {
         stop_core(core, &state).await;

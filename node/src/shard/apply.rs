@@ -68,7 +68,7 @@ fn decode_record<'a>(
 impl<E: Hosted> ShardState<E> {
     /// Applies one batch whole and in order, then returns its permit to the poll loop.
     pub(super) async fn apply_batch(&mut self, records: Records, permit: OwnedSemaphorePermit) {
-        if records.len() >= self.args.cfg.max_batch / 2 {
+        if records.len() >= self.args.cfg.max_batch.get() / 2 {
             self.last_full_batch = Some(std::time::Instant::now());
         }
         let mut deferred = self.apply_resident(&records);

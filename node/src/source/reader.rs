@@ -17,6 +17,7 @@
 //! Not for: deciding what to read (the poll loop assigns partitions) or routing records.
 
 use std::ffi::CStr;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use rdkafka::bindings as rd;
@@ -54,7 +55,12 @@ pub struct Reader {
 unsafe impl Send for Reader {}
 
 impl Reader {
-    pub fn new(consumer: std::sync::Arc<BaseConsumer>, max_batch: usize) -> anyhow::Result<Self> {
+    /// A reader of `consumer`'s queue that reads at most `max_batch` records at once (at
+    /// least one: the batch call writes into a buffer of that many slots).
+    pub fn new(
+        consumer: std::sync::Arc<BaseConsumer>,
+        max_batch: NonZeroUsize,
+    ) -> anyhow::Result<Self> {
         let rk = consumer.client().native_ptr();
         // SAFETY: `rk` is a live consumer handle; both calls return a new queue reference
         // (or null), released in `drop`.
@@ -70,7 +76,7 @@ impl Reader {
             queue,
             commits,
             logs,
-            read: Vec::with_capacity(max_batch),
+            read: Vec::with_capacity(max_batch.get()),
         };
         anyhow::ensure!(
             !queue.is_null() && !commits.is_null() && !logs.is_null(),

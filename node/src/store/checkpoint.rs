@@ -2,9 +2,10 @@
 //! becomes durable once all of them are written.
 //!
 //! Ordering is the whole point: every entity row of a snapshot is written first, the
-//! shard's resume offset last. Channels write a log entry (see `channel_log`). A crash in between leaves the old resume offset, and the
-//! replay skips, per entity, records at or below the entity's stored offset. Rows carry
-//! `USING TIMESTAMP` from their offset, so a stale writer never wins (see `storage`).
+//! shard's resume offset last. Channels write a log entry (see `channel_log`). A crash in
+//! between leaves the old resume offset, and the replay skips, per entity, records at or
+//! below the entity's stored offset. Rows carry `USING TIMESTAMP` from their offset, so a
+//! stale writer never wins (see `store`).
 //!
 //! Not for: deciding when to checkpoint (the shard's tick does that).
 
