@@ -211,14 +211,14 @@ mod tests {
                 })
                 .sum();
             assert_eq!(v.kills, kills, "{id}");
-            let revenue: u64 = mine
+            let revenue: u128 = mine
                 .iter()
                 .map(|e| match &e.body {
-                    EventBody::Purchase { amount, .. } => *amount,
+                    EventBody::Purchase { amount, .. } => *amount as u128,
                     _ => 0,
                 })
                 .sum();
-            assert_eq!(v.revenue.values().sum::<u64>(), revenue, "{id}");
+            assert_eq!(v.revenue.values().sum::<u128>(), revenue, "{id}");
             let matches = mine
                 .iter()
                 .filter(|e| matches!(e.body, EventBody::MatchEnd { .. }))

@@ -317,7 +317,9 @@ impl Channel {
 impl ChannelCounters {
     fn end_view(&mut self, joined: i64, ended: i64) {
         self.views_ended += 1;
-        self.watch_ms += (ended - joined).max(0) as u64;
+        self.watch_ms = self
+            .watch_ms
+            .saturating_add(ended.saturating_sub(joined).max(0) as u64);
     }
 }
 

@@ -44,8 +44,9 @@ pub struct Player {
 /// The parts of a player only some players have.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PlayerExtra {
-    /// Revenue in minor units per ISO currency, sorted by currency.
-    pub revenue: Vec<([u8; 3], u64)>,
+    /// Revenue in minor units per ISO currency, sorted by currency. 128 bits: no sum of
+    /// `amount`s (each at most 2^64-1) can overflow it before 2^64 purchases.
+    pub revenue: Vec<([u8; 3], u128)>,
     /// Channel being watched now and the event time watch time was last accrued.
     pub watching: Option<(CompactString, i64)>,
     /// Watch time per channel, milliseconds.
@@ -67,7 +68,7 @@ struct StoredPlayer {
     best_survival_secs: u32,
     best_placement: u32,
     purchases: u32,
-    revenue: Vec<([u8; 3], u64)>,
+    revenue: Vec<([u8; 3], u128)>,
     level: u32,
     achievements: u32,
     chat_messages: u32,
@@ -90,7 +91,7 @@ struct StoredPlayerRef<'a> {
     best_survival_secs: u32,
     best_placement: u32,
     purchases: u32,
-    revenue: &'a [([u8; 3], u64)],
+    revenue: &'a [([u8; 3], u128)],
     level: u32,
     achievements: u32,
     chat_messages: u32,
@@ -174,7 +175,7 @@ pub struct PlayerView {
     pub best_survival_secs: u32,
     pub best_placement: Option<u32>,
     pub purchases: u32,
-    pub revenue: std::collections::BTreeMap<String, u64>,
+    pub revenue: std::collections::BTreeMap<String, u128>,
     pub level: u32,
     pub achievements: u32,
     pub chat_messages: u32,
@@ -188,14 +189,17 @@ pub struct PlayerView {
 impl Player {
     /// Applies one event at event time `ts`. Pure and total: every valid event applies.
     pub fn apply(&mut self, ts: i64, body: &EventBody) {
-        self.events_by_kind[body.kind_index()] += 1;
+        let by_kind = &mut self.events_by_kind[body.kind_index()];
+        *by_kind = by_kind.saturating_add(1);
         self.last_seen = self.last_seen.max(ts);
         match body {
             EventBody::SessionStart {} => self.session_open_since = Some(ts),
             EventBody::SessionEnd {} => {
                 if let Some(start) = self.session_open_since.take() {
-                    self.sessions += 1;
-                    self.playtime_ms += (ts - start).max(0) as u64;
+                    self.sessions = self.sessions.saturating_add(1);
+                    self.playtime_ms = self
+                        .playtime_ms
+                        .saturating_add(ts.saturating_sub(start).max(0) as u64);
                 }
             }
             EventBody::MatchStart { .. } => {}
@@ -206,10 +210,12 @@ impl Player {
                 placement,
                 ..
             } => {
-                self.matches += 1;
-                self.kills += *kills as u64;
-                self.deaths += *deaths as u64;
-                self.survival_secs_total += *survival_secs as u64;
+                self.matches = self.matches.saturating_add(1);
+                self.kills = self.kills.saturating_add(*kills as u64);
+                self.deaths = self.deaths.saturating_add(*deaths as u64);
+                self.survival_secs_total = self
+                    .survival_secs_total
+                    .saturating_add(*survival_secs as u64);
                 self.best_survival_secs = self.best_survival_secs.max(*survival_secs);
                 if self.best_placement == 0 || (*placement > 0 && *placement < self.best_placement)
                 {
@@ -219,18 +225,22 @@ impl Player {
             EventBody::Purchase {
                 amount, currency, ..
             } => {
-                self.purchases += 1;
+                self.purchases = self.purchases.saturating_add(1);
                 let code: [u8; 3] = currency.as_bytes().try_into().unwrap_or(*b"???");
                 let revenue = &mut self.extra_mut().revenue;
                 match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
-                    Ok(i) => revenue[i].1 += amount,
-                    Err(i) => revenue.insert(i, (code, *amount)),
+                    Ok(i) => revenue[i].1 = revenue[i].1.saturating_add(*amount as u128),
+                    Err(i) => revenue.insert(i, (code, *amount as u128)),
                 }
             }
             EventBody::LevelUp { level } => self.level = self.level.max(*level),
-            EventBody::Achievement { .. } => self.achievements += 1,
-            EventBody::ChatMessage { .. } => self.chat_messages += 1,
-            EventBody::Follow { .. } => self.follows += 1,
+            EventBody::Achievement { .. } => {
+                self.achievements = self.achievements.saturating_add(1)
+            }
+            EventBody::ChatMessage { .. } => {
+                self.chat_messages = self.chat_messages.saturating_add(1)
+            }
+            EventBody::Follow { .. } => self.follows = self.follows.saturating_add(1),
             EventBody::ViewerJoin { channel } | EventBody::ViewerHeartbeat { channel } => {
                 let extra = self.extra_mut();
                 extra.accrue(ts);
@@ -267,13 +277,13 @@ impl PlayerExtra {
         let Some((channel, since)) = self.watching.as_mut() else {
             return;
         };
-        let delta = (ts - *since).max(0) as u64;
+        let delta = ts.saturating_sub(*since).max(0) as u64;
         *since = (*since).max(ts);
         if delta == 0 {
             return;
         }
         match self.watch_ms.iter_mut().find(|(c, _)| c == channel) {
-            Some((_, ms)) => *ms += delta,
+            Some((_, ms)) => *ms = ms.saturating_add(delta),
             None => self.watch_ms.push((channel.clone(), delta)),
         }
     }
@@ -389,6 +399,89 @@ mod tests {
         assert_eq!(v.purchases, 3);
         assert_eq!(v.revenue["USD"], 150);
         assert_eq!(v.revenue["EUR"], 250);
+    }
+
+    #[test]
+    fn revenue_never_wraps_and_counters_saturate() {
+        let mut p = Player::default();
+        let buy = |amount| EventBody::Purchase {
+            item: "i".into(),
+            amount,
+            currency: "USD".into(),
+        };
+        // 2^63 + 2^63 is 2^64: exact, where a 64-bit sum wrapped to 0.
+        p.apply(1, &buy(1 << 63));
+        p.apply(2, &buy(1 << 63));
+        assert_eq!(p.view("p").revenue["USD"], 1u128 << 64);
+        p.apply(3, &buy(u64::MAX));
+        assert_eq!(p.view("p").revenue["USD"], (1u128 << 64) + u64::MAX as u128);
+        // A counter at its maximum stays there instead of wrapping to 0.
+        p.purchases = u32::MAX;
+        p.kills = u64::MAX - 1;
+        p.apply(4, &buy(1));
+        let end = EventBody::MatchEnd {
+            match_id: "m".into(),
+            kills: 5,
+            deaths: 0,
+            survival_secs: 1,
+            placement: 1,
+        };
+        p.apply(5, &end);
+        assert_eq!((p.purchases, p.kills), (u32::MAX, u64::MAX));
+    }
+
+    #[test]
+    fn rows_written_with_64_bit_revenue_still_load() {
+        // The layout before revenue widened to 128 bits: postcard writes both as the same
+        // varint, so an old row decodes to the same player.
+        #[derive(Clone, Serialize)]
+        struct OldPlayer {
+            events_by_kind: [u32; KINDS.len()],
+            sessions: u32,
+            session_open_since: Option<i64>,
+            playtime_ms: u64,
+            matches: u32,
+            kills: u64,
+            deaths: u64,
+            survival_secs_total: u64,
+            best_survival_secs: u32,
+            best_placement: u32,
+            purchases: u32,
+            revenue: Vec<([u8; 3], u64)>,
+            level: u32,
+            achievements: u32,
+            chat_messages: u32,
+            follows: u32,
+            last_seen: i64,
+            watching: Option<(String, i64)>,
+            watch_ms: Vec<(String, u64)>,
+        }
+        let old = OldPlayer {
+            events_by_kind: [1; KINDS.len()],
+            sessions: 2,
+            session_open_since: Some(9),
+            playtime_ms: 3,
+            matches: 4,
+            kills: 5,
+            deaths: 6,
+            survival_secs_total: 7,
+            best_survival_secs: 8,
+            best_placement: 1,
+            purchases: 2,
+            revenue: vec![(*b"USD", u64::MAX)],
+            level: 10,
+            achievements: 11,
+            chat_messages: 12,
+            follows: 13,
+            last_seen: 14,
+            watching: Some(("c".into(), 15)),
+            watch_ms: vec![("c".into(), 16)],
+        };
+        let bytes = crate::entity::encode(&old);
+        let p: Player = crate::entity::decode(&bytes).unwrap();
+        assert_eq!(p.view("p").revenue["USD"], u64::MAX as u128);
+        assert_eq!((p.sessions, p.follows, p.last_seen), (2, 13, 14));
+        assert_eq!(p.extra.unwrap().watch_ms[0].1, 16);
     }
 
     #[test]

@@ -262,12 +262,17 @@ impl Hosted for Channel {
     }
 }
 
+/// A viewer count as the summary's signed CQL `int`, saturating instead of wrapping.
+fn saturate(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
 /// The stored summary of a channel: what top-N views read without loading it.
 pub fn summarize(id: &str, c: &Channel, clock: EventClock) -> ChannelSummary {
     ChannelSummary {
         id: id.to_string(),
-        concurrent: c.concurrent_at(clock.watermark, clock.timeout_ms) as i32,
-        peak: c.counters.peak_concurrent as i32,
-        follows: c.counters.follows as i64,
+        concurrent: saturate(c.concurrent_at(clock.watermark, clock.timeout_ms)),
+        peak: saturate(c.counters.peak_concurrent),
+        follows: i64::try_from(c.counters.follows).unwrap_or(i64::MAX),
     }
 }

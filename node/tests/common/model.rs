@@ -126,7 +126,7 @@ pub struct PlayerModel {
     pub best_survival: u64,
     pub best_placement: Option<u64>,
     pub purchases: u64,
-    pub revenue: BTreeMap<String, u64>,
+    pub revenue: BTreeMap<String, u128>,
     pub level: u64,
     pub achievements: u64,
     pub chats: u64,
@@ -224,7 +224,7 @@ impl Model {
                 amount, currency, ..
             } => {
                 p.purchases += 1;
-                *p.revenue.entry(currency.to_string()).or_default() += amount;
+                *p.revenue.entry(currency.to_string()).or_default() += *amount as u128;
             }
             EventBody::LevelUp { level } => p.level = p.level.max(*level as u64),
             EventBody::Achievement { .. } => p.achievements += 1,
