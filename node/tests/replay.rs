@@ -500,3 +500,64 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
     assert_eq!(metrics.applied_total(), events.len() as u64);
     shard.stop(None);
 }
+
+/// Reads never create state: after a restart (the partition was checkpointed before, so
+/// any id may be stored) a scan of ids that were never sent answers "no events" and leaves
+/// the resident entities, and the top-N view, exactly as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_unknown_ids_creates_no_entities_before_or_after_a_restart() {
+    let env = TestEnv::new("scan", 1);
+    let store = store(&env).await;
+    let events = generate(&StreamSpec {
+        seed: 11,
+        events: 2_000,
+        players: 40,
+        channels: 6,
+        start_ts: 1_700_000_000_000,
+    });
+    let resident = |shard: ActorRef<ShardMsg>| async move {
+        ractor::call_t!(shard, ShardMsg::Stats, 10_000)
+            .unwrap()
+            .resident_entities
+    };
+    let scan = |shard: ActorRef<ShardMsg>| async move {
+        for n in 0..3_000 {
+            let id = format!("never-sent-{n}");
+            let answer = ractor::call_t!(shard, ShardMsg::Query, 10_000, id.clone()).unwrap();
+            assert!(answer.unwrap().is_none(), "{id} was never sent");
+        }
+    };
+    let channel_recs: Vec<Record> = channel_records(&events).into_iter().map(|r| r.0).collect();
+    for (kind, recs) in [
+        (ShardKind::Players, records(&events)),
+        (ShardKind::Channels, channel_recs),
+    ] {
+        // Before any checkpoint: nothing can be stored, and nothing is created.
+        let first = start_shard_of(&store, kind, None).await;
+        feed(&first, &recs).await;
+        let before = resident(first.clone()).await;
+        assert!(before > 0);
+        scan(first.clone()).await;
+        assert_eq!(resident(first.clone()).await, before, "{kind:?}");
+        let progress = ractor::call_t!(first, ShardMsg::Flush, 30_000)
+            .unwrap()
+            .unwrap();
+        first.stop(None);
+
+        // After a restart every id may be stored: each is looked up, none is created.
+        let second = start_shard_of(&store, kind, Some(progress)).await;
+        assert_eq!(resident(second.clone()).await, 0);
+        scan(second.clone()).await;
+        assert_eq!(resident(second.clone()).await, 0, "{kind:?} after restart");
+        if kind == ShardKind::Channels {
+            let top = ractor::call_t!(second, ShardMsg::Top, 10_000, shard::TopBy::Follows, 1000)
+                .unwrap();
+            assert!(
+                top.len() <= 6,
+                "only channels that saw events rank: {top:?}"
+            );
+            assert!(top.iter().all(|e| !e.id.starts_with("never-sent-")));
+        }
+        second.stop(None);
+    }
+}

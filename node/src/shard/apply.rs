@@ -28,6 +28,15 @@ static INVALID_RECORD_LOG: LogLimit = LogLimit::new(std::time::Duration::from_se
 /// Entities loaded from Cassandra at once.
 const LOADS_IN_FLIGHT: usize = 64;
 
+/// What activation does with a key that has nothing stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Absent {
+    /// Make it a new entity: a record for it is about to apply.
+    Create,
+    /// Leave it absent: only a read asked for it.
+    Skip,
+}
+
 /// A record whose entity was not resident when its batch arrived: applied, in order, once
 /// the entity is loaded, with the watermark it would have seen.
 pub(super) struct Deferred {
@@ -95,8 +104,23 @@ impl<E: Hosted> ShardState<E> {
         drop(permit);
     }
 
-    /// Loads the given keys that are not resident, in parallel, and makes them resident.
+    /// Loads the given keys that are not resident, in parallel, and makes them resident;
+    /// a key with nothing stored becomes a new entity (its first record is about to apply).
     pub(super) async fn activate(&mut self, keys: Vec<CompactString>) -> anyhow::Result<()> {
+        self.load_resident(keys, Absent::Create).await
+    }
+
+    /// [`Self::activate`] for reads: a key with nothing stored stays absent, so a read
+    /// never creates state and a scan of unknown ids costs no memory.
+    pub(super) async fn activate_stored(&mut self, keys: Vec<CompactString>) -> anyhow::Result<()> {
+        self.load_resident(keys, Absent::Skip).await
+    }
+
+    async fn load_resident(
+        &mut self,
+        keys: Vec<CompactString>,
+        absent: Absent,
+    ) -> anyhow::Result<()> {
         let store = self.args.store.clone();
         let partition = self.args.partition;
         let touched = self.now_secs();
@@ -117,10 +141,17 @@ impl<E: Hosted> ShardState<E> {
             .into_iter()
             .collect::<anyhow::Result<_>>()?;
         self.args.metrics.add_entity_loads(loaded.len() as u64);
+        let fresh = match absent {
+            Absent::Create => fresh,
+            Absent::Skip => Vec::new(),
+        };
         for (key, stored) in loaded
             .into_iter()
             .chain(fresh.into_iter().map(|k| (k, None)))
         {
+            if stored.is_none() && absent == Absent::Skip {
+                continue;
+            }
             self.passivated.remove(key.as_str());
             let (state, offset) = E::activate(&mut self.extra, &key, stored)?;
             self.entities.insert(key, state, offset, touched);

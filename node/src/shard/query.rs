@@ -104,7 +104,7 @@ impl<E: Hosted> ShardState<E> {
         id: &str,
     ) -> Result<Option<(View, Freshness)>, QueryError> {
         if self.may_be_stored(id) {
-            self.activate(vec![id.into()])
+            self.activate_stored(vec![id.into()])
                 .await
                 .map_err(QueryError::Load)?;
         }
@@ -156,7 +156,7 @@ impl ShardState<Channel> {
                 current.push(b.clone());
                 to_load.push(b.id.into());
             }
-            if let Err(e) = self.activate(to_load).await {
+            if let Err(e) = self.activate_stored(to_load).await {
                 warn!(error = %format!("{e:#}"), "top-N: loading channels failed; using stored summaries");
             }
             exact = self.resident_top();
