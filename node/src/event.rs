@@ -14,6 +14,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod plain;
+#[cfg(test)]
+mod roundtrip;
 
 /// The only version this build understands.
 pub const EVENT_VERSION: u32 = 1;
@@ -274,10 +276,13 @@ impl Event {
     /// The records this event puts on the channel topic, as (channel key, event):
     /// viewer events and follows concern a channel; a switch is a leave on the old channel
     /// and a join on the new one (produced in the same transaction as the player record).
+    /// Derived records keep the event's id unchanged, so they obey every rule the event
+    /// did (an id of 128 bytes stays 128 bytes): whatever ingest accepted, the consumer
+    /// accepts. The two halves of a switch differ by channel, which is their key.
     pub fn channel_records(&self) -> Vec<(Id, Event)> {
-        let derived = |suffix: &str, body: EventBody| Event {
+        let derived = |body: EventBody| Event {
             v: self.v,
-            id: compact_str::format_compact!("{}{suffix}", self.id),
+            id: self.id.clone(),
             ts: self.ts,
             player: self.player.clone(),
             body,
@@ -290,21 +295,15 @@ impl Event {
             EventBody::ViewerSwitch { from, to } => vec![
                 (
                     from.clone(),
-                    derived(
-                        "#leave",
-                        EventBody::ViewerLeave {
-                            channel: from.clone(),
-                        },
-                    ),
+                    derived(EventBody::ViewerLeave {
+                        channel: from.clone(),
+                    }),
                 ),
                 (
                     to.clone(),
-                    derived(
-                        "#join",
-                        EventBody::ViewerJoin {
-                            channel: to.clone(),
-                        },
-                    ),
+                    derived(EventBody::ViewerJoin {
+                        channel: to.clone(),
+                    }),
                 ),
             ],
             _ => Vec::new(),
