@@ -191,8 +191,10 @@ async fn ingest(state: Data, mut payload: web::Payload) -> Result<HttpResponse, 
     let mut records = Vec::with_capacity(items.len() * 2);
     let mut rejected = Vec::new();
     let mut accepted = 0;
+    let now_ms = crate::event::now_ms();
+    let lead = state.cfg.shard.future_tolerance_ms();
     for (index, raw) in items.iter().enumerate() {
-        match Event::parse(raw) {
+        match Event::parse(raw).and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e)) {
             Ok(event) => {
                 records.extend(records_for(&event));
                 accepted += 1;

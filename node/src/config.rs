@@ -210,6 +210,18 @@ pub struct ShardConfig {
     /// Batches in flight between the Kafka poll loop and the shards, per node. When all are
     /// taken the poll loop waits, so a slow shard pushes back on Kafka.
     pub max_inflight_batches: usize,
+    /// Client retries are counted once: a record whose (entity, player, event id) its
+    /// partition already saw within this many seconds of arrival (Kafka timestamps) is a
+    /// duplicate and is not applied. 0 turns deduplication off. Costs about 80 bytes of
+    /// memory per record that arrived within the window, and a new owner re-reads the
+    /// window's records before it applies new ones.
+    pub dedupe_window_secs: u64,
+    /// How far an event's `ts` may be ahead of its arrival, in seconds. HTTP ingest rejects
+    /// later events with the reason; a record read from Kafka that is further ahead of its
+    /// Kafka timestamp is counted (`tally_records_future_total`), sent to the dead-letter
+    /// topic and not applied, so one client's wrong clock can never move the partition's
+    /// event-time watermark (and expire every viewer).
+    pub future_tolerance_secs: u64,
 }
 
 impl Default for ShardConfig {
@@ -221,6 +233,8 @@ impl Default for ShardConfig {
             viewer_timeout_secs: 120,
             max_batch: NonZeroUsize::new(2000).expect("2000 is not zero"),
             max_inflight_batches: 64,
+            dedupe_window_secs: 600,
+            future_tolerance_secs: 300,
         }
     }
 }
@@ -234,6 +248,12 @@ impl ShardConfig {
     }
     pub fn passivate_after(&self) -> Duration {
         Duration::from_secs(self.passivate_after_secs)
+    }
+    pub fn dedupe_window_ms(&self) -> i64 {
+        (self.dedupe_window_secs as i64).saturating_mul(1000)
+    }
+    pub fn future_tolerance_ms(&self) -> i64 {
+        (self.future_tolerance_secs as i64).saturating_mul(1000)
     }
 }
 

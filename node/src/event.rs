@@ -22,6 +22,14 @@ pub const EVENT_VERSION: u32 = 1;
 /// Longest accepted id (player, channel, item, event id).
 pub const MAX_ID_LEN: usize = 128;
 
+/// The wall clock in milliseconds since the epoch: ingest's "now" for the future bound.
+/// Never used in a state transition (those run on event time).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// An identifier (event, player, channel, match, item, ...): inline up to 24 bytes, so
 /// decoding an event allocates nothing for its ids.
 pub type Id = CompactString;
@@ -215,6 +223,23 @@ impl Event {
         let event = wire.into_event()?;
         event.validate()?;
         Ok(event)
+    }
+
+    /// Rejects an event whose `ts` is more than `tolerance_ms` after `now_ms` (ingest's
+    /// clock): one client's wrong clock must not move a partition's event-time watermark.
+    pub fn check_not_ahead(&self, now_ms: i64, tolerance_ms: i64) -> Result<(), Rejection> {
+        let bound = now_ms.saturating_add(tolerance_ms);
+        if self.ts > bound {
+            return Err(Rejection::new(
+                "ts",
+                format!(
+                    "{} is more than {} s ahead of the ingest clock ({now_ms}); check the producer's clock",
+                    self.ts,
+                    tolerance_ms / 1000
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks the rules serde cannot express.
@@ -511,6 +536,25 @@ mod tests {
             Event::parse(escaped.as_bytes()).unwrap().body,
             EventBody::SessionEnd {}
         );
+    }
+
+    #[test]
+    fn an_event_too_far_ahead_of_the_ingest_clock_is_rejected_naming_ts() {
+        let at = |ts: i64| Event {
+            v: 1,
+            id: "e".into(),
+            ts,
+            player: "p".into(),
+            body: EventBody::SessionStart {},
+        };
+        let now = 1_700_000_000_000;
+        assert!(at(now + 300_000).check_not_ahead(now, 300_000).is_ok());
+        assert!(at(1).check_not_ahead(now, 300_000).is_ok());
+        let r = at(now + 300_001).check_not_ahead(now, 300_000).unwrap_err();
+        assert_eq!(r.field, "ts");
+        assert!(r.reason.contains("300 s ahead"), "{}", r.reason);
+        assert!(at(i64::MAX).check_not_ahead(i64::MAX - 1, i64::MAX).is_ok());
+        assert!(at(i64::MAX).check_not_ahead(now, 0).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`api`]: HTTP (actix-web): ingest, queries, health, metrics.
 //! - [`event`]: the versioned event model and its validation.
 //! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters.
+//! - [`dead_letter`]: the consumer's dead letters (records read from Kafka it skips).
 //! - [`partitioner`]: Kafka's murmur2 key-to-partition function, shared by everyone.
 //! - [`source`]: the blocking Kafka consumer's poll loop, feeding shards with backpressure.
 //! - [`shard`]: one ractor actor per partition, generic over the hosted kind of entity:
@@ -48,6 +49,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod dead_letter;
 pub mod entity;
 pub mod event;
 pub mod ingest;

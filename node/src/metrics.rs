@@ -17,6 +17,10 @@ pub struct Metrics {
     applied_channel_records: AtomicU64,
     consumed_records: AtomicU64,
     invalid_records: AtomicU64,
+    duplicate_records: AtomicU64,
+    future_records: AtomicU64,
+    dead_letters: AtomicU64,
+    dead_letters_dropped: AtomicU64,
     entity_loads: AtomicU64,
     passivations: AtomicU64,
     checkpoints: AtomicU64,
@@ -43,6 +47,17 @@ impl Metrics {
     }
     pub fn add_invalid_records(&self, n: u64) {
         self.invalid_records.fetch_add(n, Relaxed);
+    }
+    pub fn add_duplicate_records(&self, n: u64) {
+        self.duplicate_records.fetch_add(n, Relaxed);
+    }
+    pub fn add_future_records(&self, n: u64) {
+        self.future_records.fetch_add(n, Relaxed);
+    }
+    /// Records the consumer sent to the dead-letter topic, and those it could not send.
+    pub fn add_dead_letters(&self, sent: u64, dropped: u64) {
+        self.dead_letters.fetch_add(sent, Relaxed);
+        self.dead_letters_dropped.fetch_add(dropped, Relaxed);
     }
     pub fn add_entity_loads(&self, n: u64) {
         self.entity_loads.fetch_add(n, Relaxed);
@@ -134,6 +149,30 @@ impl Metrics {
             "Kafka records skipped because they did not decode or validate.",
             "",
             self.invalid_records.load(Relaxed),
+        );
+        counter(
+            "tally_records_duplicate_total",
+            "Kafka records not applied because their (entity, player, event id) was seen within shard.dedupe_window_secs.",
+            "",
+            self.duplicate_records.load(Relaxed),
+        );
+        counter(
+            "tally_records_future_total",
+            "Kafka records not applied because their ts was more than shard.future_tolerance_secs after their arrival.",
+            "",
+            self.future_records.load(Relaxed),
+        );
+        counter(
+            "tally_consumer_dead_letters_total",
+            "Records the consumer sent to the dead-letter topic (invalid or future-dated records read from Kafka).",
+            "",
+            self.dead_letters.load(Relaxed),
+        );
+        counter(
+            "tally_consumer_dead_letters_dropped_total",
+            "Dead letters the consumer could not queue for Kafka (producer queue full); the record was still skipped and counted.",
+            "",
+            self.dead_letters_dropped.load(Relaxed),
         );
         counter(
             "tally_entity_loads_total",

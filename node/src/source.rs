@@ -237,7 +237,7 @@ fn poll_loop(
                         batches.len() - 1
                     }
                 };
-                batches[at].1.push(m.offset, m.key, m.payload);
+                batches[at].1.push(m.offset, m.timestamp, m.key, m.payload);
             }
         });
         let mut waited_shards = Duration::ZERO;

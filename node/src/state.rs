@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::membership::Membership;
 use crate::config::Config;
+use crate::dead_letter::DeadLetters;
 use crate::ingest::Ingest;
 use crate::kind::{ChangeKind, ShardId, ShardKind};
 use crate::metrics::Metrics;
@@ -96,6 +97,8 @@ pub struct Core {
     pub permits: Arc<Semaphore>,
     /// The ownership controller's task, awaited at shutdown.
     pub controller: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where shards send the records they skip.
+    pub dead_letters: Arc<DeadLetters>,
 }
 
 impl Core {
@@ -106,6 +109,7 @@ impl Core {
         source: SourceHandle,
         membership: Membership,
         permits: Arc<Semaphore>,
+        dead_letters: Arc<DeadLetters>,
     ) -> Core {
         Core {
             store,
@@ -117,6 +121,7 @@ impl Core {
             membership,
             permits,
             controller: Mutex::new(None),
+            dead_letters,
         }
     }
 

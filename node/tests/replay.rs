@@ -11,6 +11,7 @@ use common::model::{generate, Model, StreamSpec};
 use common::TestEnv;
 use ractor::ActorRef;
 use tally_node::config::{CassandraConfig, ShardConfig};
+use tally_node::dead_letter::DeadLetters;
 use tally_node::event::Event;
 use tally_node::kind::ShardKind;
 use tally_node::metrics::Metrics;
@@ -52,6 +53,7 @@ async fn start_shard_of(
         owner: "test".into(),
         progress,
         metrics: Arc::new(Metrics::default()),
+        dead_letters: None,
     };
     shard::spawn(args).await.unwrap()
 }
@@ -63,6 +65,7 @@ fn records(events: &[Event]) -> Vec<Record> {
         .enumerate()
         .map(|(i, e)| Record {
             offset: i as i64,
+            timestamp: e.ts,
             key: Some(e.player.as_bytes().to_vec()),
             payload: Some(e.to_json()),
         })
@@ -86,6 +89,7 @@ fn channel_records(events: &[Event]) -> Vec<(Record, i64)> {
         .map(|(i, (channel, e))| {
             let rec = Record {
                 offset: i as i64,
+                timestamp: e.ts,
                 key: Some(channel.as_bytes().to_vec()),
                 payload: Some(e.to_json()),
             };
@@ -434,9 +438,10 @@ async fn players_stored_before_buckets_are_still_found() {
 }
 
 /// Records written to Kafka by producers other than Tally's ingest may be anything: each bad
-/// one is skipped and counted, its neighbours (and the entities read ahead of it) apply.
+/// one is skipped, counted and sent to the dead-letter topic with the reason, and its
+/// neighbours (and the entities read ahead of it) apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
+async fn undecodable_records_are_skipped_counted_and_dead_lettered_and_neighbours_apply() {
     let env = TestEnv::new("badrecords", 1);
     let store = store(&env).await;
     let events = generate(&StreamSpec {
@@ -461,6 +466,7 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
             let (key, payload) = bad[i / 100].clone();
             recs.push(shard::Record {
                 offset: 0,
+                timestamp: -1,
                 key,
                 payload,
             });
@@ -471,6 +477,8 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
         r.offset = offset as i64;
     }
     let metrics = Arc::new(Metrics::default());
+    let dead_letters =
+        Arc::new(DeadLetters::start(&env.kafka_config(), "test", metrics.clone()).unwrap());
     let args = ShardArgs {
         kind: ShardKind::Players,
         topic: "players".into(),
@@ -480,6 +488,7 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
         owner: "test".into(),
         progress: None,
         metrics: metrics.clone(),
+        dead_letters: Some(dead_letters.clone()),
     };
     let shard = shard::spawn(args).await.unwrap();
     feed(&shard, &recs).await;
@@ -499,6 +508,34 @@ async fn undecodable_records_are_skipped_and_counted_and_neighbours_apply() {
     );
     assert_eq!(metrics.applied_total(), events.len() as u64);
     shard.stop(None);
+    dead_letters.flush(Duration::from_secs(10));
+    let mut dead = env.dead_letters(bad.len(), Duration::from_secs(30));
+    assert_eq!(dead.len(), bad.len(), "{dead:#?}");
+    // The topic has several partitions: put them back in source order.
+    let source_offset = |d: &common::DeadLetterRecord| -> i64 {
+        d.headers["tally-source"]
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    dead.sort_by_key(source_offset);
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|d| d.headers["tally-reason"].as_str())
+        .collect();
+    for (d, want) in dead.iter().zip([
+        "record has no key",
+        "key is not utf-8",
+        "record has no value",
+        "invalid event: event: malformed json",
+    ]) {
+        assert_eq!(d.headers["tally-field"], "event");
+        assert!(d.headers["tally-reason"].starts_with(want), "{reasons:?}");
+        assert!(d.headers["tally-source"].starts_with("players/0/"), "{d:?}");
+    }
+    assert_eq!(dead[3].payload, b"{\"v\":1,\"kind\":");
 }
 
 /// Reads never create state: after a restart (the partition was checkpointed before, so

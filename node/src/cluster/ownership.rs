@@ -112,7 +112,14 @@ async fn reconcile(state: &NodeState, core: &Core, wanted_since: &mut HashMap<Sh
 async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -> bool {
     let (kind, partition) = shard;
     let topic = state.topic(kind).to_string();
-    let progress = match core.store.read_progress(&topic, partition).await {
+    // The dedupe mark first: it is written after the progress, so the progress read next
+    // is at least as new, and the mark is then at or before what that progress needs.
+    let stored = async {
+        let dedupe_from = core.store.read_dedupe_from(&topic, partition).await?;
+        let progress = core.store.read_progress(&topic, partition).await?;
+        anyhow::Ok((progress, dedupe_from))
+    };
+    let (progress, dedupe_from) = match stored.await {
         Ok(p) => p,
         Err(e) => {
             warn!(%topic, partition, error = %format!("{e:#}"), "cannot read progress; will retry");
@@ -128,6 +135,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         owner: state.cfg.node.id.clone(),
         progress,
         metrics: state.metrics.clone(),
+        dead_letters: Some(core.dead_letters.clone()),
     };
     let actor = match shard::spawn(args).await {
         Ok(a) => a,
@@ -137,16 +145,19 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         }
     };
     let start_offset = progress.map_or(0, |p| p.resume_offset);
+    // Reading starts at the dedupe mark: the records below the resume offset rebuild the
+    // dedupe window and are not applied again.
+    let read_from = dedupe_from.map_or(start_offset, |d| d.clamp(0, start_offset));
     core.insert_shard(shard, actor.clone());
     if let Err(e) = core.source.assign(Assignment {
         topic: topic.clone(),
         partition,
-        start_offset,
+        start_offset: read_from,
         shard: actor,
     }) {
         error!(%topic, partition, error = %format!("{e:#}"), "assigning partition failed");
     }
-    info!(%topic, partition, start_offset, "acquired partition");
+    info!(%topic, partition, start_offset, read_from, "acquired partition");
     state.record_change(OwnershipChange::now(
         shard,
         ChangeKind::Acquired,

@@ -12,7 +12,8 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{Config, KafkaConfig};
 
-/// Creates the player, channel and dead-letter topics; existing ones are left alone.
+/// Creates the player, channel and dead-letter topics, timestamped by the broker at
+/// append (LogAppendTime); existing ones are left alone.
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &cfg.kafka.brokers)
@@ -30,6 +31,9 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
             cfg.kafka.partitions,
             TopicReplication::Fixed(cfg.kafka.replication_factor),
         )
+        // A record's timestamp is its arrival by the broker's clock, not a producer's:
+        // the future-timestamp bound and the dedupe window measure against it.
+        .set("message.timestamp.type", "LogAppendTime")
     })
     .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));

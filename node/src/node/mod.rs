@@ -36,6 +36,7 @@ use tracing::info;
 use crate::cluster::membership::Membership;
 use crate::cluster::ownership;
 use crate::config::Config;
+use crate::dead_letter::DeadLetters;
 use crate::ingest::Ingest;
 use crate::kind::{MemberStatus, ShardKind};
 use crate::retry::until_ok;
@@ -227,7 +228,22 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Resu
             return Err(e.context("start the kafka source"));
         }
     };
-    let core = Core::new(store, ingest, partitions, source, membership, permits);
+    let dead_letters = match DeadLetters::start(&cfg.kafka, &cfg.node.id, state.metrics.clone()) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            membership.shutdown().await;
+            return Err(e);
+        }
+    };
+    let core = Core::new(
+        store,
+        ingest,
+        partitions,
+        source,
+        membership,
+        permits,
+        dead_letters,
+    );
     if state.core.set(core).is_err() {
         anyhow::bail!("the node's core was started twice");
     }

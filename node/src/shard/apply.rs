@@ -11,7 +11,9 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{error, warn};
 
+use super::dedupe::{self, Verdict};
 use super::{Hosted, RecordRef, Records, ShardState};
+use crate::dead_letter::DeadLetter;
 use crate::entity;
 use crate::event::Event;
 use crate::log_limit::LogLimit;
@@ -24,6 +26,9 @@ pub(super) const SPARE_DEFERRED: usize = 256;
 /// One "skipping invalid record" line per second at most, for the whole node; the
 /// `tally_records_invalid_total` counter stays exact.
 static INVALID_RECORD_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(1));
+
+/// The same for records too far ahead of their arrival.
+static FUTURE_RECORD_LOG: LogLimit = LogLimit::new(std::time::Duration::from_secs(1));
 
 /// Entities loaded from Cassandra at once.
 const LOADS_IN_FLIGHT: usize = 64;
@@ -183,19 +188,38 @@ impl<E: Hosted> ShardState<E> {
                 after.and_then(Result::ok),
             );
             if rec.offset < self.next_offset {
-                continue; // redelivered after a seek
+                // Below the resume offset: a new owner rebuilding the dedupe window, or a
+                // record redelivered after a seek. Remembered, never applied.
+                self.observe_only(&rec, key);
+                continue;
             }
             self.next_offset = rec.offset + 1;
             let (key, event) = match decode_record(&rec, key) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.args.metrics.add_invalid_records(1);
+                    self.dedupe.observe(rec.offset, rec.timestamp, None);
+                    self.dead_letter(&rec, "event", &reason);
                     if let Some(suppressed) = INVALID_RECORD_LOG.allow() {
                         warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, suppressed, "skipping invalid record");
                     }
                     continue;
                 }
             };
+            if let Some(reason) = self.too_far_ahead(&rec, &event) {
+                self.args.metrics.add_future_records(1);
+                self.dedupe.observe(rec.offset, rec.timestamp, None);
+                self.dead_letter(&rec, "ts", &reason);
+                if let Some(suppressed) = FUTURE_RECORD_LOG.allow() {
+                    warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, suppressed, "skipping future-dated record");
+                }
+                continue;
+            }
+            let fp = dedupe::fingerprint(key, &event.player, &event.id);
+            if self.dedupe.check(rec.offset, rec.timestamp, fp) == Verdict::Duplicate {
+                self.args.metrics.add_duplicate_records(1);
+                continue;
+            }
             self.watermark = self.watermark.max(event.ts);
             let watermark = self.watermark;
             let done = apply_in(
@@ -218,6 +242,44 @@ impl<E: Hosted> ShardState<E> {
         }
         self.args.metrics.add_applied(E::KIND, applied);
         deferred
+    }
+
+    /// Feeds a record that is not applied to the dedupe window, so the window holds what
+    /// the partition's earlier owner held.
+    fn observe_only(&mut self, rec: &RecordRef<'_>, key: Result<&str, &'static str>) {
+        if !self.dedupe.enabled() {
+            return;
+        }
+        let fp = decode_record(rec, key)
+            .ok()
+            .filter(|(_, event)| self.too_far_ahead(rec, event).is_none())
+            .map(|(key, event)| dedupe::fingerprint(key, &event.player, &event.id));
+        self.dedupe.observe(rec.offset, rec.timestamp, fp);
+    }
+
+    /// Why `event` is too far ahead of its record's arrival to apply, if it is.
+    fn too_far_ahead(&self, rec: &RecordRef<'_>, event: &Event) -> Option<String> {
+        let tolerance = self.args.cfg.future_tolerance_ms();
+        (rec.timestamp >= 0 && event.ts > rec.timestamp.saturating_add(tolerance)).then(|| {
+            format!(
+                "{} is more than shard.future_tolerance_secs ({} s) after the record's arrival {}",
+                event.ts, self.args.cfg.future_tolerance_secs, rec.timestamp
+            )
+        })
+    }
+
+    fn dead_letter(&self, rec: &RecordRef<'_>, field: &str, reason: &str) {
+        if let Some(dl) = &self.args.dead_letters {
+            dl.send(DeadLetter {
+                topic: &self.args.topic,
+                partition: self.args.partition,
+                offset: rec.offset,
+                key: rec.key,
+                payload: rec.payload,
+                field,
+                reason,
+            });
+        }
     }
 
     /// Applies records held back by [`Self::apply_resident`]; their entities are resident.

@@ -11,6 +11,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Record {
     pub offset: i64,
+    /// Kafka timestamp in milliseconds (-1: none); see [`RecordRef::timestamp`].
+    pub timestamp: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
 }
@@ -19,6 +21,9 @@ pub struct Record {
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
     pub offset: i64,
+    /// Kafka timestamp in milliseconds (-1: none): when the record arrived, by the broker's
+    /// clock on Tally's topics (LogAppendTime). Part of the log, so replays see the same.
+    pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
 }
@@ -26,8 +31,8 @@ pub struct RecordRef<'a> {
 /// A (start, length) range of [`Records::bytes`].
 type Span = (u32, u32);
 
-/// Offset, then key and payload as spans of the batch's bytes.
-type Item = (i64, Option<Span>, Option<Span>);
+/// Offset, timestamp, then key and payload as spans of the batch's bytes.
+type Item = (i64, i64, Option<Span>, Option<Span>);
 
 /// Records of one partition in offset order, handed to its shard. Keys and payloads share
 /// one buffer: the poll loop copies each record once and allocates nothing per record.
@@ -99,7 +104,13 @@ impl Drop for Records {
 }
 
 impl Records {
-    pub fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>) {
+    pub fn push(
+        &mut self,
+        offset: i64,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) {
         let mut put = |b: &[u8]| {
             let start = self.bytes.len() as u32;
             self.bytes.extend_from_slice(b);
@@ -107,7 +118,7 @@ impl Records {
         };
         let key = key.map(&mut put);
         let payload = payload.map(&mut put);
-        self.items.push((offset, key, payload));
+        self.items.push((offset, timestamp, key, payload));
     }
 
     pub fn len(&self) -> usize {
@@ -124,8 +135,9 @@ impl Records {
         };
         self.items
             .iter()
-            .map(move |&(offset, key, payload)| RecordRef {
+            .map(move |&(offset, timestamp, key, payload)| RecordRef {
                 offset,
+                timestamp,
                 key: part(key),
                 payload: part(payload),
             })
@@ -136,7 +148,12 @@ impl From<&[Record]> for Records {
     fn from(records: &[Record]) -> Self {
         let mut out = Records::default();
         for r in records {
-            out.push(r.offset, r.key.as_deref(), r.payload.as_deref());
+            out.push(
+                r.offset,
+                r.timestamp,
+                r.key.as_deref(),
+                r.payload.as_deref(),
+            );
         }
         out
     }
@@ -150,7 +167,7 @@ mod tests {
     fn dropped_batches_return_their_buffers_to_the_pool() {
         let pool = Arc::new(RecordsPool::default());
         let mut batch = pool.take();
-        batch.push(7, Some(b"p1"), Some(b"{}"));
+        batch.push(7, 1, Some(b"p1"), Some(b"{}"));
         let bytes_at = batch.bytes.as_ptr();
         drop(batch);
         // The next batch reuses the buffer, emptied.
@@ -163,7 +180,7 @@ mod tests {
         // A buffer that grew too large is freed, not kept.
         let mut big = pool.take();
         let payload = vec![b'x'; RecordsPool::KEEP_BYTES + 1];
-        big.push(8, None, Some(&payload));
+        big.push(8, 1, None, Some(&payload));
         drop(big);
         assert_eq!(pool.free.lock().unwrap().len(), 0);
         // A batch built without a pool goes nowhere.

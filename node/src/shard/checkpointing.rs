@@ -96,6 +96,7 @@ impl<E: Hosted> ShardState<E> {
                 resume_offset: self.next_offset,
                 watermark_ms: self.watermark,
             },
+            dedupe_from: self.dedupe.oldest_needed(self.next_offset),
         };
         for (i, key) in dirty.iter().enumerate() {
             // As in the apply loop: the entities ahead are on their way into the cache.

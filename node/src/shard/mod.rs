@@ -21,6 +21,7 @@
 mod apply;
 pub mod batch;
 mod checkpointing;
+pub mod dedupe;
 pub mod hosted;
 pub mod query;
 pub mod resident;
@@ -36,6 +37,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
 use crate::config::ShardConfig;
+use crate::dead_letter::DeadLetters;
 use crate::entity::{Channel, Player};
 use crate::kind::ShardKind;
 use crate::metrics::Metrics;
@@ -46,6 +48,7 @@ pub use hosted::{EventClock, Hosted, View};
 pub use query::{sort_top, Freshness, ShardStats, TopBy, TopEntry};
 
 use apply::Deferred;
+use dedupe::DedupeWindow;
 use resident::Resident;
 
 /// Why a query could not be answered.
@@ -96,6 +99,8 @@ pub struct ShardArgs {
     /// Progress read from Cassandra before the shard starts (None: never checkpointed).
     pub progress: Option<Progress>,
     pub metrics: Arc<Metrics>,
+    /// Where records that are not applied go (None: only counted, as in tests).
+    pub dead_letters: Option<Arc<DeadLetters>>,
 }
 
 /// Starts the shard of `args.kind` for `args.partition`.
@@ -130,8 +135,11 @@ pub struct ShardState<E: Hosted> {
     stored_before_start: bool,
     /// Next offset to apply.
     next_offset: i64,
-    /// Max event time seen in the partition.
+    /// Max event time applied in the partition (never beyond an arrival plus
+    /// `shard.future_tolerance_secs`: later records are not applied).
     watermark: i64,
+    /// Event ids seen within the dedupe window (see `dedupe`).
+    dedupe: DedupeWindow,
     /// Progress known durable in Cassandra.
     durable: Progress,
     checkpoint_running: bool,
@@ -190,6 +198,7 @@ impl<E: Hosted> Actor for Shard<E> {
             dirty: Vec::new(),
             next_offset: durable.resume_offset,
             watermark: durable.watermark_ms,
+            dedupe: DedupeWindow::new(args.cfg.dedupe_window_ms()),
             durable,
             checkpoint_running: false,
             last_checkpoint: None,

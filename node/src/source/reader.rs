@@ -33,6 +33,10 @@ pub struct Record<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
+    /// The record's Kafka timestamp, milliseconds since the epoch (-1: none): the broker's
+    /// append time on topics with `message.timestamp.type=LogAppendTime`, which Tally's
+    /// own topics use, else the producer's create time.
+    pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
 }
@@ -143,11 +147,14 @@ impl Reader {
             let bytes = |p: *mut std::ffi::c_void, len: usize| {
                 (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
             };
+            // SAFETY: `m` is a live message (see above); the call only reads it.
+            let timestamp = unsafe { rd::rd_kafka_message_timestamp(m, std::ptr::null_mut()) };
             records += 1;
             each(Ok(Record {
                 topic: topic.1,
                 partition: m.partition,
                 offset: m.offset,
+                timestamp,
                 key: bytes(m.key, m.key_len),
                 payload: bytes(m.payload, m.len),
             }));

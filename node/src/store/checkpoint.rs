@@ -54,6 +54,10 @@ pub struct Snapshot {
     pub entities: Vec<SnapshotEntity>,
     /// Written after all entities: every record below `resume_offset` is then durable.
     pub progress: Progress,
+    /// Written after the progress: the offset a new owner starts reading at to rebuild the
+    /// dedupe window (see `shard::dedupe`). Written last, so a crash in between leaves an
+    /// older, smaller mark, which only makes the rebuild read more.
+    pub dedupe_from: i64,
 }
 
 pub fn player_row<T: Serialize + Clone>(key: String, state: &T, offset: i64) -> SnapshotEntity {
@@ -109,6 +113,9 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
     if snap.progress.resume_offset > 0 {
         store
             .write_progress(&snap.topic, snap.partition, snap.progress, &snap.owner)
+            .await?;
+        store
+            .write_dedupe_from(&snap.topic, snap.partition, snap.progress, snap.dedupe_from)
             .await?;
     }
     metrics.record_checkpoint(snap.entities.len() as u64, started.elapsed());

@@ -118,6 +118,8 @@ pub struct Store {
     select_channel_summaries: PreparedStatement,
     insert_progress: PreparedStatement,
     select_progress: PreparedStatement,
+    insert_dedupe: PreparedStatement,
+    select_dedupe: PreparedStatement,
     insert_log_entry: PreparedStatement,
     insert_log_entry_head: PreparedStatement,
     select_log_head: PreparedStatement,
@@ -190,6 +192,14 @@ impl Store {
             .await?,
             select_progress: p(format!(
                 "SELECT resume_offset, watermark_ms FROM {keyspace}.shard_progress WHERE topic = ? AND partition = ?"
+            ))
+            .await?,
+            insert_dedupe: p(format!(
+                "INSERT INTO {keyspace}.shard_dedupe (topic, partition, dedupe_from) VALUES (?, ?, ?) USING TIMESTAMP ?"
+            ))
+            .await?,
+            select_dedupe: p(format!(
+                "SELECT dedupe_from FROM {keyspace}.shard_dedupe WHERE topic = ? AND partition = ?"
             ))
             .await?,
             insert_log_entry: p(format!(
@@ -482,5 +492,47 @@ impl Store {
             resume_offset,
             watermark_ms,
         }))
+    }
+
+    /// Records where a new owner starts reading to rebuild the dedupe window; written
+    /// after [`Store::write_progress`] with the same write timestamp.
+    pub async fn write_dedupe_from(
+        &self,
+        topic: &str,
+        partition: i32,
+        progress: Progress,
+        dedupe_from: i64,
+    ) -> anyhow::Result<()> {
+        self.session
+            .execute_unpaged(
+                &self.insert_dedupe,
+                (
+                    topic,
+                    partition,
+                    dedupe_from,
+                    write_timestamp(progress.resume_offset - 1),
+                ),
+            )
+            .await
+            .with_context(|| format!("write dedupe mark of {topic}/{partition}"))?;
+        Ok(())
+    }
+
+    /// The offset to start reading at to rebuild the dedupe window (None: none recorded).
+    pub async fn read_dedupe_from(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> anyhow::Result<Option<i64>> {
+        let row = self
+            .session
+            .execute_unpaged(&self.select_dedupe, (topic, partition))
+            .await
+            .with_context(|| format!("read dedupe mark of {topic}/{partition}"))?
+            .into_rows_result()
+            .with_context(|| format!("read dedupe mark of {topic}/{partition}"))?
+            .maybe_first_row::<(Option<i64>,)>()
+            .with_context(|| format!("decode dedupe mark of {topic}/{partition}"))?;
+        Ok(row.and_then(|(from,)| from))
     }
 }

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "player_buckets",
         cql: include_str!("../../../cassandra-schema/0004_player_buckets.cql"),
     },
+    Migration {
+        version: 5,
+        name: "dedupe_mark",
+        cql: include_str!("../../../cassandra-schema/0005_dedupe_mark.cql"),
+    },
 ];
 
 /// The statements of a migration, placeholders filled, comments dropped.

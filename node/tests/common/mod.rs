@@ -361,3 +361,54 @@ impl Drop for NodeProcess {
         self.kill9();
     }
 }
+
+/// One record of the dead-letter topic: its headers, key and payload.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+impl TestEnv {
+    /// Reads the test's dead-letter topic from the start until `want` records arrived or
+    /// `timeout` passed; returns what arrived (committed records only).
+    pub fn dead_letters(&self, want: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::message::{Headers, Message};
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", KAFKA)
+            .set("group.id", unique("dlq-reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("create dead-letter reader");
+        consumer
+            .subscribe(&[&self.dlq_topic])
+            .expect("subscribe to the dead-letter topic");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < want && Instant::now() < deadline {
+            let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let mut headers = std::collections::BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for header in h.iter() {
+                    let value = header
+                        .value
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    headers.insert(header.key.to_string(), value.into_owned());
+                }
+            }
+            out.push(DeadLetterRecord {
+                headers,
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        out
+    }
+}
