@@ -46,6 +46,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
             id: "lt-node".into(),
             api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             advertise_api_addr: None,
+            shutdown_grace_secs: 30,
         },
         kafka: kafka.clone(),
         cassandra: CassandraConfig {

@@ -92,6 +92,16 @@ pub struct NodeConfig {
     /// to the bound `api_addr`. Set it when listening on 0.0.0.0.
     #[serde(default)]
     pub advertise_api_addr: Option<String>,
+    /// Longest a shutdown (SIGTERM, SIGINT) may take, in seconds: HTTP, final checkpoints,
+    /// the Kafka source and gossip normally stop in a few seconds, but a broker that is
+    /// down can hold rdkafka's consumer close for about 40 s. Past this the process exits
+    /// at once with status 70; anything not checkpointed is replayed by the next owner.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_shutdown_grace_secs() -> u64 {
+    30
 }
 
 /// `[kafka]`

@@ -59,7 +59,12 @@ async fn main() -> std::process::ExitCode {
         println!("config {} is valid", args.config.display());
         return std::process::ExitCode::SUCCESS;
     }
-    match tally_node::run(cfg, shutdown_signal()).await {
+    let grace = std::time::Duration::from_secs(cfg.node.shutdown_grace_secs);
+    let shutdown = async move {
+        shutdown_signal().await;
+        tally_node::node::exit_after(grace);
+    };
+    match tally_node::run(cfg, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tally-node: {e:#}");

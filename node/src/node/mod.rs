@@ -95,6 +95,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
 }
 
+/// Status of a process that ran out of its shutdown grace period.
+pub const EXIT_GRACE_EXPIRED: i32 = 70;
+
+/// Bounds the shutdown that starts now: a watchdog thread ends the process with
+/// [`EXIT_GRACE_EXPIRED`] if it is still running after `grace`, whatever a dependency does
+/// (a blocking client close cannot hold it). Called by the binary when a signal arrives.
+pub fn exit_after(grace: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("shutdown-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(grace);
+            tracing::error!(
+                grace_secs = grace.as_secs(),
+                "shutdown did not finish within node.shutdown_grace_secs; exiting now"
+            );
+            std::process::exit(EXIT_GRACE_EXPIRED);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the shutdown watchdog; shutdown is unbounded");
+    }
+}
+
 /// The stop order of what start-up built (see the module doc). The controller was
 /// cancelled with the tree; it is awaited first so it starts no shard behind our back.
 async fn stop_core(core: &Core, state: &Arc<NodeState>) {

@@ -206,6 +206,8 @@ pub struct NodeProcess {
     /// Lines at ERROR level seen in the log (tests may assert there are none).
     pub errors: Arc<Mutex<Vec<String>>>,
     starts: u32,
+    /// Environment variables of the next starts (config overrides `TALLY_<SECTION>__<KEY>`).
+    env: Vec<(String, String)>,
 }
 
 impl NodeProcess {
@@ -220,6 +222,7 @@ impl NodeProcess {
             base: String::new(),
             errors: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
+            env: Vec::new(),
         };
         n.spawn();
         n
@@ -231,6 +234,7 @@ impl NodeProcess {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -330,6 +334,11 @@ impl NodeProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sets an environment variable for the next start (see [`NodeProcess::restart`]).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the node again with the same config (a new process, a new port).
