@@ -9,7 +9,7 @@ HELM := .services/bin/helm
 HELM_VERSION ?= v3.22.0
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
-        test check fmt clippy unit-tests integration-tests outage-tests bench schema
+        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema
 
 help:
 	@echo "make demo            services up, build, start a node, send events, print the URLs"
@@ -19,6 +19,7 @@ help:
 	@echo "make services-down   stop the services this project started"
 	@echo "make services-status report each service"
 	@echo "make bench           run the benchmark suite (see README, Performance)"
+	@echo "make soak            3 nodes under load and faults for SOAK_SECS (default 1800), verified"
 	@echo "make helm-lint       lint and render the Helm chart (installs helm with Go once)"
 
 services:
@@ -63,6 +64,11 @@ schema:
 
 bench: services build-release
 	@scripts/bench.sh
+
+# A 3-node cluster under load with faults (kill -9, SIGSTOP, SIGTERM, Kafka and Cassandra
+# restarts), verified exactly at the end; SOAK_SECS (default 1800) sets its length.
+soak: services build-release
+	@scripts/soak.sh
 
 # helm from the Go module proxy, built once into .services/bin (a few minutes the first time).
 $(HELM):

@@ -38,47 +38,9 @@ STEADY_RATE=${BENCH_STEADY_RATE:-20000}
 STEADY_SECS=${BENCH_STEADY_SECS:-30}
 MACHINE="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 
-log() { echo "bench: $*" >&2; }
-rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
-metric() { curl -fs "http://$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
-
-free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start_node NAME [CLUSTER_TOML] -> sets NODE_PID, NODE_ADDR; config in $WORK/NAME.toml.
-# Without CLUSTER_TOML the node gossips alone on a free port.
-start_node() {
-  local name=$1 cluster=${2:-} topics=${3:-$1} port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  NODE_ADDR=127.0.0.1:$port
-  if [ -z "$cluster" ]; then
-    cluster=$(printf '[cluster]\ncluster_id = "%s"\ngossip_addr = "127.0.0.1:%s"\n' "$name" "$(free_udp)")
-  fi
-  cat > "$WORK/$name.toml" <<EOT
-[node]
-id = "$name"
-api_addr = "$NODE_ADDR"
-[kafka]
-player_topic = "$topics.players"
-channel_topic = "$topics.channels"
-dlq_topic = "$topics.dlq"
-partitions = 8
-group_id = "$topics"
-[cassandra]
-keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
-$cluster
-${BENCH_NODE_TOML:-}
-EOT
-  RUST_LOG=warn "$NODE_BIN" --config "$WORK/$name.toml" > "$WORK/$name.log" 2>&1 &
-  NODE_PID=$!
-  for _ in $(seq 1 240); do
-    curl -fs "http://$NODE_ADDR/readyz" > /dev/null 2>&1 && return 0
-    kill -0 "$NODE_PID" 2>/dev/null || { tail -20 "$WORK/$name.log" >&2; return 1; }
-    sleep 0.25
-  done
-  log "node $name not ready"; return 1
-}
-
-stop_node() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+LOG_PREFIX=bench
+# shellcheck source=lib/nodes.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/nodes.sh"
 
 # Waits until every shard of the cluster NODE belongs to has checkpointed everything.
 wait_checkpoints() {
@@ -168,27 +130,6 @@ PY
 
 # A 3-node cluster: failover time from kill -9 with N players spread over it (about N/3
 # resident on the killed node), and query latency on the owner vs. through another node.
-# start_cluster BASE: three nodes gossiping on free ports; sets PIDS and ADDRS.
-start_cluster() {
-  local base=$1 g1 g2 g3
-  g1=$(free_udp); g2=$(free_udp); g3=$(free_udp)
-  for i in 1 2 3; do
-    local g; g=$(eval echo "\$g$i")
-    start_node "${base}_n$i" "[cluster]
-cluster_id = \"$base\"
-gossip_addr = \"127.0.0.1:$g\"
-seeds = [\"127.0.0.1:$g1\", \"127.0.0.1:$g2\", \"127.0.0.1:$g3\"]
-phi_threshold = 8.0" "$base" &
-  done
-  wait
-  PIDS=(); ADDRS=()
-  for i in 1 2 3; do
-    PIDS+=("$(pgrep -f "$WORK/${base}_n$i.toml")")
-    ADDRS+=("$(grep api_addr "$WORK/${base}_n$i.toml" | cut -d'"' -f2)")
-  done
-  sleep 3
-}
-
 # with_command FILE CMD: records in a result file the command that reproduces it.
 with_command() {
   python3 - "$1" "$2" <<'PY'

@@ -236,7 +236,13 @@ fn settle(
     }
 }
 
-/// Posts one NDJSON batch, trying each node in turn; Ok only for a 202 with no rejection.
+/// How long a batch is retried (on every node in turn) before it counts as failed: longer
+/// than any outage a soak's fault schedule makes, so every batch is acknowledged in the
+/// end. Resending the same events is safe: the cluster counts an event id once.
+const RETRY_FOR: Duration = Duration::from_secs(180);
+
+/// Posts one NDJSON batch, trying each node in turn until [`RETRY_FOR`] has passed; Ok
+/// only for a 202 with no rejection.
 pub async fn post_batch(
     client: &reqwest::Client,
     nodes: &[String],
@@ -244,7 +250,9 @@ pub async fn post_batch(
     body: Vec<u8>,
 ) -> Result<(), String> {
     let mut last = String::new();
-    for attempt in 0..nodes.len().max(1) * 3 {
+    let started = std::time::Instant::now();
+    let mut attempt = 0usize;
+    while attempt < nodes.len().max(1) * 3 || started.elapsed() < RETRY_FOR {
         let node = &nodes[(first + attempt) % nodes.len()];
         let r = client
             .post(format!("http://{node}/v1/events"))
@@ -260,6 +268,14 @@ pub async fn post_batch(
                 }
                 return Ok(());
             }
+            // A client error will not change on a retry.
+            Ok(r) if r.status().is_client_error() => {
+                return Err(format!(
+                    "{node}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ))
+            }
             Ok(r) => {
                 last = format!(
                     "{node}: {} {}",
@@ -269,7 +285,9 @@ pub async fn post_batch(
             }
             Err(e) => last = format!("{node}: {e}"),
         }
-        tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
+        let pause = (200 * (attempt as u64 + 1)).min(2_000);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        attempt += 1;
     }
     Err(last)
 }

@@ -28,6 +28,10 @@ pub struct VerifyReport {
     pub channels_checked: usize,
     pub mismatches: Vec<String>,
     pub waited_secs: f64,
+    /// Events acknowledged but missing from the players' `events` counts at the end.
+    pub lost_events: u64,
+    /// Events counted more often than they were acknowledged.
+    pub doubled_events: u64,
 }
 
 #[derive(Clone)]
@@ -102,6 +106,33 @@ async fn check(
     }
 }
 
+/// (lost, doubled): over `players`, how many acknowledged events are missing from their
+/// `events` counts, and how many are counted beyond what was acknowledged. A player that
+/// cannot be read counts all its events as lost.
+async fn count_events(
+    client: &reqwest::Client,
+    expected: &Expected,
+    players: &[&String],
+    opts: &VerifyOpts,
+) -> (u64, u64) {
+    let counts: Vec<(u64, u64)> = futures::stream::iter(players.iter().enumerate())
+        .map(|(i, id)| async move {
+            let want = expected.players[*id].view(id).events;
+            let got = fetch(client, &opts.nodes, i, &format!("/v1/players/{id}"))
+                .await
+                .ok()
+                .and_then(|v| v["player"]["events"].as_u64())
+                .unwrap_or(0);
+            (want.saturating_sub(got), got.saturating_sub(want))
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    counts
+        .iter()
+        .fold((0, 0), |(l, d), (lost, doubled)| (l + lost, d + doubled))
+}
+
 /// Compares until everything matches or the timeout passes.
 pub async fn verify(expected: &Expected, opts: &VerifyOpts) -> VerifyReport {
     let client = reqwest::Client::builder()
@@ -144,6 +175,8 @@ pub async fn verify(expected: &Expected, opts: &VerifyOpts) -> VerifyReport {
         if failing.is_empty() || started.elapsed() >= opts.timeout {
             report.mismatches = failing.into_iter().flat_map(|(_, d)| d).collect();
             report.waited_secs = started.elapsed().as_secs_f64();
+            (report.lost_events, report.doubled_events) =
+                count_events(&client, expected, &players, opts).await;
             return report;
         }
         eprintln!(
