@@ -140,9 +140,43 @@ pub struct LogRow {
 }
 
 impl Store {
+    // Every statement, `{ks}` standing for the keyspace. Rows that reflect a Kafka offset
+    // are written `USING TIMESTAMP` from it (see `write_timestamp`).
+    const INSERT_PLAYER: &'static str =
+        "INSERT INTO {ks}.player_state (bucket, id, state, applied_offset) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+    const SELECT_PLAYER: &'static str =
+        "SELECT state, applied_offset FROM {ks}.player_state WHERE bucket = ? AND id = ?";
+    const SELECT_LEGACY_PLAYER: &'static str =
+        "SELECT state, applied_offset FROM {ks}.players WHERE id = ?";
+    const INSERT_CHANNEL: &'static str =
+        "INSERT INTO {ks}.channels (partition, id, applied_offset, concurrent, peak, follows) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    const SELECT_CHANNEL: &'static str =
+        "SELECT state, applied_offset FROM {ks}.channels WHERE partition = ? AND id = ?";
+    const SELECT_CHANNEL_SUMMARIES: &'static str =
+        "SELECT id, concurrent, peak, follows FROM {ks}.channels WHERE partition = ?";
+    const INSERT_PROGRESS: &'static str =
+        "INSERT INTO {ks}.shard_progress (topic, partition, resume_offset, watermark_ms, owner, updated_at) VALUES (?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?";
+    const SELECT_PROGRESS: &'static str =
+        "SELECT resume_offset, watermark_ms FROM {ks}.shard_progress WHERE topic = ? AND partition = ?";
+    const INSERT_DEDUPE: &'static str =
+        "INSERT INTO {ks}.shard_dedupe (topic, partition, dedupe_from) VALUES (?, ?, ?) USING TIMESTAMP ?";
+    const SELECT_DEDUPE: &'static str =
+        "SELECT dedupe_from FROM {ks}.shard_dedupe WHERE topic = ? AND partition = ?";
+    const INSERT_LOG_ENTRY: &'static str =
+        "INSERT INTO {ks}.channel_log (partition, id, gen, seq, entry) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    const INSERT_LOG_ENTRY_HEAD: &'static str =
+        "INSERT INTO {ks}.channel_log (partition, id, gen, seq, entry, head) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?";
+    const SELECT_LOG_HEAD: &'static str =
+        "SELECT head FROM {ks}.channel_log WHERE partition = ? AND id = ? LIMIT 1";
+    const SELECT_LOG_ENTRIES: &'static str =
+        "SELECT seq, entry FROM {ks}.channel_log WHERE partition = ? AND id = ? AND gen = ? AND seq <= ?";
+    const DELETE_LOG_GEN: &'static str =
+        "DELETE FROM {ks}.channel_log USING TIMESTAMP ? WHERE partition = ? AND id = ? AND gen = ?";
+
+    /// Prepares every statement against `keyspace` (its tables must exist: see `schema`).
     pub async fn prepare(session: Arc<Session>, keyspace: &str) -> anyhow::Result<Store> {
-        let p = |cql: String| {
-            let session = session.clone();
+        let prepare = |cql: &str| {
+            let (session, cql) = (session.clone(), cql.replace("{ks}", keyspace));
             async move {
                 session
                     .prepare(cql.clone())
@@ -150,82 +184,31 @@ impl Store {
                     .with_context(|| format!("prepare {cql}"))
             }
         };
+        let legacy_players = session
+            .query_unpaged(format!("SELECT id FROM {keyspace}.players LIMIT 1"), ())
+            .await
+            .context("look for rows in the players table")?
+            .into_rows_result()
+            .context("look for rows in the players table")?
+            .rows_num()
+            > 0;
         Ok(Store {
-            insert_player: p(format!(
-                "INSERT INTO {keyspace}.player_state (bucket, id, state, applied_offset) \
-                 VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_player: p(format!(
-                "SELECT state, applied_offset FROM {keyspace}.player_state WHERE bucket = ? AND id = ?"
-            ))
-            .await?,
-            select_legacy_player: p(format!(
-                "SELECT state, applied_offset FROM {keyspace}.players WHERE id = ?"
-            ))
-            .await?,
-            legacy_players: session
-                .query_unpaged(format!("SELECT id FROM {keyspace}.players LIMIT 1"), ())
-                .await
-                .context("look for rows in the players table")?
-                .into_rows_result()
-                .context("look for rows in the players table")?
-                .rows_num()
-                > 0,
-            insert_channel: p(format!(
-                "INSERT INTO {keyspace}.channels (partition, id, applied_offset, concurrent, peak, follows) \
-                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_channel: p(format!(
-                "SELECT state, applied_offset FROM {keyspace}.channels WHERE partition = ? AND id = ?"
-            ))
-            .await?,
-            select_channel_summaries: p(format!(
-                "SELECT id, concurrent, peak, follows FROM {keyspace}.channels WHERE partition = ?"
-            ))
-            .await?,
-            insert_progress: p(format!(
-                "INSERT INTO {keyspace}.shard_progress (topic, partition, resume_offset, watermark_ms, owner, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, toTimestamp(now())) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_progress: p(format!(
-                "SELECT resume_offset, watermark_ms FROM {keyspace}.shard_progress WHERE topic = ? AND partition = ?"
-            ))
-            .await?,
-            insert_dedupe: p(format!(
-                "INSERT INTO {keyspace}.shard_dedupe (topic, partition, dedupe_from) VALUES (?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_dedupe: p(format!(
-                "SELECT dedupe_from FROM {keyspace}.shard_dedupe WHERE topic = ? AND partition = ?"
-            ))
-            .await?,
-            insert_log_entry: p(format!(
-                "INSERT INTO {keyspace}.channel_log (partition, id, gen, seq, entry) \
-                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            insert_log_entry_head: p(format!(
-                "INSERT INTO {keyspace}.channel_log (partition, id, gen, seq, entry, head) \
-                 VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
-            ))
-            .await?,
-            select_log_head: p(format!(
-                "SELECT head FROM {keyspace}.channel_log WHERE partition = ? AND id = ? LIMIT 1"
-            ))
-            .await?,
-            select_log_entries: p(format!(
-                "SELECT seq, entry FROM {keyspace}.channel_log \
-                 WHERE partition = ? AND id = ? AND gen = ? AND seq <= ?"
-            ))
-            .await?,
-            delete_log_gen: p(format!(
-                "DELETE FROM {keyspace}.channel_log USING TIMESTAMP ? \
-                 WHERE partition = ? AND id = ? AND gen = ?"
-            ))
-            .await?,
+            insert_player: prepare(Self::INSERT_PLAYER).await?,
+            select_player: prepare(Self::SELECT_PLAYER).await?,
+            select_legacy_player: prepare(Self::SELECT_LEGACY_PLAYER).await?,
+            insert_channel: prepare(Self::INSERT_CHANNEL).await?,
+            select_channel: prepare(Self::SELECT_CHANNEL).await?,
+            select_channel_summaries: prepare(Self::SELECT_CHANNEL_SUMMARIES).await?,
+            insert_progress: prepare(Self::INSERT_PROGRESS).await?,
+            select_progress: prepare(Self::SELECT_PROGRESS).await?,
+            insert_dedupe: prepare(Self::INSERT_DEDUPE).await?,
+            select_dedupe: prepare(Self::SELECT_DEDUPE).await?,
+            insert_log_entry: prepare(Self::INSERT_LOG_ENTRY).await?,
+            insert_log_entry_head: prepare(Self::INSERT_LOG_ENTRY_HEAD).await?,
+            select_log_head: prepare(Self::SELECT_LOG_HEAD).await?,
+            select_log_entries: prepare(Self::SELECT_LOG_ENTRIES).await?,
+            delete_log_gen: prepare(Self::DELETE_LOG_GEN).await?,
+            legacy_players,
             session,
         })
     }
