@@ -23,7 +23,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 pub mod reader;
 use reader::Reader;
@@ -175,18 +175,27 @@ pub fn spawn(
         partitions = routes.len(),
         "kafka source assigned partitions"
     );
+    // The reader is made here, not in the thread: a source that cannot read fails the
+    // start (and the node exits with the reason) instead of running without partitions.
+    let reader = Reader::new(consumer.clone(), max_batch).context("open the kafka reader")?;
     let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
     let (commands, command_rx) = std::sync::mpsc::channel();
-    let rt = tokio::runtime::Handle::current();
-    let polled = consumer.clone();
+    let poll = PollLoop {
+        consumer: consumer.clone(),
+        reader,
+        routes,
+        commands: command_rx,
+        permits,
+        metrics,
+        durable,
+        stop: stop.clone(),
+        rt: tokio::runtime::Handle::current(),
+        pool: Arc::new(RecordsPool::default()),
+        committed: HashMap::new(),
+    };
     let thread = std::thread::Builder::new()
         .name("kafka-source".into())
-        .spawn(move || {
-            poll_loop(
-                polled, routes, command_rx, max_batch, permits, metrics, durable, stop2, rt,
-            )
-        })
+        .spawn(move || poll.run())
         .context("spawn kafka source thread")?;
     Ok(SourceHandle {
         consumer,
@@ -196,35 +205,60 @@ pub fn spawn(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn poll_loop(
+/// A topic partition, by name.
+type TopicPartition = (String, i32);
+
+/// One read's records, a batch per partition.
+type Batches = Vec<(TopicPartition, Records)>;
+
+/// The poll loop's state, owned by its thread.
+struct PollLoop {
     consumer: Arc<BaseConsumer>,
-    mut routes: HashMap<(String, i32), ActorRef<ShardMsg>>,
+    reader: Reader,
+    /// The shard of each assigned partition.
+    routes: HashMap<(String, i32), ActorRef<ShardMsg>>,
     commands: std::sync::mpsc::Receiver<SourceCommand>,
-    max_batch: NonZeroUsize,
+    /// Batches in flight to shards (backpressure); closed at shutdown.
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// The durable offsets to commit to Kafka for lag tools.
     durable: Arc<dyn Fn() -> Vec<(String, i32, i64)> + Send + Sync>,
     stop: Arc<AtomicBool>,
+    /// The node's runtime, to wait for permits from this thread.
     rt: tokio::runtime::Handle,
-) {
-    let mut last_commit = Instant::now();
-    let mut committed: HashMap<(String, i32), i64> = HashMap::new();
-    let pool = Arc::new(RecordsPool::default());
-    let mut reader = match Reader::new(consumer.clone(), max_batch) {
-        Ok(r) => r,
-        Err(e) => {
-            error!(error = %e, "kafka source cannot read; no partition of this node will be consumed");
-            return;
+    pool: Arc<RecordsPool>,
+    /// What was last committed per partition (only changes are committed again).
+    committed: HashMap<(String, i32), i64>,
+}
+
+impl PollLoop {
+    fn run(mut self) {
+        let mut last_commit = Instant::now();
+        while !self.stop.load(Ordering::SeqCst) {
+            while let Ok(cmd) = self.commands.try_recv() {
+                apply_command(&self.consumer, &mut self.routes, &mut self.committed, cmd);
+            }
+            let (batches, waited_kafka) = self.read();
+            let Some(waited_shards) = self.dispatch(batches) else {
+                return; // the permits are closed: shutting down
+            };
+            self.metrics.add_source_wait(waited_kafka, waited_shards);
+            if last_commit.elapsed() >= Duration::from_secs(2) {
+                last_commit = Instant::now();
+                self.commit_durable();
+                self.pool.shrink();
+                release_c_heap();
+            }
         }
-    };
-    while !stop.load(Ordering::SeqCst) {
-        while let Ok(cmd) = commands.try_recv() {
-            apply_command(&consumer, &mut routes, &mut committed, cmd);
-        }
+        self.final_commit();
+    }
+
+    /// One read: the records grouped per partition, and how long Kafka took to deliver.
+    fn read(&mut self) -> (Batches, Duration) {
         // Per partition; a read touches a handful, so a scan beats hashing the topic name.
-        let mut batches: Vec<((String, i32), Records)> = Vec::new();
-        let (n, waited_kafka) = reader.read(Duration::from_millis(100), |m| match m {
+        let mut batches: Batches = Vec::new();
+        let pool = &self.pool;
+        let (n, waited) = self.reader.read(Duration::from_millis(100), |m| match m {
             Err(e) => warn!(error = %e, "kafka poll error"),
             Ok(m) => {
                 let at = match batches
@@ -240,49 +274,54 @@ fn poll_loop(
                 batches[at].1.push(m.offset, m.timestamp, m.key, m.payload);
             }
         });
-        let mut waited_shards = Duration::ZERO;
-        metrics.add_consumed(n as u64);
+        self.metrics.add_consumed(n as u64);
+        (batches, waited)
+    }
+
+    /// Hands each batch to its shard, a permit with it; returns how long the permits took,
+    /// or None once they are closed.
+    fn dispatch(&self, batches: Batches) -> Option<Duration> {
+        let mut waited = Duration::ZERO;
         for (tp, records) in batches {
-            let Some(shard) = routes.get(&tp) else {
+            let Some(shard) = self.routes.get(&tp) else {
                 warn!(topic = %tp.0, partition = tp.1, "record for a partition without a shard");
                 continue;
             };
             let asked = Instant::now();
-            let permit = match rt.block_on(permits.clone().acquire_owned()) {
-                Ok(p) => p,
-                Err(_) => return, // semaphore closed: shutting down
-            };
-            waited_shards += asked.elapsed();
+            let permit = self.rt.block_on(self.permits.clone().acquire_owned()).ok()?;
+            waited += asked.elapsed();
             if shard.cast(ShardMsg::Records(records, permit)).is_err() {
                 warn!(topic = %tp.0, partition = tp.1, "shard stopped; dropping batch (it will be replayed)");
             }
         }
-        metrics.add_source_wait(waited_kafka, waited_shards);
-        if last_commit.elapsed() >= Duration::from_secs(2) {
-            last_commit = Instant::now();
-            log_failed_commits(reader.take_commit_results());
-            let offsets = durable_offsets(&durable(), &mut committed);
-            if offsets.count() > 0 {
-                log_failed_commits(vec![reader.commit(&offsets)]);
-            }
-            pool.shrink();
-            release_c_heap();
-        }
+        Some(waited)
     }
-    // The last commit gets up to two seconds for its answer (the consumer closes next); a
-    // Kafka that does not answer must not hold up shutdown.
-    log_failed_commits(reader.take_commit_results());
-    let offsets = durable_offsets(&durable(), &mut committed);
-    if offsets.count() > 0 {
-        let sent = reader.commit(&offsets);
+
+    /// Commits the durable offsets that changed, without waiting for the answer.
+    fn commit_durable(&mut self) -> bool {
+        log_failed_commits(self.reader.take_commit_results());
+        let offsets = durable_offsets(&(self.durable)(), &mut self.committed);
+        if offsets.count() == 0 {
+            return false;
+        }
+        let sent = self.reader.commit(&offsets);
         let sent_ok = sent.is_ok();
         log_failed_commits(vec![sent]);
+        sent_ok
+    }
+
+    /// The last commit gets up to two seconds for its answer (the consumer closes next); a
+    /// Kafka that does not answer must not hold up shutdown.
+    fn final_commit(&mut self) {
+        if !self.commit_durable() {
+            return;
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while sent_ok && Instant::now() < deadline {
-            let answers = reader.take_commit_results();
+        while Instant::now() < deadline {
+            let answers = self.reader.take_commit_results();
             if !answers.is_empty() {
                 log_failed_commits(answers);
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
