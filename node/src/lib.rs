@@ -8,7 +8,8 @@
 //! The pieces, in the order data flows through them:
 //! - [`api`]: HTTP (actix-web): ingest, queries, health, metrics.
 //! - [`event`]: the versioned event model and its validation.
-//! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters.
+//! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters;
+//!   [`acknowledged`]: the events it acknowledged recently, to answer retries as such.
 //! - [`dead_letter`]: the consumer's dead letters (records read from Kafka it skips).
 //! - [`partitioner`]: Kafka's murmur2 key-to-partition function, shared by everyone.
 //! - [`source`]: the blocking Kafka consumer's poll loop, feeding shards with backpressure.
@@ -46,6 +47,7 @@
 //! input: such warnings are rate-limited ([`log_limit`]), while their counters in
 //! [`metrics`] stay exact.
 
+pub mod acknowledged;
 pub mod api;
 pub mod cluster;
 pub mod config;

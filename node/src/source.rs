@@ -288,7 +288,10 @@ impl PollLoop {
                 continue;
             };
             let asked = Instant::now();
-            let permit = self.rt.block_on(self.permits.clone().acquire_owned()).ok()?;
+            let permit = self
+                .rt
+                .block_on(self.permits.clone().acquire_owned())
+                .ok()?;
             waited += asked.elapsed();
             if shard.cast(ShardMsg::Records(records, permit)).is_err() {
                 warn!(topic = %tp.0, partition = tp.1, "shard stopped; dropping batch (it will be replayed)");
