@@ -15,9 +15,9 @@ use crate::ingest::{records_for, Target};
 /// Characters ids are built from: ASCII, every URL-reserved and JSON-special character,
 /// and UTF-8 of two, three and four bytes.
 const CHARS: &[char] = &[
-    'a', 'Z', '7', '-', '_', '.', '~', ':', '/', '?', '#', '[', ']', '@', '!', '$', '&', '\'',
-    '(', ')', '*', '+', ',', ';', '=', '%', ' ', '"', '\\', '<', '>', '{', '}', '|', '^', '`',
-    'é', 'ß', '日', '本', '€', '😀', '𝄞',
+    'a', 'Z', '7', '-', '_', '.', '~', ':', '/', '?', '#', '[', ']', '@', '!', '$', '&', '\'', '(',
+    ')', '*', '+', ',', ';', '=', '%', ' ', '"', '\\', '<', '>', '{', '}', '|', '^', '`', 'é', 'ß',
+    '日', '本', '€', '😀', '𝄞',
 ];
 
 /// Byte lengths an id is generated at: the bounds, and around the inline-string size.
@@ -111,7 +111,12 @@ fn arb_body() -> impl Strategy<Value = EventBody> {
 fn arb_event() -> impl Strategy<Value = Event> {
     (
         arb_id(),
-        prop_oneof![Just(1i64), Just(1_700_000_000_000), Just(i64::MAX), 1..i64::MAX],
+        prop_oneof![
+            Just(1i64),
+            Just(1_700_000_000_000),
+            Just(i64::MAX),
+            1..i64::MAX
+        ],
         arb_id(),
         arb_body(),
     )
