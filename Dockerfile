@@ -3,7 +3,9 @@ FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p tally-node
+# The image's own Rust 1.95 builds. rust-toolchain.toml names `stable` (see its comment),
+# which this image does not have under that name: rustup would download another release.
+RUN rm -f rust-toolchain.toml && cargo build --release -p tally-node
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g && rm -rf /var/lib/apt/lists/*

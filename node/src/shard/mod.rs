@@ -10,8 +10,8 @@
 //!
 //! The host is written once, generic over the kind of entity ([`Hosted`]):
 //! - [`batch`]: record batches and their buffer pool;
-//! - [`apply`]: activation and the offset-ordered apply;
-//! - [`checkpointing`]: snapshots, their pace, passivation;
+//! - `apply`: activation and the offset-ordered apply;
+//! - `checkpointing`: snapshots, their pace, passivation;
 //! - [`query`]: freshness, stats and the per-shard top-N;
 //! - [`resident`]: the slab and index that hold resident entities;
 //! - [`hosted`]: what each kind of entity supplies.

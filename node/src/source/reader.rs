@@ -109,10 +109,13 @@ impl Reader {
         self.forward_logs();
         let cap = self.read.capacity();
         let wait_ms = wait.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: the buffer has room for `cap` pointers; librdkafka writes the count it
-        // returns, each a message we own until `rd_kafka_message_destroy`.
         let asked = Instant::now();
         let waited;
+        // SAFETY: the buffer has room for `cap` pointers, and `cap` is at least 1 (`new`
+        // takes a `NonZeroUsize`), so the first call's one pointer fits and the second
+        // writes at most the `cap - 1` left after it. librdkafka returns how many it wrote
+        // (or -1, clamped to 0), so `set_len` covers only initialised pointers, each a
+        // message we own until `rd_kafka_message_destroy` in `release`.
         unsafe {
             let buf = self.read.as_mut_ptr();
             let first = rd::rd_kafka_consume_batch_queue(self.queue, wait_ms, buf, 1).max(0);
@@ -143,9 +146,13 @@ impl Reader {
                 let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(m.rkt)) };
                 topic = (m.rkt, name.to_str().unwrap_or(""));
             }
-            // SAFETY: librdkafka sets pointer and length together; null means absent.
             let bytes = |p: *mut std::ffi::c_void, len: usize| {
-                (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
+                (!p.is_null()).then(|| {
+                    // SAFETY: librdkafka sets pointer and length together (null means
+                    // absent), and the bytes live as long as the message, which outlives
+                    // the `Record` handed to `each`.
+                    unsafe { std::slice::from_raw_parts(p as *const u8, len) }
+                })
             };
             // SAFETY: `m` is a live message (see above); the call only reads it.
             let timestamp = unsafe { rd::rd_kafka_message_timestamp(m, std::ptr::null_mut()) };
