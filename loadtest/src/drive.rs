@@ -241,7 +241,7 @@ fn settle(
 /// end. Resending the same events is safe: the cluster counts an event id once.
 const RETRY_FOR: Duration = Duration::from_secs(180);
 
-/// Posts one NDJSON batch, trying each node in turn until [`RETRY_FOR`] has passed; Ok
+/// Posts one NDJSON batch, trying each node in turn until `RETRY_FOR` has passed; Ok
 /// only for a 202 with no rejection.
 pub async fn post_batch(
     client: &reqwest::Client,
