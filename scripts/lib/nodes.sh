@@ -37,10 +37,12 @@ EOT
 
 # launch_node NAME: (re)starts the node of $WORK/NAME.toml (same id, same address) and
 # waits until it is ready; sets NODE_PID, NODE_ADDR. Its log is appended to $WORK/NAME.log.
+# NODE_ENV holds extra VAR=VALUE words for the node's environment (config overrides).
 launch_node() {
   local name=$1
   NODE_ADDR=$(grep api_addr "$WORK/$name.toml" | cut -d'"' -f2)
-  RUST_LOG=${NODE_LOG:-warn} "$NODE_BIN" --config "$WORK/$name.toml" >> "$WORK/$name.log" 2>&1 &
+  # shellcheck disable=SC2086
+  env ${NODE_ENV:-} RUST_LOG="${NODE_LOG:-warn}" "$NODE_BIN" --config "$WORK/$name.toml" >> "$WORK/$name.log" 2>&1 &
   NODE_PID=$!
   for _ in $(seq 1 480); do
     curl -fs "http://$NODE_ADDR/readyz" > /dev/null 2>&1 && return 0
