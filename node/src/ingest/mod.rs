@@ -74,7 +74,8 @@ pub enum IngestError {
     /// A commit was sent but not confirmed in time: the events may or may not be written.
     #[error("kafka did not confirm the commit in time: {0}; the events may or may not have been written, retry")]
     Unknown(String),
-    #[error("ingest is shutting down")]
+    /// The producer thread is gone (the node is stopping, or the thread failed).
+    #[error("the ingest producer stopped; the events may or may not have been written, retry")]
     Closed,
 }
 

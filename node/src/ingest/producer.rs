@@ -196,6 +196,17 @@ struct Worker {
     health: HealthTracker,
 }
 
+impl Drop for Worker {
+    /// A producer thread that panicked answers every request 503 from now on: `/readyz`
+    /// must say so rather than stay ready.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = "the ingest producer thread panicked (see the log); restart the node";
+            self.health.failed(reason.into(), true, Instant::now());
+        }
+    }
+}
+
 impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let rt = tokio::runtime::Builder::new_current_thread()
