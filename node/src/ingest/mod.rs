@@ -44,7 +44,7 @@ use crate::metrics::Metrics;
 pub use health::FAILURE_HOLD;
 pub use record::{
     clip, clip_rejection, dead_letter, records_for, OutRecord, Target, Truncation, HEADER_FIELD,
-    HEADER_ORIGINAL_BYTES, HEADER_REASON, HEADER_TRUNCATED, MAX_DEAD_LETTER_BYTES, MAX_FIELD_BYTES,
+    HEADER_REASON, HEADER_TRUNCATED, LENGTH_UNKNOWN, MAX_DEAD_LETTER_BYTES, MAX_FIELD_BYTES,
     MAX_REASON_BYTES, MAX_RECORD_BYTES,
 };
 

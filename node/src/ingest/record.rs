@@ -56,8 +56,11 @@ pub struct Truncation {
 /// Header names of dead-letter records (docs/API.md lists them).
 pub const HEADER_FIELD: &str = "tally-field";
 pub const HEADER_REASON: &str = "tally-reason";
+/// Present on a dead letter cut short: the input's whole length in bytes, as the
+/// consumer's dead letters give it (`dead_letter`), or [`LENGTH_UNKNOWN`].
 pub const HEADER_TRUNCATED: &str = "tally-truncated";
-pub const HEADER_ORIGINAL_BYTES: &str = "tally-original-bytes";
+/// [`HEADER_TRUNCATED`]'s value when the input was cut off before its length was known.
+pub const LENGTH_UNKNOWN: &str = "unknown";
 
 impl OutRecord {
     /// The headers this record is written with: (name, value).
@@ -68,13 +71,11 @@ impl OutRecord {
             out.push((HEADER_REASON, Cow::Borrowed(r.reason.as_bytes())));
         }
         if let Some(t) = &self.truncated {
-            out.push((HEADER_TRUNCATED, Cow::Borrowed(&b"true"[..])));
-            if let Some(n) = t.original_len {
-                out.push((
-                    HEADER_ORIGINAL_BYTES,
-                    Cow::Owned(n.to_string().into_bytes()),
-                ));
-            }
+            let length = match t.original_len {
+                Some(n) => Cow::Owned(n.to_string().into_bytes()),
+                None => Cow::Borrowed(LENGTH_UNKNOWN.as_bytes()),
+            };
+            out.push((HEADER_TRUNCATED, length));
         }
         out
     }
@@ -201,9 +202,8 @@ mod tests {
             prop_assert_eq!(rec.truncated.is_none(), whole);
             let headers = rec.headers();
             let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_vec());
-            prop_assert_eq!(header(HEADER_TRUNCATED), (!whole).then(|| b"true".to_vec()));
-            let original = header(HEADER_ORIGINAL_BYTES);
-            prop_assert_eq!(original, (!whole && known).then(|| len.to_string().into_bytes()));
+            let length = if known { len.to_string() } else { LENGTH_UNKNOWN.to_string() };
+            prop_assert_eq!(header(HEADER_TRUNCATED), (!whole).then(|| length.into_bytes()));
         }
     }
 }
