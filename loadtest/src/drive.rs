@@ -140,9 +140,12 @@ pub fn kafka_producer(kafka: &KafkaConfig, partitions: (i32, i32)) -> anyhow::Re
     let id = format!("loadtest-{}-{}", std::process::id(), rand::random::<u32>());
     let cfg = IngestConfig {
         linger_ms: 2,
+        // A load generator would rather wait for a slow Kafka than fail its batches.
+        request_timeout_ms: 60_000,
         ..Default::default()
     };
-    let ingest = Ingest::start(kafka, &cfg, &id, partitions, Arc::new(Metrics::default()))
+    let metrics = Arc::new(Metrics::default());
+    let ingest = Ingest::start(kafka, &cfg, &id, partitions, metrics, Box::new(|_| {}))
         .with_context(|| format!("start kafka producer for {}", kafka.brokers))?;
     Ok(ingest)
 }

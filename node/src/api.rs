@@ -9,6 +9,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
@@ -19,7 +20,7 @@ use serde_json::json;
 
 use crate::cluster::routing::{self, RouteError};
 use crate::event::{Event, Rejection, MAX_ID_LEN};
-use crate::ingest::{dead_letter, records_for, IngestError};
+use crate::ingest::{clip_rejection, dead_letter, records_for, IngestError};
 use crate::kind::ShardKind;
 use crate::shard::TopBy;
 use crate::state::{Core, NodeState};
@@ -34,6 +35,8 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -45,6 +48,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -56,7 +60,18 @@ impl ResponseError for ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        let message = format!("ingest: {e}");
+        match e {
+            // A record over Kafka's limit: retrying the same request will not help.
+            IngestError::TooLarge { .. } => ApiError::TooLarge(message),
+            // Kafka refused what ingest's limits allow: the deployment is at fault.
+            IngestError::Refused(_) => ApiError::Internal(message),
+            // Nothing written, or the outcome unknown: retry (see docs/API.md).
+            IngestError::NotWritten(_)
+            | IngestError::TimedOut(_)
+            | IngestError::Unknown(_)
+            | IngestError::Closed => ApiError::Unavailable(message),
+        }
     }
 }
 
@@ -135,6 +150,10 @@ pub struct IngestResponse {
 }
 
 /// Splits a body into the raw bytes of its events: a JSON array, or NDJSON.
+///
+/// An array is parsed as a whole, so one syntax error anywhere rejects the whole body:
+/// after a broken element there is no telling where the next one starts. NDJSON lines are
+/// independent, so a broken line costs only that line (docs/API.md recommends NDJSON).
 fn split_body(body: &[u8]) -> Result<Vec<&[u8]>, Rejection> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
@@ -155,38 +174,161 @@ fn split_body(body: &[u8]) -> Result<Vec<&[u8]>, Rejection> {
         .collect())
 }
 
-async fn ingest(state: Data, mut payload: web::Payload) -> Result<HttpResponse, ApiError> {
-    let core = core(&state)?;
-    let limits = &state.cfg.ingest;
+/// An event larger than `max` bytes (as it stands in the body) is rejected before it is
+/// parsed: its size alone decides, whatever field makes it large.
+fn check_event_size(raw: &[u8], max: usize) -> Result<(), Rejection> {
+    if raw.len() > max {
+        return Err(Rejection::new(
+            "event",
+            format!(
+                "{} bytes, more than the limit of {max} bytes per event",
+                raw.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What arrived of a request body.
+enum Body {
+    Whole(Vec<u8>),
+    /// The body passed the limit; this is its start, as much as the limit.
+    TooLarge(Vec<u8>),
+}
+
+/// Reads the body up to `limit` bytes, by `deadline` (408 after it).
+async fn read_body(
+    payload: &mut web::Payload,
+    limit: usize,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<Body, ApiError> {
+    let until = tokio::time::Instant::from_std(deadline);
     let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
-        if body.len() + chunk.len() > limits.max_body_bytes {
-            return Err(ApiError::TooLarge(format!(
-                "body: larger than the limit of {} bytes",
-                limits.max_body_bytes
-            )));
+    loop {
+        let chunk = match tokio::time::timeout_at(until, payload.next()).await {
+            Err(_) => {
+                return Err(ApiError::Timeout(format!(
+                    "body: not received within the request timeout of {timeout_ms} ms"
+                )))
+            }
+            Ok(None) => return Ok(Body::Whole(body)),
+            Ok(Some(chunk)) => chunk.map_err(|e| ApiError::BadRequest(format!("body: {e}")))?,
+        };
+        if body.len() + chunk.len() > limit {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Body::TooLarge(body));
         }
         body.extend_from_slice(&chunk);
     }
+}
+
+fn content_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Rejects a whole body: its start goes to the dead-letter topic (like every rejected
+/// input), and the answer is `status` with the reason, or 503 if the dead letter could
+/// not be written.
+async fn reject_body(
+    state: &NodeState,
+    core: &Core,
+    received: &[u8],
+    input_len: Option<usize>,
+    rejection: Rejection,
+    deadline: Instant,
+    status: fn(String) -> ApiError,
+) -> ApiError {
+    let rejection = clip_rejection(&rejection);
+    let record = dead_letter(
+        received,
+        input_len,
+        &rejection,
+        state.cfg.ingest.max_event_bytes,
+    );
+    if let Err(e) = core.ingest.produce_until(vec![record], deadline).await {
+        return e.into();
+    }
+    state.metrics.add_ingest(0, 1);
+    status(rejection.to_string())
+}
+
+async fn ingest(
+    state: Data,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // One deadline for everything the request waits for: its body, the producer, Kafka.
+    let limits = &state.cfg.ingest;
+    let deadline = Instant::now() + limits.request_timeout();
+    let core = core(&state)?;
+    let body = match read_body(
+        &mut payload,
+        limits.max_body_bytes,
+        deadline,
+        limits.request_timeout_ms,
+    )
+    .await?
+    {
+        Body::Whole(body) => body,
+        Body::TooLarge(start) => {
+            let rejection = Rejection::new(
+                "body",
+                format!("larger than the limit of {} bytes", limits.max_body_bytes),
+            );
+            let declared = content_length(&req).filter(|&n| n > start.len());
+            let e = reject_body(
+                &state,
+                core,
+                &start,
+                declared,
+                rejection,
+                deadline,
+                ApiError::TooLarge,
+            );
+            return Err(e.await);
+        }
+    };
     let items = match split_body(&body) {
         Ok(items) => items,
         Err(rejection) => {
-            // The whole body is unusable: keep it in the dead-letter topic, say why.
-            let reason = rejection.to_string();
-            core.ingest
-                .produce(vec![dead_letter(&body, rejection)])
-                .await?;
-            state.metrics.add_ingest(0, 1);
-            return Err(ApiError::BadRequest(reason));
+            let e = reject_body(
+                &state,
+                core,
+                &body,
+                Some(body.len()),
+                rejection,
+                deadline,
+                ApiError::BadRequest,
+            );
+            return Err(e.await);
         }
     };
     if items.len() > limits.max_batch_events {
-        return Err(ApiError::TooLarge(format!(
-            "body: {} events, more than the limit of {} per request",
-            items.len(),
-            limits.max_batch_events
-        )));
+        let rejection = Rejection::new(
+            "body",
+            format!(
+                "{} events, more than the limit of {} per request",
+                items.len(),
+                limits.max_batch_events
+            ),
+        );
+        let e = reject_body(
+            &state,
+            core,
+            &body,
+            Some(body.len()),
+            rejection,
+            deadline,
+            ApiError::TooLarge,
+        );
+        return Err(e.await);
     }
     let mut records = Vec::with_capacity(items.len() * 2);
     let mut rejected = Vec::new();
@@ -194,22 +336,31 @@ async fn ingest(state: Data, mut payload: web::Payload) -> Result<HttpResponse, 
     let now_ms = crate::event::now_ms();
     let lead = state.cfg.shard.future_tolerance_ms();
     for (index, raw) in items.iter().enumerate() {
-        match Event::parse(raw).and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e)) {
+        let parsed = check_event_size(raw, limits.max_event_bytes)
+            .and_then(|()| Event::parse(raw))
+            .and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e));
+        match parsed {
             Ok(event) => {
                 records.extend(records_for(&event));
                 accepted += 1;
             }
             Err(r) => {
+                let r = clip_rejection(&r);
+                records.push(dead_letter(
+                    raw,
+                    Some(raw.len()),
+                    &r,
+                    limits.max_event_bytes,
+                ));
                 rejected.push(Rejected {
                     index,
-                    field: r.field.clone(),
-                    reason: r.reason.clone(),
+                    field: r.field,
+                    reason: r.reason,
                 });
-                records.push(dead_letter(raw, r));
             }
         }
     }
-    core.ingest.produce(records).await?;
+    core.ingest.produce_until(records, deadline).await?;
     state
         .metrics
         .add_ingest(accepted as u64, rejected.len() as u64);
@@ -396,6 +547,52 @@ mod tests {
         assert_eq!(nd, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
         assert_eq!(split_body(b"  ").unwrap_err().field, "body");
         assert_eq!(split_body(b"[{").unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn an_event_is_rejected_by_size_only_above_the_limit() {
+        for max in [1, 100, 65536] {
+            for len in [max - 1, max, max + 1] {
+                let raw = vec![b' '; len];
+                let checked = check_event_size(&raw, max);
+                if len <= max {
+                    assert_eq!(checked, Ok(()), "{len} bytes, limit {max}");
+                } else {
+                    let r = checked.unwrap_err();
+                    assert_eq!(r.field, "event");
+                    assert_eq!(
+                        r.reason,
+                        format!("{len} bytes, more than the limit of {max} bytes per event")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_ndjson_line_is_its_own_item_but_a_broken_array_is_the_whole_body() {
+        let nd = split_body(b"{\"a\":1}\n{broken\n{\"b\":2}").unwrap();
+        assert_eq!(nd.len(), 3);
+        assert_eq!(nd[1], b"{broken");
+        let arr = split_body(br#"[{"a":1}, {broken}, {"b":2}]"#).unwrap_err();
+        assert_eq!(arr.field, "body");
+        assert!(arr.reason.starts_with("malformed json array"), "{arr}");
+    }
+
+    #[test]
+    fn ingest_errors_map_to_statuses_that_say_whether_to_retry() {
+        let status = |e: IngestError| ApiError::from(e).status_code().as_u16();
+        assert_eq!(status(IngestError::TooLarge { size: 2, limit: 1 }), 413);
+        assert_eq!(status(IngestError::Refused("kafka: too large".into())), 500);
+        assert_eq!(status(IngestError::NotWritten("kafka: down".into())), 503);
+        assert_eq!(status(IngestError::TimedOut(10_000)), 503);
+        assert_eq!(status(IngestError::Unknown("kafka: slow".into())), 503);
+        assert_eq!(status(IngestError::Closed), 503);
+        let text = ApiError::from(IngestError::TimedOut(10_000)).to_string();
+        assert!(
+            text.starts_with("ingest: ") && text.contains("10000 ms"),
+            "{text}"
+        );
     }
 
     #[test]

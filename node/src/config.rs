@@ -267,17 +267,37 @@ impl ShardConfig {
     }
 }
 
-/// `[ingest]`
+/// The most `ingest.max_event_bytes` may be: a dead letter that keeps this many bytes of
+/// its input, with its headers, still fits a Kafka record (see `ingest`).
+pub const MAX_EVENT_BYTES_LIMIT: usize = 512 * 1024;
+
+/// `[ingest]`: limits of `POST /v1/events` and its Kafka transactions. docs/API.md says
+/// what a client sees when a limit is crossed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
-    /// Largest accepted request body in bytes; larger bodies get 413.
+    /// Largest accepted request body in bytes; a larger body gets 413 and its first
+    /// `max_event_bytes` bytes go to the dead-letter topic.
     pub max_body_bytes: usize,
-    /// Most events in one request; more get 413.
+    /// Most events in one request; more get 413 (the whole request; its first
+    /// `max_event_bytes` bytes go to the dead-letter topic).
     pub max_batch_events: usize,
-    /// Concurrent requests are gathered for this long into one Kafka transaction.
+    /// Largest accepted event in bytes, as it stands in the body (an array element's JSON
+    /// text, or an NDJSON line without its line break). A larger event is rejected (field
+    /// `event`) while its neighbours are written. Also the most bytes of any rejected input
+    /// kept in the dead-letter topic: a longer input is cut, and the record says so. At most
+    /// 524288, so every record fits Kafka's default limits (the topics' `max.message.bytes`
+    /// must stay at its default of about 1 MiB or above).
+    pub max_event_bytes: usize,
+    /// Most time a request may take, from its arrival to its answer, in milliseconds:
+    /// reading the body (408 when it has not arrived by then), waiting for the producer,
+    /// and Kafka's transaction. A request answered 503 after it was not written; see
+    /// docs/API.md for when the outcome is unknown. 1000-300000.
+    pub request_timeout_ms: u64,
+    /// Concurrent requests are gathered for this long into one Kafka transaction; less than
+    /// `request_timeout_ms`.
     pub linger_ms: u64,
-    /// Most records in one Kafka transaction.
+    /// Most records in one Kafka transaction (one request's records are never split).
     pub max_transaction_records: usize,
 }
 
@@ -286,9 +306,17 @@ impl Default for IngestConfig {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
             max_batch_events: 20_000,
+            max_event_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
             linger_ms: 5,
             max_transaction_records: 50_000,
         }
+    }
+}
+
+impl IngestConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -392,6 +420,26 @@ impl Config {
         if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
             bail!("ingest.max_batch_events and ingest.max_body_bytes must be positive");
         }
+        let max_event = MAX_EVENT_BYTES_LIMIT;
+        if !(1..=max_event).contains(&self.ingest.max_event_bytes) {
+            bail!(
+                "ingest.max_event_bytes must be 1-{max_event}, got {}",
+                self.ingest.max_event_bytes
+            );
+        }
+        if !(1000..=300_000).contains(&self.ingest.request_timeout_ms) {
+            bail!(
+                "ingest.request_timeout_ms must be 1000-300000, got {}",
+                self.ingest.request_timeout_ms
+            );
+        }
+        if self.ingest.linger_ms >= self.ingest.request_timeout_ms {
+            bail!(
+                "ingest.linger_ms ({}) must be less than ingest.request_timeout_ms ({})",
+                self.ingest.linger_ms,
+                self.ingest.request_timeout_ms
+            );
+        }
         Ok(())
     }
 }
@@ -487,6 +535,39 @@ mod tests {
         );
         let err = format!("{:#}", Config::load(&f.0).unwrap_err());
         assert!(err.contains("cassandra.keyspace"), "{err}");
+    }
+
+    #[test]
+    fn ingest_limits_out_of_range_are_rejected_naming_the_key() {
+        let base = "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[ingest]\n";
+        for (setting, field) in [
+            ("max_event_bytes = 0", "ingest.max_event_bytes"),
+            ("max_event_bytes = 524289", "ingest.max_event_bytes"),
+            ("request_timeout_ms = 999", "ingest.request_timeout_ms"),
+            ("request_timeout_ms = 300001", "ingest.request_timeout_ms"),
+            (
+                "request_timeout_ms = 1000\nlinger_ms = 1000",
+                "ingest.linger_ms",
+            ),
+        ] {
+            let f = write(&format!("{base}{setting}\n"));
+            let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+            assert!(err.contains(field), "{setting}: {err}");
+        }
+        let f = write(&format!(
+            "{base}max_event_bytes = 524288\nrequest_timeout_ms = 1000\nlinger_ms = 999\n"
+        ));
+        let cfg = Config::load(&f.0).unwrap();
+        assert_eq!(
+            (cfg.ingest.max_event_bytes, cfg.ingest.request_timeout_ms),
+            (524288, 1000)
+        );
+        let f = write("[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n");
+        let cfg = Config::load(&f.0).unwrap();
+        assert_eq!(
+            (cfg.ingest.max_event_bytes, cfg.ingest.request_timeout_ms),
+            (65536, 10_000)
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub struct Metrics {
     ingest_accepted: AtomicU64,
     ingest_rejected: AtomicU64,
     ingest_transactions: AtomicU64,
+    ingest_failed_transactions: AtomicU64,
     /// Durable resume offset per (kind, partition).
     durable: Mutex<BTreeMap<(ShardKind, i32), i64>>,
 }
@@ -84,6 +85,9 @@ impl Metrics {
     }
     pub fn add_ingest_transaction(&self) {
         self.ingest_transactions.fetch_add(1, Relaxed);
+    }
+    pub fn add_ingest_failed_transaction(&self) {
+        self.ingest_failed_transactions.fetch_add(1, Relaxed);
     }
     pub fn set_durable(&self, kind: ShardKind, partition: i32, offset: i64) {
         self.durable
@@ -233,6 +237,12 @@ impl Metrics {
             "Kafka transactions committed by HTTP ingest.",
             "",
             self.ingest_transactions.load(Relaxed),
+        );
+        counter(
+            "tally_ingest_failed_transactions_total",
+            "Kafka transactions of HTTP ingest that failed (aborted, or not confirmed in time); their requests were retried alone or answered an error.",
+            "",
+            self.ingest_failed_transactions.load(Relaxed),
         );
         out.push_str("# HELP tally_durable_offset Resume offset durable in Cassandra per shard.\n# TYPE tally_durable_offset gauge\n");
         for ((kind, p), off) in self.durable.lock().expect("metrics lock").iter() {

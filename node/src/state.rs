@@ -77,8 +77,11 @@ pub struct HealthStatus {
     pub cassandra: Option<Result<(), String>>,
     pub schema_applied: bool,
     pub shards_started: bool,
-    /// The ingest producer's last transaction failed (the reason): the node cannot take
-    /// events, so it is not ready until a transaction commits again.
+    /// Why the ingest producer cannot commit: a group of requests failed without any of it
+    /// committing (never a request over ingest's limits: those do not reach Kafka). Set and
+    /// cleared by the producer's health hook (`ingest::HealthHook`): cleared when a
+    /// transaction commits again or `ingest::FAILURE_HOLD` passes without another failure;
+    /// a fenced producer keeps it until the node restarts.
     pub ingest_failure: Option<String>,
 }
 

@@ -37,7 +37,7 @@ use crate::cluster::membership::Membership;
 use crate::cluster::ownership;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
-use crate::ingest::Ingest;
+use crate::ingest::{HealthHook, Ingest};
 use crate::kind::{MemberStatus, ShardKind};
 use crate::retry::until_ok;
 use crate::source;
@@ -190,13 +190,24 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Resu
     else {
         return Ok(());
     };
+    // The cluster id is part of the producer's transactional id: two clusters sharing the
+    // brokers may both have a `node-1`, and the second would fence the first.
+    let ingest_id = format!("{}-{}", cfg.cluster.cluster_id, cfg.node.id);
     let Some(ingest) = until_ok("start ingest producer", &cancel, || async {
+        // A weak reference: the producer thread must not keep the node state alive.
+        let health = Arc::downgrade(&state);
+        let hook: HealthHook = Box::new(move |failure| {
+            if let Some(state) = health.upgrade() {
+                state.set_health(|h| h.ingest_failure = failure);
+            }
+        });
         Ingest::start(
             &cfg.kafka,
             &cfg.ingest,
-            &cfg.node.id,
+            &ingest_id,
             partitions,
             state.metrics.clone(),
+            hook,
         )
     })
     .await

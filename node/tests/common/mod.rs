@@ -184,6 +184,7 @@ keyspace = "{}"
             &unique("test-producer"),
             (self.partitions, self.partitions),
             Arc::new(Metrics::default()),
+            Box::new(|_| {}),
         )
         .expect("start test producer")
     }
