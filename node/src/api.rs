@@ -7,6 +7,7 @@
 //!
 //! Not for: state or Kafka logic.
 
+use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,7 @@ use crate::cluster::routing::{self, RouteError};
 use crate::event::{Event, Rejection, MAX_ID_LEN};
 use crate::ingest::{clip_rejection, dead_letter, records_for, IngestError};
 use crate::kind::ShardKind;
+use crate::shard::dedupe::fingerprint;
 use crate::shard::TopBy;
 use crate::state::{Core, NodeState};
 
@@ -145,8 +147,14 @@ pub struct Rejected {
 /// The ingest response.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct IngestResponse {
+    /// Events acknowledged: written now, or (listed in `duplicates`) already written.
     pub accepted: usize,
     pub rejected: Vec<Rejected>,
+    /// Positions of accepted events this node recognised as already acknowledged (a
+    /// retry, or the same event twice in one request): not written again. A retry this
+    /// node does not recognise is written and still counted once (the shards deduplicate).
+    #[serde(default)]
+    pub duplicates: Vec<usize>,
 }
 
 /// Splits a body into the raw bytes of its events: a JSON array, or NDJSON.
@@ -333,6 +341,8 @@ async fn ingest(
     let mut records = Vec::with_capacity(items.len() * 2);
     let mut rejected = Vec::new();
     let mut accepted = 0;
+    let mut duplicates = Vec::new();
+    let mut written = HashSet::new();
     let now_ms = crate::event::now_ms();
     let lead = state.cfg.shard.future_tolerance_ms();
     for (index, raw) in items.iter().enumerate() {
@@ -341,8 +351,13 @@ async fn ingest(
             .and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e));
         match parsed {
             Ok(event) => {
-                records.extend(records_for(&event));
                 accepted += 1;
+                let fp = fingerprint(&event.player, &event.player, &event.id);
+                if state.acknowledged.seen(&[fp])[0] || !written.insert(fp) {
+                    duplicates.push(index);
+                    continue;
+                }
+                records.extend(records_for(&event));
             }
             Err(r) => {
                 let r = clip_rejection(&r);
@@ -361,6 +376,7 @@ async fn ingest(
         }
     }
     core.ingest.produce_until(records, deadline).await?;
+    state.acknowledged.record(written);
     state
         .metrics
         .add_ingest(accepted as u64, rejected.len() as u64);
@@ -369,7 +385,11 @@ async fn ingest(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok(HttpResponse::build(status).json(IngestResponse { accepted, rejected }))
+    Ok(HttpResponse::build(status).json(IngestResponse {
+        accepted,
+        rejected,
+        duplicates,
+    }))
 }
 
 fn check_path_id(what: &str, id: &str) -> Result<(), ApiError> {

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::acknowledged::Acknowledged;
 use crate::cluster::membership::Membership;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
@@ -28,6 +29,9 @@ use crate::metrics::Metrics;
 use crate::shard::{ShardMsg, ShardStats};
 use crate::source::SourceHandle;
 use crate::store::Store;
+
+/// Acknowledged events a node remembers at most (about 70 bytes each).
+const ACKNOWLEDGED_KEPT: usize = 262_144;
 
 /// Ownership changes kept for `/v1/cluster`.
 const RECENT_CHANGES: usize = 64;
@@ -180,6 +184,8 @@ pub struct NodeState {
     /// The main runtime: outgoing HTTP (forwarded queries) runs here, not on actix workers.
     pub runtime: tokio::runtime::Handle,
     pub http: reqwest::Client,
+    /// Events this node's ingest acknowledged recently (answering retries as such).
+    pub acknowledged: Acknowledged,
     /// The root of the shutdown tree: cancelled once, when the node starts to stop; every
     /// background task (start-up, the dependency monitor, the controller) holds a child.
     pub shutdown: CancellationToken,
@@ -191,6 +197,10 @@ impl NodeState {
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| anyhow::anyhow!("build http client: {e}"))?;
+        let acknowledged = Acknowledged::new(
+            Duration::from_secs(cfg.shard.dedupe_window_secs),
+            ACKNOWLEDGED_KEPT,
+        );
         Ok(Arc::new(NodeState {
             cfg,
             metrics: Arc::new(Metrics::default()),
@@ -201,6 +211,7 @@ impl NodeState {
             changes: Mutex::new(VecDeque::new()),
             runtime: tokio::runtime::Handle::current(),
             http,
+            acknowledged,
             shutdown: CancellationToken::new(),
         }))
     }

@@ -977,3 +977,79 @@ async fn a_record_kafka_refuses_fails_only_its_own_request_of_a_shared_transacti
         health.lock().unwrap()
     );
 }
+
+/// A game backend that times out and resends the same batch (the same event ids) four
+/// times, then once more after the node restarted (which forgets what it acknowledged):
+/// every purchase counts once. The node answers the resends it recognises as duplicates
+/// and does not write them again; the one after the restart is written, and the shard
+/// drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_batch_is_answered_as_duplicates_and_counted_once_also_after_a_restart() {
+    let env = TestEnv::new("retries", 2);
+    let mut node = NodeProcess::start(&env, "n1", "");
+    node.wait_ready(Duration::from_secs(60)).await;
+    let client = reqwest::Client::new();
+    let players = ["buyer-1", "buyer-2", "buyer-3"];
+    let batch: String = players
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let amount = (1u64 << 63) + i as u64;
+            event(
+                &format!("purchase-{i}"),
+                p,
+                json!({"kind": "purchase", "item": "sword", "amount": amount, "currency": "USD"}),
+            )
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    // The same event twice in one request counts once too.
+    let twice = batch.clone() + batch.lines().next().unwrap() + "\n";
+    let first = post(&client, &node.url("/v1/events"), twice).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["accepted"], 4);
+    assert_eq!(first.body["duplicates"], json!([3]));
+    for _ in 0..3 {
+        let again = post(&client, &node.url("/v1/events"), batch.clone()).await;
+        assert_eq!(again.status, 202, "{}", again.body);
+        assert_eq!(again.body["accepted"], 3);
+        assert_eq!(again.body["duplicates"], json!([0, 1, 2]));
+    }
+    node.terminate();
+    node.restart();
+    node.wait_ready(Duration::from_secs(60)).await;
+    let after = post(&client, &node.url("/v1/events"), batch.clone()).await;
+    assert_eq!(after.status, 202, "{}", after.body);
+    assert_eq!(
+        after.body["duplicates"],
+        json!([]),
+        "a restarted node forgets"
+    );
+    // One purchase each, and the shards dropped the resend they were given.
+    for (i, p) in players.iter().enumerate() {
+        let want = (1u128 << 63) + i as u128;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = get_json(&client, &node.url(&format!("/v1/players/{p}"))).await;
+            if let Ok(v) = &got {
+                if v["player"]["purchases"] == 1 && v["player"]["revenue"]["USD"] == json!(want) {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "{p}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.metric("tally_records_duplicate_total").await < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the resend after the restart was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Exactly the resend after the restart was written again: 3 duplicates, no more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(node.metric("tally_records_duplicate_total").await, 3);
+}
