@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cluster::membership::Membership;
@@ -153,68 +154,14 @@ async fn stop_core(core: &Core, state: &Arc<NodeState>) {
 /// Builds the core: every step retries until its service answers, and gives up only when
 /// the node is stopping (Ok: nothing to report) or a step can never succeed (Err).
 async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Result<()> {
-    let cfg = &state.cfg;
     let cancel = state.shutdown.child_token();
-    let Some(session) = store::connect_until(&cfg.cassandra, &cancel).await else {
+    let Some(store) = start_store(&state, &cancel).await else {
         return Ok(());
     };
-    info!(contact_points = %cfg.cassandra.contact_points.join(","), "connected to cassandra");
-    let _ = state.session.set(session.clone());
-    let migrated = until_ok("apply cassandra migrations", &cancel, || {
-        store::schema::migrate(&session, &cfg.cassandra)
-    });
-    if migrated.await.is_none() {
-        return Ok(());
-    }
-    state.set_health(|h| h.schema_applied = true);
-    let Some(store) = until_ok("prepare cassandra statements", &cancel, || {
-        Store::prepare(session.clone(), &cfg.cassandra.keyspace)
-    })
-    .await
-    else {
+    let Some((partitions, ingest)) = start_kafka(&state, &cancel).await else {
         return Ok(());
     };
-    let store = Arc::new(store);
-    if until_ok("create kafka topics", &cancel, || {
-        kafka_admin::create_topics(cfg)
-    })
-    .await
-    .is_none()
-    {
-        return Ok(());
-    }
-    let Some(partitions) = until_ok("read kafka topic metadata", &cancel, || {
-        partition_counts(&cfg.kafka)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    // The cluster id is part of the producer's transactional id: two clusters sharing the
-    // brokers may both have a `node-1`, and the second would fence the first.
-    let ingest_id = format!("{}-{}", cfg.cluster.cluster_id, cfg.node.id);
-    let Some(ingest) = until_ok("start ingest producer", &cancel, || async {
-        // A weak reference: the producer thread must not keep the node state alive.
-        let health = Arc::downgrade(&state);
-        let hook: HealthHook = Box::new(move |failure| {
-            if let Some(state) = health.upgrade() {
-                state.set_health(|h| h.ingest_failure = failure);
-            }
-        });
-        Ingest::start(
-            &cfg.kafka,
-            &cfg.ingest,
-            &ingest_id,
-            partitions,
-            state.metrics.clone(),
-            hook,
-        )
-    })
-    .await
-    else {
-        return Ok(());
-    };
-
+    let cfg = &state.cfg;
     let advertised_api = cfg
         .node
         .advertise_api_addr
@@ -228,41 +175,24 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Resu
         return Ok(());
     };
     let permits = Arc::new(Semaphore::new(cfg.shard.max_inflight_batches));
-    let metrics = state.metrics.clone();
-    let topics = (
-        cfg.kafka.player_topic.clone(),
-        cfg.kafka.channel_topic.clone(),
+    // The dead-letter producer first: it cannot fail once the source runs.
+    let consumer = DeadLetters::start(&cfg.kafka, &cfg.node.id, state.metrics.clone()).and_then(
+        |dead_letters| {
+            let source = source::spawn(
+                &cfg.kafka,
+                &format!("tally-{}", cfg.node.id),
+                Vec::new(),
+                cfg.shard.max_batch,
+                permits.clone(),
+                state.metrics.clone(),
+                durable_offsets(&state),
+            )
+            .context("start the kafka source")?;
+            Ok((source, Arc::new(dead_letters)))
+        },
     );
-    let durable = Arc::new(move || {
-        metrics
-            .durable_offsets()
-            .into_iter()
-            .map(|(kind, p, off)| {
-                let topic = match kind {
-                    ShardKind::Players => &topics.0,
-                    ShardKind::Channels => &topics.1,
-                };
-                (topic.clone(), p, off)
-            })
-            .collect()
-    });
-    let source = match source::spawn(
-        &cfg.kafka,
-        &format!("tally-{}", cfg.node.id),
-        Vec::new(),
-        cfg.shard.max_batch,
-        permits.clone(),
-        state.metrics.clone(),
-        durable,
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            membership.shutdown().await;
-            return Err(e.context("start the kafka source"));
-        }
-    };
-    let dead_letters = match DeadLetters::start(&cfg.kafka, &cfg.node.id, state.metrics.clone()) {
-        Ok(d) => Arc::new(d),
+    let (source, dead_letters) = match consumer {
+        Ok(started) => started,
         Err(e) => {
             membership.shutdown().await;
             return Err(e);
@@ -293,4 +223,82 @@ async fn start_core(state: Arc<NodeState>, api_addr: SocketAddr) -> anyhow::Resu
         "node ready"
     );
     Ok(())
+}
+
+/// Cassandra: a session, the migrations, the prepared statements (None: cancelled).
+async fn start_store(state: &NodeState, cancel: &CancellationToken) -> Option<Arc<Store>> {
+    let cfg = &state.cfg;
+    let session = store::connect_until(&cfg.cassandra, cancel).await?;
+    info!(contact_points = %cfg.cassandra.contact_points.join(","), "connected to cassandra");
+    let _ = state.session.set(session.clone());
+    until_ok("apply cassandra migrations", cancel, || {
+        store::schema::migrate(&session, &cfg.cassandra)
+    })
+    .await?;
+    state.set_health(|h| h.schema_applied = true);
+    let store = until_ok("prepare cassandra statements", cancel, || {
+        Store::prepare(session.clone(), &cfg.cassandra.keyspace)
+    })
+    .await?;
+    Some(Arc::new(store))
+}
+
+/// Kafka: the topics, their partition counts, the ingest producer (None: cancelled).
+async fn start_kafka(
+    state: &Arc<NodeState>,
+    cancel: &CancellationToken,
+) -> Option<((i32, i32), Ingest)> {
+    let cfg = &state.cfg;
+    until_ok("create kafka topics", cancel, || {
+        kafka_admin::create_topics(cfg)
+    })
+    .await?;
+    let partitions = until_ok("read kafka topic metadata", cancel, || {
+        partition_counts(&cfg.kafka)
+    })
+    .await?;
+    // The cluster id is part of the producer's transactional id: two clusters sharing the
+    // brokers may both have a `node-1`, and the second would fence the first.
+    let ingest_id = format!("{}-{}", cfg.cluster.cluster_id, cfg.node.id);
+    let ingest = until_ok("start ingest producer", cancel, || async {
+        // A weak reference: the producer thread must not keep the node state alive.
+        let health = Arc::downgrade(state);
+        let hook: HealthHook = Box::new(move |failure| {
+            if let Some(state) = health.upgrade() {
+                state.set_health(|h| h.ingest_failure = failure);
+            }
+        });
+        Ingest::start(
+            &cfg.kafka,
+            &cfg.ingest,
+            &ingest_id,
+            partitions,
+            state.metrics.clone(),
+            hook,
+        )
+    })
+    .await?;
+    Some((partitions, ingest))
+}
+
+/// The durable offsets of this node's shards by topic name, for the source to commit.
+fn durable_offsets(state: &NodeState) -> Arc<dyn Fn() -> Vec<(String, i32, i64)> + Send + Sync> {
+    let metrics = state.metrics.clone();
+    let topics = (
+        state.cfg.kafka.player_topic.clone(),
+        state.cfg.kafka.channel_topic.clone(),
+    );
+    Arc::new(move || {
+        metrics
+            .durable_offsets()
+            .into_iter()
+            .map(|(kind, p, off)| {
+                let topic = match kind {
+                    ShardKind::Players => &topics.0,
+                    ShardKind::Channels => &topics.1,
+                };
+                (topic.clone(), p, off)
+            })
+            .collect()
+    })
 }
