@@ -12,15 +12,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-LT=target/release/tally-loadtest
-OUT=bench/results
-WORK=.services/bench
-LOG_PREFIX=compare
-mkdir -p "$OUT" "$WORK"
-[ -x "$LT" ] || { echo "compare: $LT missing: run 'make build-release'" >&2; exit 1; }
-[ $# -ge 1 ] || { echo "compare: usage: $0 LABEL=BINARY [VAR=VALUE ...] ..." >&2; exit 2; }
+LOG_PREFIX=compare OUT=bench/results WORK=.services/bench
 # shellcheck source=lib/nodes.sh
 source scripts/lib/nodes.sh
+release_binaries
+mkdir -p "$OUT" "$WORK"
+[ $# -ge 1 ] || { echo "compare: usage: $0 LABEL=BINARY [VAR=VALUE ...] ..." >&2; exit 2; }
 
 PLAYERS=${BENCH_PLAYERS:-1000000}
 EVENTS=${BENCH_EVENTS:-4000000}

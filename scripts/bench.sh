@@ -23,24 +23,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-NODE_BIN=target/release/tally-node
-LT=target/release/tally-loadtest
-OUT=bench/results
-WORK=.services/bench
+LOG_PREFIX=bench OUT=bench/results WORK=.services/bench
+# shellcheck source=lib/nodes.sh
+source scripts/lib/nodes.sh
+release_binaries
 mkdir -p "$OUT" "$WORK"
-for b in "$NODE_BIN" "$LT"; do
-  [ -x "$b" ] || { echo "bench: $b missing: run 'make build-release'" >&2; exit 1; }
-done
 
 PLAYERS=${BENCH_PLAYERS:-1000000}
 EVENTS=${BENCH_EVENTS:-4000000}
 STEADY_RATE=${BENCH_STEADY_RATE:-20000}
 STEADY_SECS=${BENCH_STEADY_SECS:-30}
 MACHINE="$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-
-LOG_PREFIX=bench
-# shellcheck source=lib/nodes.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/nodes.sh"
 
 # Waits until every shard of the cluster NODE belongs to has checkpointed everything.
 wait_checkpoints() {

@@ -14,18 +14,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-NODE_BIN=target/release/tally-node
-LT=target/release/tally-loadtest
-OUT=bench/results
-WORK=.services/soak
-SERVICES=scripts/services/services.sh
-LOG_PREFIX=soak
-mkdir -p "$OUT" "$WORK"
-for b in "$NODE_BIN" "$LT"; do
-  [ -x "$b" ] || { echo "soak: $b missing: run 'make build-release'" >&2; exit 1; }
-done
+LOG_PREFIX=soak OUT=bench/results WORK=.services/soak SERVICES=scripts/services/services.sh
 # shellcheck source=lib/nodes.sh
 source scripts/lib/nodes.sh
+release_binaries
+mkdir -p "$OUT" "$WORK"
 
 SECS=${SOAK_SECS:-1800}
 FAULT_EVERY=${SOAK_FAULT_EVERY:-120}

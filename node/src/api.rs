@@ -303,41 +303,30 @@ async fn ingest(
             return Err(e.await);
         }
     };
-    let items = match split_body(&body) {
-        Ok(items) => items,
-        Err(rejection) => {
-            let e = reject_body(
-                &state,
-                core,
-                &body,
-                Some(body.len()),
-                rejection,
-                deadline,
-                ApiError::BadRequest,
-            );
-            return Err(e.await);
-        }
-    };
-    if items.len() > limits.max_batch_events {
-        let rejection = Rejection::new(
-            "body",
-            format!(
+    let items = split_body(&body)
+        .map_err(|r| (r, ApiError::BadRequest as fn(String) -> ApiError))
+        .and_then(|items| {
+            if items.len() <= limits.max_batch_events {
+                return Ok(items);
+            }
+            let reason = format!(
                 "{} events, more than the limit of {} per request",
                 items.len(),
                 limits.max_batch_events
-            ),
-        );
-        let e = reject_body(
-            &state,
-            core,
-            &body,
-            Some(body.len()),
-            rejection,
-            deadline,
-            ApiError::TooLarge,
-        );
-        return Err(e.await);
-    }
+            );
+            Err((
+                Rejection::new("body", reason),
+                ApiError::TooLarge as fn(String) -> ApiError,
+            ))
+        });
+    let items = match items {
+        Ok(items) => items,
+        Err((rejection, status)) => {
+            let len = Some(body.len());
+            let e = reject_body(&state, core, &body, len, rejection, deadline, status);
+            return Err(e.await);
+        }
+    };
     let mut records = Vec::with_capacity(items.len() * 2);
     let mut rejected = Vec::new();
     let mut accepted = 0;

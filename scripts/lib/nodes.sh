@@ -3,6 +3,15 @@
 # LOG_PREFIX for log lines.
 
 log() { echo "${LOG_PREFIX:-nodes}: $*" >&2; }
+
+# release_binaries: sets NODE_BIN and LT, or fails saying how to build them.
+release_binaries() {
+  NODE_BIN=target/release/tally-node
+  LT=target/release/tally-loadtest
+  for b in "$NODE_BIN" "$LT"; do
+    [ -x "$b" ] || { log "$b missing: run 'make build-release'"; exit 1; }
+  done
+}
 rss_kib() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 metric() { curl -fs "http://$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2} END {printf "%d", s}'; }
 

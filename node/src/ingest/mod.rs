@@ -134,7 +134,14 @@ impl Ingest {
         health: HealthHook,
     ) -> anyhow::Result<Ingest> {
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        let tx = producer::start(kafka, cfg, id, partitions, metrics, health)?;
+        let tx = producer::start(producer::Setup {
+            kafka,
+            cfg,
+            id,
+            partitions,
+            metrics,
+            health,
+        })?;
         Ok(Ingest { tx, timeout })
     }
 

@@ -45,16 +45,27 @@ const SOLO_ATTEMPTS: u32 = 3;
 /// request fails, and its counter stays exact.
 static FAILURE_LOG: LogLimit = LogLimit::new(Duration::from_secs(1));
 
+/// What the producer thread is started with (see `Ingest::start`).
+pub(super) struct Setup<'a> {
+    pub kafka: &'a KafkaConfig,
+    pub cfg: &'a IngestConfig,
+    pub id: &'a str,
+    pub partitions: (i32, i32),
+    pub metrics: Arc<Metrics>,
+    pub health: HealthHook,
+}
+
 /// Starts the producer thread and returns its queue. Fails if the transactional producer
 /// cannot initialise.
-pub(super) fn start(
-    kafka: &KafkaConfig,
-    cfg: &IngestConfig,
-    id: &str,
-    partitions: (i32, i32),
-    metrics: Arc<Metrics>,
-    health: HealthHook,
-) -> anyhow::Result<mpsc::Sender<Job>> {
+pub(super) fn start(setup: Setup<'_>) -> anyhow::Result<mpsc::Sender<Job>> {
+    let Setup {
+        kafka,
+        cfg,
+        id,
+        partitions,
+        metrics,
+        health,
+    } = setup;
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &kafka.brokers)

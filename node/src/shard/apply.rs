@@ -198,21 +198,13 @@ impl<E: Hosted> ShardState<E> {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.args.metrics.add_invalid_records(1);
-                    self.dedupe.observe(rec.offset, rec.timestamp, None);
-                    self.dead_letter(&rec, "event", &reason);
-                    if let Some(suppressed) = INVALID_RECORD_LOG.allow() {
-                        warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, suppressed, "skipping invalid record");
-                    }
+                    self.skip(&rec, "event", &reason, &INVALID_RECORD_LOG);
                     continue;
                 }
             };
             if let Some(reason) = self.too_far_ahead(&rec, &event) {
                 self.args.metrics.add_future_records(1);
-                self.dedupe.observe(rec.offset, rec.timestamp, None);
-                self.dead_letter(&rec, "ts", &reason);
-                if let Some(suppressed) = FUTURE_RECORD_LOG.allow() {
-                    warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, %reason, suppressed, "skipping future-dated record");
-                }
+                self.skip(&rec, "ts", &reason, &FUTURE_RECORD_LOG);
                 continue;
             }
             let fp = dedupe::fingerprint(key, &event.player, &event.id);
@@ -268,7 +260,10 @@ impl<E: Hosted> ShardState<E> {
         })
     }
 
-    fn dead_letter(&self, rec: &RecordRef<'_>, field: &str, reason: &str) {
+    /// A record that is not applied: remembered by the dedupe window (so a rebuilt window
+    /// holds it too), sent to the dead-letter topic, and logged at most as `log` allows.
+    fn skip(&mut self, rec: &RecordRef<'_>, field: &str, reason: &str, log: &LogLimit) {
+        self.dedupe.observe(rec.offset, rec.timestamp, None);
         if let Some(dl) = &self.args.dead_letters {
             dl.send(DeadLetter {
                 topic: &self.args.topic,
@@ -279,6 +274,9 @@ impl<E: Hosted> ShardState<E> {
                 field,
                 reason,
             });
+        }
+        if let Some(suppressed) = log.allow() {
+            warn!(topic = %self.args.topic, partition = self.args.partition, offset = rec.offset, field, %reason, suppressed, "skipping a record that cannot apply");
         }
     }
 

@@ -261,15 +261,9 @@ impl Store {
         statement: &PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
     ) -> anyhow::Result<Option<EntityRow>> {
-        let row = self
-            .session
-            .execute_unpaged(statement, values)
-            .await
-            .context("read player")?
-            .into_rows_result()
-            .context("read player")?
-            .maybe_first_row::<(Vec<u8>, i64)>()
-            .context("decode player row")?;
+        let row: Option<(Vec<u8>, i64)> = self
+            .first_row(statement, values, || "player row".to_string())
+            .await?;
         Ok(row.map(|(state, applied_offset)| EntityRow {
             state,
             applied_offset,
@@ -333,15 +327,10 @@ impl Store {
 
     /// The head of a channel's log, if it has one.
     pub async fn read_log_head(&self, partition: i32, id: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        let row = self
-            .session
-            .execute_unpaged(&self.select_log_head, (partition, id))
-            .await
-            .with_context(|| format!("read channel {id} log head"))?
-            .into_rows_result()
-            .with_context(|| format!("read channel {id} log head"))?
-            .maybe_first_row::<(Option<Vec<u8>>,)>()
-            .with_context(|| format!("decode channel {id} log head"))?;
+        let what = || format!("channel {id} log head");
+        let row: Option<(Option<Vec<u8>>,)> = self
+            .first_row(&self.select_log_head, (partition, id), what)
+            .await?;
         Ok(row.and_then(|(head,)| head))
     }
 
@@ -391,15 +380,10 @@ impl Store {
         partition: i32,
         id: &str,
     ) -> anyhow::Result<Option<EntityRow>> {
-        let row = self
-            .session
-            .execute_unpaged(&self.select_channel, (partition, id))
-            .await
-            .with_context(|| format!("read channel {id}"))?
-            .into_rows_result()
-            .with_context(|| format!("read channel {id}"))?
-            .maybe_first_row::<(Option<Vec<u8>>, Option<i64>)>()
-            .with_context(|| format!("decode channel row {id}"))?;
+        let what = || format!("channel row {id}");
+        let row: Option<(Option<Vec<u8>>, Option<i64>)> = self
+            .first_row(&self.select_channel, (partition, id), what)
+            .await?;
         Ok(match row {
             Some((Some(state), Some(applied_offset))) => Some(EntityRow {
                 state,
@@ -462,15 +446,10 @@ impl Store {
         topic: &str,
         partition: i32,
     ) -> anyhow::Result<Option<Progress>> {
-        let row = self
-            .session
-            .execute_unpaged(&self.select_progress, (topic, partition))
-            .await
-            .with_context(|| format!("read progress of {topic}/{partition}"))?
-            .into_rows_result()
-            .with_context(|| format!("read progress of {topic}/{partition}"))?
-            .maybe_first_row::<(i64, i64)>()
-            .with_context(|| format!("decode progress of {topic}/{partition}"))?;
+        let what = || format!("progress of {topic}/{partition}");
+        let row: Option<(i64, i64)> = self
+            .first_row(&self.select_progress, (topic, partition), what)
+            .await?;
         Ok(row.map(|(resume_offset, watermark_ms)| Progress {
             resume_offset,
             watermark_ms,
@@ -507,15 +486,30 @@ impl Store {
         topic: &str,
         partition: i32,
     ) -> anyhow::Result<Option<i64>> {
-        let row = self
-            .session
-            .execute_unpaged(&self.select_dedupe, (topic, partition))
-            .await
-            .with_context(|| format!("read dedupe mark of {topic}/{partition}"))?
-            .into_rows_result()
-            .with_context(|| format!("read dedupe mark of {topic}/{partition}"))?
-            .maybe_first_row::<(Option<i64>,)>()
-            .with_context(|| format!("decode dedupe mark of {topic}/{partition}"))?;
+        let what = || format!("dedupe mark of {topic}/{partition}");
+        let row: Option<(Option<i64>,)> = self
+            .first_row(&self.select_dedupe, (topic, partition), what)
+            .await?;
         Ok(row.and_then(|(from,)| from))
+    }
+
+    /// The first row `stmt` answers for `values`, if any; errors name `what` was read.
+    async fn first_row<R>(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+        what: impl Fn() -> String,
+    ) -> anyhow::Result<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        self.session
+            .execute_unpaged(stmt, values)
+            .await
+            .with_context(|| format!("read {}", what()))?
+            .into_rows_result()
+            .with_context(|| format!("read {}", what()))?
+            .maybe_first_row::<R>()
+            .with_context(|| format!("decode {}", what()))
     }
 }
