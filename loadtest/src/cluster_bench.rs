@@ -8,8 +8,10 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tally_node::config::KafkaConfig;
+use tally_node::entity_path::entity_path;
 use tally_node::event::{Event, EventBody};
 use tally_node::ingest::records_for;
+use tally_node::kind::ShardKind;
 use tally_node::partitioner::partition_for;
 
 use crate::probe::Latency;
@@ -130,7 +132,10 @@ pub async fn failover(
                 continue;
             }
             let r = client
-                .get(format!("http://{survivor}/v1/players/{id}"))
+                .get(format!(
+                    "http://{survivor}{}",
+                    entity_path(ShardKind::Players, id)
+                ))
                 .send()
                 .await;
             if let Ok(r) = r {
@@ -186,7 +191,10 @@ pub async fn query_latency(
             for (api, h) in [(owner_api, &mut owner_h), (other_api, &mut other_h)] {
                 let t = Instant::now();
                 let r = client
-                    .get(format!("http://{api}/v1/players/{id}"))
+                    .get(format!(
+                        "http://{api}{}",
+                        entity_path(ShardKind::Players, id)
+                    ))
                     .send()
                     .await?;
                 let ok = r.status().is_success();

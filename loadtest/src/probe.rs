@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use tally_node::entity_path::entity_path;
 use tally_node::event::{Event, EventBody};
 use tally_node::ingest::records_for;
+use tally_node::kind::ShardKind;
 
 use crate::drive::{post_batch, Progress, Via};
 
@@ -95,7 +97,7 @@ pub async fn run(
             continue;
         }
         let node = &nodes[level as usize % nodes.len()];
-        let url = format!("http://{node}/v1/players/{player}");
+        let url = format!("http://{node}{}", entity_path(ShardKind::Players, &player));
         // Seen, timed out (None: the run ended while it was in flight and it was not seen
         // within 5 s: no result either way).
         let visible = loop {

@@ -9,6 +9,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::Value;
+use tally_node::entity_path::entity_path;
+use tally_node::kind::ShardKind;
 
 use crate::players::Expected;
 
@@ -83,13 +85,13 @@ async fn check(
 ) -> Vec<String> {
     let (path, key, want, what) = match t {
         Target::Player(id) => (
-            format!("/v1/players/{id}"),
+            entity_path(ShardKind::Players, id),
             "player",
             serde_json::to_value(expected.players[id].view(id)).expect("view serializes"),
             format!("player {id}"),
         ),
         Target::Channel(id) => (
-            format!("/v1/channels/{id}"),
+            entity_path(ShardKind::Channels, id),
             "channel",
             serde_json::to_value(expected.channels[id].view(
                 id,

@@ -89,7 +89,13 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
             .route("/v1/events", web::post().to(ingest))
+            // actix decodes `{id}` fully (`%2F` is `/`) but routes on the path with only
+            // `%2F`, `%25` and `+` still encoded, so an encoded id is one segment, and
+            // `top` in any encoding is the view: ids a segment cannot carry use `?id=`
+            // (see `entity_path`).
+            .route("/v1/players", web::get().to(player_by_query))
             .route("/v1/players/{id}", web::get().to(player))
+            .route("/v1/channels", web::get().to(channel_by_query))
             .route("/v1/channels/top", web::get().to(top_channels))
             .route("/v1/channels/{id}", web::get().to(channel))
             .route("/v1/cluster", web::get().to(cluster))
@@ -411,10 +417,7 @@ async fn player(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    check_path_id("player", &id)?;
-    let core = core(&state)?;
-    answer(routing::lookup(&state, core, ShardKind::Players, &id, is_forwarded(&req)).await)
+    lookup(&state, &req, ShardKind::Players, path.into_inner()).await
 }
 
 async fn channel(
@@ -422,10 +425,53 @@ async fn channel(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    check_path_id("channel", &id)?;
-    let core = core(&state)?;
-    answer(routing::lookup(&state, core, ShardKind::Channels, &id, is_forwarded(&req)).await)
+    lookup(&state, &req, ShardKind::Channels, path.into_inner()).await
+}
+
+/// `?id=`: the form for ids a path segment cannot carry (`.`, `..`, the channel `top`).
+#[derive(Deserialize)]
+struct IdQuery {
+    id: Option<String>,
+}
+
+impl IdQuery {
+    fn id(self, kind: ShardKind) -> Result<String, ApiError> {
+        self.id.ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "id: missing: query {path}/{{id}} or {path}?id={{id}}",
+                path = kind.api_path()
+            ))
+        })
+    }
+}
+
+async fn player_by_query(
+    state: Data,
+    req: HttpRequest,
+    query: web::Query<IdQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = query.into_inner().id(ShardKind::Players)?;
+    lookup(&state, &req, ShardKind::Players, id).await
+}
+
+async fn channel_by_query(
+    state: Data,
+    req: HttpRequest,
+    query: web::Query<IdQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = query.into_inner().id(ShardKind::Channels)?;
+    lookup(&state, &req, ShardKind::Channels, id).await
+}
+
+async fn lookup(
+    state: &NodeState,
+    req: &HttpRequest,
+    kind: ShardKind,
+    id: String,
+) -> Result<HttpResponse, ApiError> {
+    check_path_id(kind.entity_name(), &id)?;
+    let core = core(state)?;
+    answer(routing::lookup(state, core, kind, &id, is_forwarded(req)).await)
 }
 
 #[derive(Deserialize)]

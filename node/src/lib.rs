@@ -19,6 +19,7 @@
 //! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
 //!   order.
 //! - [`cluster`]: gossip membership, partition ownership, and routing any query anywhere.
+//! - [`entity_path`]: where a player or channel is queried, its id percent-encoded.
 //! - [`node`]: start-up order, the readiness monitor, Kafka administration, shutdown.
 //! - [`state`]: the state the API, the controller and the background tasks share.
 //! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
@@ -53,6 +54,7 @@ pub mod cluster;
 pub mod config;
 pub mod dead_letter;
 pub mod entity;
+pub mod entity_path;
 pub mod event;
 pub mod ingest;
 pub mod kind;

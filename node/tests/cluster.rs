@@ -1,7 +1,8 @@
 //! A 3-node cluster of real node processes on loopback, against the real Kafka and
 //! Cassandra: kill -9, restart, SIGSTOP/SIGCONT and a rolling restart under a continuous
 //! seeded stream; at the end every counter equals the reference model, queried through a
-//! single node (so most answers are forwarded to their owners).
+//! single node (so most answers are forwarded to their owners). Ids full of reserved URL
+//! characters are answered alike by every node, owner or not.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::model::{generate, get_json, Model, StreamSpec};
 use common::{free_udp_port, produce, NodeProcess, TestEnv};
 use serde_json::Value;
+use tally_node::entity_path::entity_path;
 use tally_node::event::Event;
+use tally_node::kind::ShardKind;
 
 const TIMEOUT_SECS: u64 = 60;
 
@@ -251,5 +254,148 @@ async fn a_node_with_another_cluster_id_is_ignored() {
             .map(|m| m["node_id"].as_str().unwrap())
             .collect();
         assert_eq!(members, vec![me], "a node of another cluster id was let in");
+    }
+}
+
+/// Ids a URL could mangle, each valid by the event schema: every gen-delim and sub-delim of
+/// RFC 3986 alone and inside an id, `%`, spaces, backslashes, dot segments, the name of the
+/// `top` view, and unicode up to 128 bytes of 2-, 3- and 4-byte characters.
+fn awkward_ids() -> Vec<String> {
+    let mut ids: Vec<String> = ":/?#[]@!$&'()*+,;="
+        .chars()
+        .flat_map(|c| [c.to_string(), format!("id{c}x")])
+        .collect();
+    ids.extend(
+        [
+            ":/?#[]@",
+            "!$&'()*+,;=",
+            "%",
+            "100%",
+            "%2F",
+            "%41",
+            " ",
+            "a b",
+            "\\",
+            "a\\b",
+            "\"<>^`{|}",
+            ".",
+            "..",
+            "...",
+            "./x",
+            "top",
+            "日本語",
+        ]
+        .map(String::from),
+    );
+    ids.push("é".repeat(64));
+    ids.push(format!("{}é", "€".repeat(42)));
+    ids.push("😀".repeat(32));
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_reserved_url_characters_are_answered_by_every_node() {
+    let env = TestEnv::new("cl_url", 6);
+    let cluster = Cluster::start(env.clone(), 3).await;
+    let client = reqwest::Client::new();
+    let ids = awkward_ids();
+    // Each id is a player with three events that follows the channel of the same id, which
+    // one viewer joins.
+    let ts = 1_700_000_000_000_i64;
+    let mut events = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let event = |n: &str, player: &str, kind: &str| {
+            let id = format!("e{i}-{n}");
+            serde_json::json!({"v": 1, "id": id, "ts": ts, "player": player, "kind": kind})
+        };
+        events.push(event("start", id, "session_start"));
+        let mut level = event("level", id, "level_up");
+        level["level"] = 7.into();
+        events.push(level);
+        let mut follow = event("follow", id, "follow");
+        follow["channel"] = id.as_str().into();
+        events.push(follow);
+        let mut join = event("join", &format!("viewer-{i}"), "viewer_join");
+        join["channel"] = id.as_str().into();
+        events.push(join);
+    }
+    let r = client
+        .post(cluster.nodes[0].url("/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ingested: Value = r.json().await.unwrap();
+    assert_eq!(ingested["rejected"], serde_json::json!([]), "{ingested}");
+    assert_eq!(ingested["accepted"], events.len());
+
+    let expected = |kind: ShardKind| match kind {
+        ShardKind::Players => ("player", vec![("events", 3), ("level", 7), ("follows", 1)]),
+        ShardKind::Channels => ("channel", vec![("follows", 1), ("joins", 1)]),
+    };
+    let right = |kind: ShardKind, id: &str, v: &Value| {
+        let (key, counters) = expected(kind);
+        v["stale"] == false
+            && v[key]["id"] == id
+            && counters.iter().all(|(name, n)| v[key][name] == *n)
+    };
+    // Consumed: the last answers are right through the first node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for kind in ShardKind::ALL {
+        for id in &ids {
+            let url = cluster.nodes[0].url(&entity_path(kind, id));
+            loop {
+                let v = get_json(&client, &url).await;
+                if v.as_ref().is_ok_and(|v| right(kind, id, v)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind:?} {id:?} not counted: {v:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    // Then every node answers at once from the owner's memory, most of them forwarded.
+    for kind in ShardKind::ALL {
+        for id in &ids {
+            let path = entity_path(kind, id);
+            let mut served_by = Vec::new();
+            for node in &cluster.nodes {
+                let v = get_json(&client, &node.url(&path)).await;
+                let v = v.unwrap_or_else(|e| panic!("{kind:?} {id:?} via {path}: {e}"));
+                assert!(right(kind, id, &v), "{kind:?} {id:?} via {path}: {v}");
+                served_by.push(v["served_by"].as_str().unwrap_or_default().to_string());
+            }
+            served_by.dedup();
+            assert_eq!(
+                served_by.len(),
+                1,
+                "{kind:?} {id:?}: served by {served_by:?}"
+            );
+        }
+    }
+
+    // An id that decodes to `../cluster` is a player like any other, on every node.
+    for node in &cluster.nodes {
+        let r = client
+            .get(node.url("/v1/players/..%2Fcluster"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"], "player ../cluster: no events seen", "{body}");
+    }
+    // And `top` is still the view.
+    for node in &cluster.nodes {
+        let v = get_json(&client, &node.url("/v1/channels/top"))
+            .await
+            .unwrap();
+        assert!(v["channels"].is_array(), "{v}");
     }
 }

@@ -227,6 +227,21 @@ impl Membership {
             .await;
     }
 
+    /// What this node advertises as owned at this moment. [`Membership::members`] shows
+    /// this node's own change only after the next gossip round; tests that look for two
+    /// nodes advertising one partition at once need the moment itself.
+    #[cfg(test)]
+    pub(crate) async fn advertised_owned(&self) -> BTreeSet<ShardId> {
+        self.handle
+            .with_chitchat(|c| {
+                c.self_node_state()
+                    .get(KEY_OWNED)
+                    .map(decode_owned)
+                    .unwrap_or_default()
+            })
+            .await
+    }
+
     pub async fn set_status(&self, status: MemberStatus) {
         self.handle
             .with_chitchat(|c| c.self_node_state().set(KEY_STATUS, status.as_str()))

@@ -7,9 +7,13 @@
 //!   owners over the live, serving members; checkpointed handover; takeover after failure.
 //! - [`routing`]: a query goes to the local shard, is forwarded to the owner, or is
 //!   answered from Cassandra (stale); cluster-wide top-N.
+//! - `sandbox` (tests only): three memberships over the in-memory transport, each with the
+//!   real controller over recorded shards: handover, failover and cut links in seconds.
 //!
 //! Not for: applying records (see `shard`) or the HTTP surface (see `api`).
 
 pub mod membership;
 pub mod ownership;
 pub mod routing;
+#[cfg(test)]
+mod sandbox;

@@ -10,20 +10,32 @@
 //! failure detector drops it. Two owners at once, which gossip can cause briefly, are safe:
 //! both compute the same states and Cassandra keeps the one of the higher offset.
 //!
+//! The decision is kept apart from its effects: a [`Planner`] turns what gossip shows
+//! into a [`Plan`] (a pure function of the members, the held shards and the time), and
+//! [`LocalShards`] carries it out. The node's shards are actors fed by Kafka
+//! ([`NodeShards`]); the in-process cluster tests (`sandbox`) drive the same controller
+//! over recorded sets, with real gossip over chitchat's in-memory transport.
+//!
 //! Not for: gossip itself (see `membership`) or applying records (see `shard`).
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cluster::membership::{rendezvous_owner, Member};
-use crate::kind::{ChangeKind, ShardId, ShardKind};
+use crate::cluster::membership::{rendezvous_owner, Member, Membership};
+use crate::config::ClusterConfig;
+use crate::kind::{ChangeKind, MemberStatus, ShardId, ShardKind};
 use crate::shard::{self, ShardArgs, ShardMsg};
 use crate::source::Assignment;
 use crate::state::{Core, NodeState, OwnershipChange};
+
+/// How often the controller reconciles when membership does not change, so a shard that
+/// failed to start is tried again.
+const TICK: Duration = Duration::from_millis(500);
 
 /// The shards `node` should own given the live `members`.
 pub fn desired(members: &[Member], node: &str, partitions: (i32, i32)) -> BTreeSet<ShardId> {
@@ -41,75 +53,224 @@ pub fn desired(members: &[Member], node: &str, partitions: (i32, i32)) -> BTreeS
         .collect()
 }
 
-/// Keeps the local shards equal to the desired ones until `stop` is cancelled.
+/// The shards of this node as the controller changes them. The node runs shard actors
+/// fed by the Kafka source ([`NodeShards`]); the in-process cluster tests only record
+/// which shards they hold, so ownership can be tested without Kafka and Cassandra.
+pub trait LocalShards: Sync {
+    /// The shards this node runs now.
+    fn held(&self) -> BTreeSet<ShardId>;
+
+    /// Starts `shard`; `note` says why it was taken while still advertised elsewhere (or
+    /// is empty). A shard that cannot start now is simply not held: the next round tries
+    /// again.
+    fn acquire(&self, shard: ShardId, note: String) -> impl Future<Output = ()> + Send;
+
+    /// Stops `shard` after its final checkpoint.
+    fn release(&self, shard: ShardId, why: &'static str) -> impl Future<Output = ()> + Send;
+
+    /// Called after every round.
+    fn round_done(&self) {}
+}
+
+/// How the controller paces itself, from `[cluster]` and the topics' partition counts.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Partition counts of the player and channel topics.
+    pub partitions: (i32, i32),
+    /// How long a wanted shard may stay advertised by another live member before this
+    /// node takes it anyway.
+    pub handover_timeout: Duration,
+    /// Waited once before the first round when there are seeds, so a starting node finds
+    /// its peers before it grabs every partition only to hand most back a moment later.
+    pub settle: Duration,
+}
+
+impl Rules {
+    pub fn new(cfg: &ClusterConfig, partitions: (i32, i32)) -> Rules {
+        Rules {
+            partitions,
+            handover_timeout: Duration::from_millis(cfg.handover_timeout_ms),
+            settle: if cfg.seeds.is_empty() {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(cfg.gossip_interval_ms * 15)
+            },
+        }
+    }
+}
+
+/// What one round decides: the effects come after, in this order.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Held shards this node should no longer own; released first.
+    pub release: Vec<ShardId>,
+    /// Shards to start now, each with its note for `/v1/cluster` (empty, or who still
+    /// advertised it when the handover timeout ran out).
+    pub acquire: Vec<(ShardId, String)>,
+}
+
+/// The controller's decisions, apart from their effects: a function of the members it is
+/// shown, the shards held and the time, plus what it remembers between rounds.
+#[derive(Debug)]
+pub struct Planner {
+    me: String,
+    partitions: (i32, i32),
+    handover_timeout: Duration,
+    /// When each wanted, not yet held shard was first wanted: its handover timeout counts
+    /// from there.
+    wanted_since: HashMap<ShardId, Instant>,
+}
+
+impl Planner {
+    pub fn new(me: &str, rules: &Rules) -> Planner {
+        Planner {
+            me: me.to_string(),
+            partitions: rules.partitions,
+            handover_timeout: rules.handover_timeout,
+            wanted_since: HashMap::new(),
+        }
+    }
+
+    /// Release what moved away at once; take what moved here once no other live member
+    /// advertises it (its old owner has checkpointed and released it), or once it has
+    /// been wanted for the handover timeout.
+    pub fn plan(&mut self, members: &[Member], have: &BTreeSet<ShardId>, now: Instant) -> Plan {
+        let want = desired(members, &self.me, self.partitions);
+        let release = have.difference(&want).copied().collect();
+        self.wanted_since
+            .retain(|s, _| want.contains(s) && !have.contains(s));
+        let mut acquire = Vec::new();
+        for shard in want.difference(have) {
+            let holders: Vec<&str> = members
+                .iter()
+                .filter(|m| m.node_id != self.me && m.owned.contains(shard))
+                .map(|m| m.node_id.as_str())
+                .collect();
+            let since = *self.wanted_since.entry(*shard).or_insert(now);
+            if !holders.is_empty() && now.duration_since(since) < self.handover_timeout {
+                continue; // its owner is still checkpointing and releasing it
+            }
+            let note = if holders.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "handover timeout: still advertised by {}",
+                    holders.join(",")
+                )
+            };
+            acquire.push((*shard, note));
+        }
+        Plan { release, acquire }
+    }
+}
+
+/// Keeps the node's shards equal to the desired ones until `stop` is cancelled.
 pub async fn run_controller(state: Arc<NodeState>, stop: CancellationToken) {
     let core = state.core.get().expect("controller starts after core");
-    let mut members_changed = core.membership.watch();
-    if !state.cfg.cluster.seeds.is_empty() {
-        // Let gossip find the peers first, so a starting node does not grab every
-        // partition only to hand most of them back a moment later.
-        let settle = Duration::from_millis(state.cfg.cluster.gossip_interval_ms * 15);
+    let rules = Rules::new(
+        &state.cfg.cluster,
+        (core.player_partitions, core.channel_partitions),
+    );
+    control(
+        &NodeShards::new(&state, core),
+        &core.membership,
+        &rules,
+        stop,
+    )
+    .await;
+}
+
+/// Keeps `shards` equal to the desired ones until `stop` is cancelled: a round on every
+/// membership change and every [`TICK`].
+pub async fn control<S: LocalShards>(
+    shards: &S,
+    membership: &Membership,
+    rules: &Rules,
+    stop: CancellationToken,
+) {
+    let mut members_changed = membership.watch();
+    if !rules.settle.is_zero() {
         tokio::select! {
-            _ = tokio::time::sleep(settle) => {}
+            _ = tokio::time::sleep(rules.settle) => {}
             _ = stop.cancelled() => return,
         }
     }
-    let mut wanted_since: HashMap<ShardId, Instant> = HashMap::new();
+    let mut planner = Planner::new(membership.node_id(), rules);
     loop {
         if stop.is_cancelled() {
             return;
         }
-        reconcile(&state, core, &mut wanted_since).await;
-        state.mark_shards_started();
+        reconcile(shards, membership, &mut planner).await;
         tokio::select! {
             _ = members_changed.changed() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(TICK) => {}
             _ = stop.cancelled() => return,
         }
     }
 }
 
-async fn reconcile(state: &NodeState, core: &Core, wanted_since: &mut HashMap<ShardId, Instant>) {
-    let me = core.membership.node_id().to_string();
-    let members = core.membership.members();
-    let want = desired(
-        &members,
-        &me,
-        (core.player_partitions, core.channel_partitions),
-    );
-    let have: BTreeSet<ShardId> = core.shard_ids();
-    for shard in have.difference(&want) {
-        release(state, core, *shard, "rebalance").await;
+/// One round: plan, release, acquire, then advertise what is held.
+async fn reconcile<S: LocalShards>(shards: &S, membership: &Membership, planner: &mut Planner) {
+    let plan = planner.plan(&membership.members(), &shards.held(), Instant::now());
+    for shard in plan.release {
+        shards.release(shard, "rebalance").await;
     }
-    let timeout = Duration::from_millis(state.cfg.cluster.handover_timeout_ms);
-    wanted_since.retain(|s, _| want.contains(s) && !have.contains(s));
-    for shard in want.difference(&have) {
-        let holders: Vec<&str> = members
-            .iter()
-            .filter(|m| m.node_id != me && m.owned.contains(shard))
-            .map(|m| m.node_id.as_str())
-            .collect();
-        let since = *wanted_since.entry(*shard).or_insert_with(Instant::now);
-        if !holders.is_empty() && since.elapsed() < timeout {
-            continue; // its owner is still checkpointing and releasing it
-        }
-        let note = if holders.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "handover timeout: still advertised by {}",
-                holders.join(",")
-            )
-        };
-        if acquire(state, core, *shard, note).await {
-            wanted_since.remove(shard);
-        }
+    for (shard, note) in plan.acquire {
+        shards.acquire(shard, note).await;
     }
-    core.membership.advertise_owned(&core.shard_ids()).await;
+    membership.advertise_owned(&shards.held()).await;
+    shards.round_done();
+}
+
+/// A graceful leave, once the controller has stopped (or it would take the shards back):
+/// advertise `leaving` so no peer counts this node as an owner, release every shard with
+/// its final checkpoint, then advertise that nothing is owned, which lets the new owners
+/// start at once.
+pub async fn leave<S: LocalShards>(shards: &S, membership: &Membership) {
+    membership.set_status(MemberStatus::Leaving).await;
+    futures::future::join_all(
+        shards
+            .held()
+            .into_iter()
+            .map(|s| shards.release(s, "shutdown")),
+    )
+    .await;
+    membership.advertise_owned(&BTreeSet::new()).await;
+}
+
+/// The node's shards: ractor actors fed by the Kafka source, checkpointed to Cassandra.
+pub struct NodeShards<'a> {
+    state: &'a NodeState,
+    core: &'a Core,
+}
+
+impl<'a> NodeShards<'a> {
+    pub fn new(state: &'a NodeState, core: &'a Core) -> NodeShards<'a> {
+        NodeShards { state, core }
+    }
+}
+
+impl LocalShards for NodeShards<'_> {
+    fn held(&self) -> BTreeSet<ShardId> {
+        self.core.shard_ids()
+    }
+
+    fn acquire(&self, shard: ShardId, note: String) -> impl Future<Output = ()> + Send {
+        acquire(self.state, self.core, shard, note)
+    }
+
+    fn release(&self, shard: ShardId, why: &'static str) -> impl Future<Output = ()> + Send {
+        release(self.state, self.core, shard, why)
+    }
+
+    /// Readiness counts the shards as started once the first round is done.
+    fn round_done(&self) {
+        self.state.mark_shards_started();
+    }
 }
 
 /// Starts a shard for `shard` from its recorded progress and assigns it to the source.
-async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -> bool {
+async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
     let (kind, partition) = shard;
     let topic = state.topic(kind).to_string();
     // The dedupe mark first: it is written after the progress, so the progress read next
@@ -123,7 +284,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         Ok(p) => p,
         Err(e) => {
             warn!(%topic, partition, error = %format!("{e:#}"), "cannot read progress; will retry");
-            return false;
+            return;
         }
     };
     let args = ShardArgs {
@@ -141,7 +302,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         Ok(a) => a,
         Err(e) => {
             error!(%topic, partition, error = %e, "shard failed to start; will retry");
-            return false;
+            return;
         }
     };
     let start_offset = progress.map_or(0, |p| p.resume_offset);
@@ -164,11 +325,10 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) -
         start_offset,
         note,
     ));
-    true
 }
 
 /// Stops reading `shard`, writes its final checkpoint and stops it.
-pub async fn release(state: &NodeState, core: &Core, shard: ShardId, why: &str) {
+async fn release(state: &NodeState, core: &Core, shard: ShardId, why: &str) {
     let (kind, partition) = shard;
     let topic = state.topic(kind).to_string();
     if let Err(e) = core.source.revoke(&topic, partition).await {
@@ -233,6 +393,129 @@ mod tests {
                 assert!(a.is_disjoint(b));
             }
         }
+    }
+
+    fn owning(mut m: Member, owned: &BTreeSet<ShardId>) -> Member {
+        m.owned = owned.clone();
+        m
+    }
+
+    const PARTITIONS: (i32, i32) = (8, 8);
+
+    fn planner(me: &str, handover_timeout: Duration) -> Planner {
+        Planner::new(
+            me,
+            &Rules {
+                partitions: PARTITIONS,
+                handover_timeout,
+                settle: Duration::ZERO,
+            },
+        )
+    }
+
+    #[test]
+    fn a_partition_nobody_advertises_is_taken_at_once() {
+        let members = vec![
+            member("a", MemberStatus::Serving),
+            member("b", MemberStatus::Serving),
+        ];
+        let plan =
+            planner("a", Duration::from_secs(10)).plan(&members, &BTreeSet::new(), Instant::now());
+        let taken: BTreeSet<ShardId> = plan.acquire.iter().map(|a| a.0).collect();
+        assert_eq!(taken, desired(&members, "a", PARTITIONS));
+        assert!(plan.acquire.iter().all(|a| a.1.is_empty()), "{plan:?}");
+        assert!(plan.release.is_empty());
+    }
+
+    #[test]
+    fn a_partition_still_advertised_waits_for_the_handover_timeout() {
+        let all = desired(&[member("b", MemberStatus::Serving)], "b", PARTITIONS);
+        // b is leaving but still checkpointing: it advertises everything.
+        let members = vec![
+            member("a", MemberStatus::Serving),
+            owning(member("b", MemberStatus::Leaving), &all),
+        ];
+        let timeout = Duration::from_secs(10);
+        let mut planner = planner("a", timeout);
+        let t0 = Instant::now();
+        assert_eq!(
+            planner.plan(&members, &BTreeSet::new(), t0),
+            Plan::default()
+        );
+        let just_before = t0 + timeout - Duration::from_millis(1);
+        assert_eq!(
+            planner.plan(&members, &BTreeSet::new(), just_before),
+            Plan::default()
+        );
+        let plan = planner.plan(&members, &BTreeSet::new(), t0 + timeout);
+        assert_eq!(plan.acquire.len(), all.len());
+        for (shard, note) in &plan.acquire {
+            assert_eq!(note, "handover timeout: still advertised by b", "{shard:?}");
+        }
+    }
+
+    #[test]
+    fn a_partition_is_taken_in_the_round_after_its_old_owner_released_it() {
+        let all = desired(&[member("b", MemberStatus::Serving)], "b", PARTITIONS);
+        let mut planner = planner("a", Duration::from_secs(10));
+        let t0 = Instant::now();
+        let advertising = vec![
+            member("a", MemberStatus::Serving),
+            owning(member("b", MemberStatus::Leaving), &all),
+        ];
+        assert_eq!(
+            planner.plan(&advertising, &BTreeSet::new(), t0),
+            Plan::default()
+        );
+        let released = vec![
+            member("a", MemberStatus::Serving),
+            member("b", MemberStatus::Leaving),
+        ];
+        let plan = planner.plan(&released, &BTreeSet::new(), t0);
+        assert_eq!(plan.acquire.len(), all.len());
+        assert!(plan.acquire.iter().all(|a| a.1.is_empty()), "{plan:?}");
+    }
+
+    #[test]
+    fn held_partitions_of_another_owner_are_released() {
+        let members = vec![
+            member("a", MemberStatus::Serving),
+            member("b", MemberStatus::Serving),
+        ];
+        let everything = desired(&[member("a", MemberStatus::Serving)], "a", PARTITIONS);
+        let plan =
+            planner("a", Duration::from_secs(10)).plan(&members, &everything, Instant::now());
+        let released: BTreeSet<ShardId> = plan.release.into_iter().collect();
+        assert_eq!(released, desired(&members, "b", PARTITIONS));
+        assert!(plan.acquire.is_empty());
+    }
+
+    #[test]
+    fn the_handover_wait_starts_again_when_a_partition_is_wanted_anew() {
+        let all = desired(&[member("b", MemberStatus::Serving)], "b", PARTITIONS);
+        let timeout = Duration::from_secs(10);
+        let mut planner = planner("a", timeout);
+        let leaving = vec![
+            member("a", MemberStatus::Serving),
+            owning(member("b", MemberStatus::Leaving), &all),
+        ];
+        let staying = vec![
+            member("a", MemberStatus::Serving),
+            owning(member("b", MemberStatus::Serving), &all),
+        ];
+        let t0 = Instant::now();
+        planner.plan(&leaving, &BTreeSet::new(), t0);
+        // b changed its mind: a wants only its own share, already held.
+        let mine = desired(&staying, "a", PARTITIONS);
+        planner.plan(&staying, &mine, t0 + timeout / 2);
+        let t1 = t0 + timeout;
+        assert_eq!(
+            planner.plan(&leaving, &mine, t1),
+            Plan::default(),
+            "the wait counted from the first time"
+        );
+        let plan = planner.plan(&leaving, &mine, t1 + timeout);
+        assert_eq!(plan.acquire.len(), all.len() - mine.len());
     }
 
     #[test]

@@ -2,18 +2,22 @@
 //! or, when the owner is unknown or unreachable, from Cassandra, marked stale.
 //!
 //! A forwarded request carries the `x-tally-forwarded` header and is never forwarded
-//! again, so routing cannot loop while gossip views differ. Outgoing HTTP runs on the
-//! node's main runtime, not on the actix worker that received the request.
+//! again, so routing cannot loop while gossip views differ. Its URL comes from
+//! `entity_path`, with the id percent-encoded, so no id can change the path it asks.
+//! Outgoing HTTP runs on the node's main runtime, not on the actix worker that received
+//! the request.
 //!
 //! Not for: deciding ownership (see `ownership`).
 
 use std::collections::BTreeSet;
 
+use reqwest::Url;
 use serde_json::{json, Value};
 use tracing::warn;
 
 use crate::cluster::membership::{rendezvous_owner, Member};
 use crate::entity::{self, Player};
+use crate::entity_path::entity_url;
 use crate::kind::{ShardId, ShardKind};
 use crate::partitioner::partition_for;
 use crate::shard::{sort_top, ShardMsg, TopBy, TopEntry};
@@ -64,15 +68,21 @@ pub fn owner_api(core: &Core, shard: ShardId) -> Option<String> {
         .flatten()
 }
 
-/// GET `path` on another node, on the main runtime; returns status and JSON body.
+/// GET `path`, a path and query of our own with no id in it, on the node at `addr`.
 pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Answer, String> {
     let url = format!("http://{addr}{path}");
+    let url = Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+    get_url(state, url).await
+}
+
+/// GET `url` on another node, on the main runtime; returns status and JSON body.
+async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
     let http = state.http.clone();
     state
         .runtime
         .spawn(async move {
             let r = http
-                .get(&url)
+                .get(url.clone())
                 .header(FORWARDED, "1")
                 .send()
                 .await
@@ -98,10 +108,14 @@ pub async fn lookup(
     if let Some(actor) = core.shard(shard) {
         return ask_local(state, &actor, kind, id).await;
     }
-    let path = format!("{}/{id}", kind.api_path());
     if !forwarded {
         if let Some(addr) = owner_api(core, shard) {
-            match get_remote(state, &addr, &path).await {
+            // The id is encoded, so it can never change the path the owner is asked.
+            let answer = match entity_url(&addr, kind, id) {
+                Ok(url) => get_url(state, url).await,
+                Err(e) => Err(e),
+            };
+            match answer {
                 Ok((status, body)) if status == 200 || status == 404 => return Ok((status, body)),
                 Ok((status, body)) => {
                     warn!(%addr, status, %body, "owner answered with an error; answering from cassandra")

@@ -23,7 +23,6 @@
 pub mod kafka_admin;
 pub mod readiness;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +38,7 @@ use crate::cluster::ownership;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::ingest::{HealthHook, Ingest};
-use crate::kind::{MemberStatus, ShardKind};
+use crate::kind::ShardKind;
 use crate::retry::until_ok;
 use crate::source;
 use crate::state::{Core, NodeState};
@@ -125,15 +124,7 @@ async fn stop_core(core: &Core, state: &Arc<NodeState>) {
     if let Some(c) = controller {
         let _ = c.await;
     }
-    core.membership.set_status(MemberStatus::Leaving).await;
-    let shards = core.shard_ids();
-    futures::future::join_all(
-        shards
-            .into_iter()
-            .map(|s| ownership::release(state, core, s, "shutdown")),
-    )
-    .await;
-    core.membership.advertise_owned(&BTreeSet::new()).await;
+    ownership::leave(&ownership::NodeShards::new(state, core), &core.membership).await;
     // Give gossip a few rounds to tell the peers before going silent.
     tokio::time::sleep(Duration::from_millis(
         state.cfg.cluster.gossip_interval_ms * 5,

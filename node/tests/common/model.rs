@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
+use tally_node::entity_path::entity_path;
 use tally_node::event::{Event, EventBody};
+use tally_node::kind::ShardKind;
 
 /// Stream shape.
 pub struct StreamSpec {
@@ -369,13 +371,15 @@ impl Model {
     pub async fn compare(&self, client: &reqwest::Client, base: &str) -> Vec<String> {
         let mut diffs = Vec::new();
         for id in self.players.keys() {
-            match get_json(client, &format!("{base}/v1/players/{id}")).await {
+            let url = format!("{base}{}", entity_path(ShardKind::Players, id));
+            match get_json(client, &url).await {
                 Ok(v) => diffs.extend(self.diff_player(id, &v["player"])),
                 Err(e) => diffs.push(format!("player {id}: {e}")),
             }
         }
         for id in self.channels.keys() {
-            match get_json(client, &format!("{base}/v1/channels/{id}")).await {
+            let url = format!("{base}{}", entity_path(ShardKind::Channels, id));
+            match get_json(client, &url).await {
                 Ok(v) => diffs.extend(self.diff_channel(id, &v["channel"])),
                 Err(e) => diffs.push(format!("channel {id}: {e}")),
             }
