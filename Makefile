@@ -9,11 +9,15 @@ RUST_VERSION := 1.95
 # Integration tests start real node processes; two cores run two test threads well.
 TEST_THREADS ?= 2
 
+# Prometheus's own exposition parser, for node/tests/metrics.rs (see ops/metricscheck).
+METRICSCHECK := .services/bin/metricscheck
+
 HELM := .services/bin/helm
 HELM_VERSION ?= v3.22.0
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
-        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc
+        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc \
+        metricscheck
 
 help:
 	@echo "make demo            services up, build, start a node, send events, print the URLs"
@@ -66,7 +70,7 @@ doc: toolchain
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 # Unit tests and integration tests against the real services, in parallel.
-unit-tests: toolchain
+unit-tests: toolchain $(METRICSCHECK)
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 # Tests that stop a shared service run alone, after everything else.
@@ -85,6 +89,14 @@ bench: services build-release
 # restarts), verified exactly at the end; SOAK_SECS (default 1800) sets its length.
 soak: services build-release
 	@scripts/soak.sh
+
+# Built with Go from ops/metricscheck (its go.sum pins prometheus/common), again when a
+# source file changes; .services is git-ignored.
+$(METRICSCHECK): ops/metricscheck/main.go ops/metricscheck/go.mod ops/metricscheck/go.sum
+	@command -v go > /dev/null || { echo "metricscheck: go is needed to build it" >&2; exit 1; }
+	cd ops/metricscheck && go build -o $(abspath $(METRICSCHECK)) .
+
+metricscheck: $(METRICSCHECK)
 
 # helm from the Go module proxy, built once into .services/bin (a few minutes the first time).
 $(HELM):
