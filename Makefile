@@ -9,11 +9,22 @@ RUST_VERSION := 1.95
 # Integration tests start real node processes; two cores run two test threads well.
 TEST_THREADS ?= 2
 
+# Prometheus's own exposition parser, for node/tests/metrics.rs (see ops/metricscheck).
+METRICSCHECK := .services/bin/metricscheck
+
+# cargo-audit, built once into a folder of its own version under the git-ignored .services.
+CARGO_AUDIT_VERSION := 0.22.2
+CARGO_AUDIT := .services/cargo-audit-$(CARGO_AUDIT_VERSION)/bin/cargo-audit
+# RustSec advisories for the crates in Cargo.lock, a subset made by scripts/vendor-advisories.sh
+# (README, Development, says where it comes from and why it is not in this repository).
+ADVISORY_DB ?= ../shared/advisory-db
+
 HELM := .services/bin/helm
 HELM_VERSION ?= v3.22.0
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
-        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc
+        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc \
+        metricscheck audit
 
 help:
 	@echo "make demo            services up, build, start a node, send events, print the URLs"
@@ -66,14 +77,14 @@ doc: toolchain
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 # Unit tests and integration tests against the real services, in parallel.
-unit-tests: toolchain
+unit-tests: toolchain $(METRICSCHECK)
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 # Tests that stop a shared service run alone, after everything else.
 outage-tests: toolchain
 	$(CARGO) test -p tally-node --test service_outage -- --ignored --test-threads=1
 
-test: services fmt clippy doc unit-tests outage-tests
+test: services fmt clippy doc audit unit-tests outage-tests
 
 schema: toolchain
 	$(CARGO) run -q -p tally-node -- schema > docs/event.schema.json
@@ -85,6 +96,31 @@ bench: services build-release
 # restarts), verified exactly at the end; SOAK_SECS (default 1800) sets its length.
 soak: services build-release
 	@scripts/soak.sh
+
+# Built with Go from ops/metricscheck (its go.sum pins prometheus/common), again when a
+# source file changes; .services is git-ignored.
+$(METRICSCHECK): ops/metricscheck/main.go ops/metricscheck/go.mod ops/metricscheck/go.sum
+	@command -v go > /dev/null || { echo "metricscheck: go is needed to build it" >&2; exit 1; }
+	cd ops/metricscheck && go build -o $(abspath $(METRICSCHECK)) .
+
+metricscheck: $(METRICSCHECK)
+
+# Built from source by cargo (the registry has no binaries), once per clone: 8.5 CPU-minutes,
+# which took 39 minutes on a 2-core machine busy with other builds.
+$(CARGO_AUDIT):
+	$(CARGO) install --locked --no-default-features --root $(abspath .services/cargo-audit-$(CARGO_AUDIT_VERSION)) \
+	  cargo-audit@$(CARGO_AUDIT_VERSION)
+
+# Offline against the vendored advisories; fails on a vulnerability, and on a Cargo.lock
+# with a crate the vendored copy was not made for (its advisories would be missing).
+audit: toolchain $(CARGO_AUDIT)
+	@test -d "$(ADVISORY_DB)/crates" || { echo "audit: no advisory database at $(ADVISORY_DB) (set ADVISORY_DB;" \
+	  "scripts/vendor-advisories.sh makes one from a snapshot of RustSec's advisory-db)" >&2; exit 1; }
+	@new=$$(LC_ALL=C comm -23 <(sed -n 's/^name = "\(.*\)"$$/\1/p' Cargo.lock | LC_ALL=C sort -u) \
+	  "$(ADVISORY_DB)/checked-crates.txt"); \
+	[ -z "$$new" ] || { echo "audit: $(ADVISORY_DB) was made before Cargo.lock had these crates:" $$new \
+	  "- make it again with scripts/vendor-advisories.sh" >&2; exit 1; }
+	$(CARGO_AUDIT) audit --no-fetch --db "$(ADVISORY_DB)" --file Cargo.lock
 
 # helm from the Go module proxy, built once into .services/bin (a few minutes the first time).
 $(HELM):

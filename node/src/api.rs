@@ -128,7 +128,7 @@ async fn readyz(state: Data) -> HttpResponse {
 
 async fn metrics(state: Data) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
+        .content_type(crate::metrics::CONTENT_TYPE)
         .body(state.metrics.render())
 }
 

@@ -22,9 +22,9 @@
 //! Whether the producer can commit is reported through a [`HealthHook`]; the node shows it
 //! on `/readyz`.
 //!
-//! - [`record`]: the records of an event, and bounded dead letters.
-//! - [`producer`]: the producer thread: group transactions, splitting, deadlines.
-//! - [`health`]: whether the producer can commit, for `/readyz`.
+//! - `record`: the records of an event, and bounded dead letters.
+//! - `producer`: the producer thread: group transactions, splitting, deadlines.
+//! - `health`: whether the producer can commit, for `/readyz`.
 //!
 //! Not for: parsing HTTP bodies or choosing statuses (see `api`), or consuming.
 

@@ -1,0 +1,147 @@
+//! The `GET /metrics` exposition read by Prometheus's own parser: the Go program in
+//! `ops/metricscheck` (built by `make metricscheck` into `.services/bin/`) parses what
+//! `Metrics::render` writes, with the parser its `CONTENT_TYPE` selects, and lists the
+//! families it found.
+//!
+//! Not for: the values the node counts (the exactly-once and replay tests check those).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tally_node::kind::ShardKind;
+use tally_node::metrics::{Metrics, CONTENT_TYPE};
+
+const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.services/bin/metricscheck");
+
+/// What the checker printed: its family list if it accepted `text`, its error if not.
+fn check(text: &str, content_type: &str) -> Result<String, String> {
+    assert!(
+        Path::new(CHECKER).exists(),
+        "{CHECKER} is missing: `make metricscheck` builds it (needs Go)"
+    );
+    let mut child = Command::new(CHECKER)
+        .args(["-content-type", content_type])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start metricscheck");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to metricscheck");
+    let out = child.wait_with_output().expect("wait for metricscheck");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
+/// A node's metrics with every series the node can export holding a value.
+fn every_series() -> Metrics {
+    let m = Metrics::default();
+    m.add_applied(ShardKind::Players, 5);
+    m.add_applied(ShardKind::Channels, 7);
+    m.add_consumed(12);
+    m.add_invalid_records(1);
+    m.add_duplicate_records(2);
+    m.add_future_records(1);
+    m.add_dead_letters(2, 1);
+    m.add_entity_loads(2);
+    m.add_passivations(3);
+    m.record_checkpoint(4, Duration::from_micros(250));
+    m.add_source_wait(Duration::from_micros(10), Duration::from_micros(20));
+    m.add_ingest(8, 1);
+    m.add_ingest_transaction();
+    m.add_ingest_failed_transaction();
+    m.set_durable(ShardKind::Players, 0, 100);
+    m.set_durable(ShardKind::Channels, 3, 42);
+    m
+}
+
+#[test]
+fn every_family_appears_once_with_its_help_and_type() {
+    let text = every_series().render();
+    let families = check(&text, CONTENT_TYPE).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // name, type, number of series; sorted by name.
+    let expected = "\
+tally_checkpoint_micros_total counter 1
+tally_checkpoint_rows_total counter 1
+tally_checkpoints_total counter 1
+tally_consumer_dead_letters_dropped_total counter 1
+tally_consumer_dead_letters_total counter 1
+tally_durable_offset gauge 2
+tally_entity_loads_total counter 1
+tally_entity_passivations_total counter 1
+tally_ingest_events_accepted_total counter 1
+tally_ingest_events_rejected_total counter 1
+tally_ingest_failed_transactions_total counter 1
+tally_ingest_transactions_total counter 1
+tally_records_applied_total counter 2
+tally_records_consumed_total counter 1
+tally_records_duplicate_total counter 1
+tally_records_future_total counter 1
+tally_records_invalid_total counter 1
+tally_source_wait_micros_total counter 2
+";
+    assert_eq!(families, expected, "{text}");
+    for line in [
+        "# HELP tally_records_applied_total Kafka records applied to entities.",
+        "# TYPE tally_records_applied_total counter",
+        "tally_records_applied_total{kind=\"players\"} 5",
+        "tally_records_applied_total{kind=\"channels\"} 7",
+        "tally_source_wait_micros_total{on=\"shards\"} 20",
+        "tally_checkpoint_micros_total 250",
+        "tally_durable_offset{kind=\"channels\",partition=\"3\"} 42",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_shard_that_moves_away_takes_its_durable_offset_series_with_it() {
+    let m = every_series();
+    m.clear_durable(ShardKind::Players, 0);
+    let text = m.render();
+    let families = check(&text, CONTENT_TYPE).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(
+        families.contains("tally_durable_offset gauge 1\n"),
+        "{families}"
+    );
+    assert!(!text.contains("partition=\"0\""), "{text}");
+    assert_eq!(m.durable_offsets(), vec![(ShardKind::Channels, 3, 42)]);
+}
+
+/// The exposition as it was written by hand: HELP and TYPE once per label value. The
+/// checker must refuse it, or the test above could pass without parsing anything.
+#[test]
+fn the_checker_rejects_a_family_whose_help_and_type_come_twice() {
+    let repeated = "\
+# HELP tally_records_applied_total Kafka records applied to entities.
+# TYPE tally_records_applied_total counter
+tally_records_applied_total{kind=\"players\"} 5
+# HELP tally_records_applied_total Kafka records applied to entities.
+# TYPE tally_records_applied_total counter
+tally_records_applied_total{kind=\"channels\"} 7
+";
+    let err = check(repeated, CONTENT_TYPE).expect_err("repeated HELP and TYPE accepted");
+    assert!(
+        err.contains("second HELP line for metric name \"tally_records_applied_total\""),
+        "{err}"
+    );
+    let once = repeated.lines().take(3).collect::<Vec<_>>().join("\n") + "\n";
+    assert_eq!(
+        check(&once, CONTENT_TYPE).as_deref(),
+        Ok("tally_records_applied_total counter 1\n")
+    );
+}
