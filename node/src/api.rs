@@ -21,9 +21,9 @@ use serde_json::json;
 
 use crate::cluster::routing::{self, RouteError};
 use crate::event::{Event, Rejection, MAX_ID_LEN};
-use crate::ingest::{clip_rejection, dead_letter, records_for, IngestError};
+use crate::ingest::{clip_rejection, dead_letter, records_for, IngestError, OutRecord};
 use crate::kind::ShardKind;
-use crate::shard::dedupe::fingerprint;
+use crate::shard::dedupe::{fingerprint, Fingerprint};
 use crate::shard::TopBy;
 use crate::state::{Core, NodeState};
 
@@ -333,11 +333,46 @@ async fn ingest(
             return Err(e.await);
         }
     };
-    let mut records = Vec::with_capacity(items.len() * 2);
-    let mut rejected = Vec::new();
-    let mut accepted = 0;
-    let mut duplicates = Vec::new();
-    let mut written = HashSet::new();
+    let sorted = sort_events(&state, &items);
+    let Sorted {
+        records,
+        answer,
+        written,
+    } = sorted;
+    core.ingest.produce_until(records, deadline).await?;
+    state.acknowledged.record(written);
+    state
+        .metrics
+        .add_ingest(answer.accepted as u64, answer.rejected.len() as u64);
+    let status = if answer.accepted == 0 && !answer.rejected.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(HttpResponse::build(status).json(answer))
+}
+
+/// A request's events, sorted: the records to write, the answer, and the fingerprints of
+/// the events written (acknowledged once the records commit).
+struct Sorted {
+    records: Vec<OutRecord>,
+    answer: IngestResponse,
+    written: HashSet<Fingerprint>,
+}
+
+/// Validates each event: a valid one makes its records (unless it is a duplicate), a bad
+/// one a dead letter and a rejection naming the field.
+fn sort_events(state: &NodeState, items: &[&[u8]]) -> Sorted {
+    let limits = &state.cfg.ingest;
+    let mut out = Sorted {
+        records: Vec::with_capacity(items.len() * 2),
+        answer: IngestResponse {
+            accepted: 0,
+            rejected: Vec::new(),
+            duplicates: Vec::new(),
+        },
+        written: HashSet::new(),
+    };
     let now_ms = crate::event::now_ms();
     let lead = state.cfg.shard.future_tolerance_ms();
     for (index, raw) in items.iter().enumerate() {
@@ -346,23 +381,23 @@ async fn ingest(
             .and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e));
         match parsed {
             Ok(event) => {
-                accepted += 1;
+                out.answer.accepted += 1;
                 let fp = fingerprint(&event.player, &event.player, &event.id);
-                if state.acknowledged.seen(&[fp])[0] || !written.insert(fp) {
-                    duplicates.push(index);
+                if state.acknowledged.seen(&[fp])[0] || !out.written.insert(fp) {
+                    out.answer.duplicates.push(index);
                     continue;
                 }
-                records.extend(records_for(&event));
+                out.records.extend(records_for(&event));
             }
             Err(r) => {
                 let r = clip_rejection(&r);
-                records.push(dead_letter(
+                out.records.push(dead_letter(
                     raw,
                     Some(raw.len()),
                     &r,
                     limits.max_event_bytes,
                 ));
-                rejected.push(Rejected {
+                out.answer.rejected.push(Rejected {
                     index,
                     field: r.field,
                     reason: r.reason,
@@ -370,21 +405,7 @@ async fn ingest(
             }
         }
     }
-    core.ingest.produce_until(records, deadline).await?;
-    state.acknowledged.record(written);
-    state
-        .metrics
-        .add_ingest(accepted as u64, rejected.len() as u64);
-    let status = if accepted == 0 && !rejected.is_empty() {
-        StatusCode::BAD_REQUEST
-    } else {
-        StatusCode::ACCEPTED
-    };
-    Ok(HttpResponse::build(status).json(IngestResponse {
-        accepted,
-        rejected,
-        duplicates,
-    }))
+    out
 }
 
 fn check_path_id(what: &str, id: &str) -> Result<(), ApiError> {

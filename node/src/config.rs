@@ -346,6 +346,15 @@ impl Config {
 
     /// Checks the values serde cannot: names, ranges, the relations between settings.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.validate_kafka()?;
+        self.validate_cassandra()?;
+        self.validate_shard()?;
+        self.validate_cluster()?;
+        self.validate_ingest()
+    }
+
+    /// `[node]` id and `[kafka]`.
+    fn validate_kafka(&self) -> anyhow::Result<()> {
         if self.node.id.trim().is_empty() {
             bail!("node.id must not be empty");
         }
@@ -373,6 +382,10 @@ impl Config {
         if self.kafka.player_topic == self.kafka.channel_topic {
             bail!("kafka.player_topic and kafka.channel_topic must differ");
         }
+        Ok(())
+    }
+
+    fn validate_cassandra(&self) -> anyhow::Result<()> {
         if self.cassandra.contact_points.is_empty() {
             bail!("cassandra.contact_points must name at least one host:port");
         }
@@ -384,6 +397,10 @@ impl Config {
         {
             bail!("cassandra.keyspace {ks:?} must be 1-48 letters, digits or '_', starting with a letter");
         }
+        Ok(())
+    }
+
+    fn validate_shard(&self) -> anyhow::Result<()> {
         if self.shard.checkpoint_interval_ms == 0 {
             bail!("shard.checkpoint_interval_ms must be positive");
         }
@@ -397,6 +414,11 @@ impl Config {
         if self.shard.max_inflight_batches == 0 {
             bail!("shard.max_inflight_batches must be positive");
         }
+        Ok(())
+    }
+
+    /// The addresses of `[node]` and `[cluster]`.
+    fn validate_cluster(&self) -> anyhow::Result<()> {
         if self.node.api_addr.ip().is_unspecified() && self.node.advertise_api_addr.is_none() {
             bail!(
                 "node.advertise_api_addr must be set when node.api_addr listens on {}",
@@ -417,6 +439,10 @@ impl Config {
         if self.cluster.gossip_interval_ms == 0 || self.cluster.phi_threshold <= 0.0 {
             bail!("cluster.gossip_interval_ms and cluster.phi_threshold must be positive");
         }
+        Ok(())
+    }
+
+    fn validate_ingest(&self) -> anyhow::Result<()> {
         if self.ingest.max_batch_events == 0 || self.ingest.max_body_bytes == 0 {
             bail!("ingest.max_batch_events and ingest.max_body_bytes must be positive");
         }

@@ -122,6 +122,107 @@ fn micros() -> Unit {
     Unit::Other("micros".into())
 }
 
+/// The counters of records and entities, in the order of their fields.
+fn record_counters(registry: &mut Registry) -> [Counter; 8] {
+    let consumed_records = counter(
+        registry,
+        "tally_records_consumed",
+        "Kafka records polled by this node",
+        None,
+    );
+    let invalid_records = counter(
+        registry,
+        "tally_records_invalid",
+        "Kafka records skipped because they did not decode or validate",
+        None,
+    );
+    let duplicate_records = counter(
+        registry,
+        "tally_records_duplicate",
+        "Kafka records not applied because their (entity, player, event id) was seen within \
+         shard.dedupe_window_secs",
+        None,
+    );
+    let future_records = counter(
+        registry,
+        "tally_records_future",
+        "Kafka records not applied because their ts was more than \
+         shard.future_tolerance_secs after their arrival",
+        None,
+    );
+    let dead_letters = counter(
+        registry,
+        "tally_consumer_dead_letters",
+        "Records the consumer sent to the dead-letter topic (invalid or future-dated \
+         records read from Kafka)",
+        None,
+    );
+    let dead_letters_dropped = counter(
+        registry,
+        "tally_consumer_dead_letters_dropped",
+        "Dead letters the consumer could not queue for Kafka (producer queue full); the \
+         record was still skipped and counted",
+        None,
+    );
+    let entity_loads = counter(
+        registry,
+        "tally_entity_loads",
+        "Entities read back from Cassandra on activation",
+        None,
+    );
+    let passivations = counter(
+        registry,
+        "tally_entity_passivations",
+        "Idle entities evicted from memory after being checkpointed",
+        None,
+    );
+    [
+        consumed_records,
+        invalid_records,
+        duplicate_records,
+        future_records,
+        dead_letters,
+        dead_letters_dropped,
+        entity_loads,
+        passivations,
+    ]
+}
+
+/// The counters of HTTP ingest: accepted, rejected, transactions, failed transactions.
+fn ingest_counters(registry: &mut Registry) -> (Counter, Counter, Counter, Counter) {
+    let ingest_accepted = counter(
+        registry,
+        "tally_ingest_events_accepted",
+        "Events accepted by HTTP ingest and acknowledged by Kafka",
+        None,
+    );
+    let ingest_rejected = counter(
+        registry,
+        "tally_ingest_events_rejected",
+        "Events rejected by HTTP ingest (sent to the dead-letter topic)",
+        None,
+    );
+    let ingest_transactions = counter(
+        registry,
+        "tally_ingest_transactions",
+        "Kafka transactions committed by HTTP ingest",
+        None,
+    );
+    let ingest_failed_transactions = counter(
+        registry,
+        "tally_ingest_failed_transactions",
+        "Kafka transactions of HTTP ingest that failed (aborted, or not confirmed in time); \
+         their requests were retried alone or answered an error",
+        None,
+    );
+    (
+        ingest_accepted,
+        ingest_rejected,
+        ingest_transactions,
+        ingest_failed_transactions,
+    )
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
@@ -132,58 +233,8 @@ impl Default for Metrics {
             "Kafka records applied to entities",
             applied.clone(),
         );
-        let consumed_records = counter(
-            &mut registry,
-            "tally_records_consumed",
-            "Kafka records polled by this node",
-            None,
-        );
-        let invalid_records = counter(
-            &mut registry,
-            "tally_records_invalid",
-            "Kafka records skipped because they did not decode or validate",
-            None,
-        );
-        let duplicate_records = counter(
-            &mut registry,
-            "tally_records_duplicate",
-            "Kafka records not applied because their (entity, player, event id) was seen within \
-             shard.dedupe_window_secs",
-            None,
-        );
-        let future_records = counter(
-            &mut registry,
-            "tally_records_future",
-            "Kafka records not applied because their ts was more than \
-             shard.future_tolerance_secs after their arrival",
-            None,
-        );
-        let dead_letters = counter(
-            &mut registry,
-            "tally_consumer_dead_letters",
-            "Records the consumer sent to the dead-letter topic (invalid or future-dated \
-             records read from Kafka)",
-            None,
-        );
-        let dead_letters_dropped = counter(
-            &mut registry,
-            "tally_consumer_dead_letters_dropped",
-            "Dead letters the consumer could not queue for Kafka (producer queue full); the \
-             record was still skipped and counted",
-            None,
-        );
-        let entity_loads = counter(
-            &mut registry,
-            "tally_entity_loads",
-            "Entities read back from Cassandra on activation",
-            None,
-        );
-        let passivations = counter(
-            &mut registry,
-            "tally_entity_passivations",
-            "Idle entities evicted from memory after being checkpointed",
-            None,
-        );
+        let [consumed_records, invalid_records, duplicate_records, future_records, dead_letters, dead_letters_dropped, entity_loads, passivations] =
+            record_counters(&mut registry);
         let checkpoints = counter(
             &mut registry,
             "tally_checkpoints",
@@ -210,31 +261,8 @@ impl Default for Metrics {
             micros(),
             source_wait.clone(),
         );
-        let ingest_accepted = counter(
-            &mut registry,
-            "tally_ingest_events_accepted",
-            "Events accepted by HTTP ingest and acknowledged by Kafka",
-            None,
-        );
-        let ingest_rejected = counter(
-            &mut registry,
-            "tally_ingest_events_rejected",
-            "Events rejected by HTTP ingest (sent to the dead-letter topic)",
-            None,
-        );
-        let ingest_transactions = counter(
-            &mut registry,
-            "tally_ingest_transactions",
-            "Kafka transactions committed by HTTP ingest",
-            None,
-        );
-        let ingest_failed_transactions = counter(
-            &mut registry,
-            "tally_ingest_failed_transactions",
-            "Kafka transactions of HTTP ingest that failed (aborted, or not confirmed in time); \
-             their requests were retried alone or answered an error",
-            None,
-        );
+        let (ingest_accepted, ingest_rejected, ingest_transactions, ingest_failed_transactions) =
+            ingest_counters(&mut registry);
         let durable_gauge = Family::<ShardLabels, Gauge>::default();
         registry.register(
             "tally_durable_offset",

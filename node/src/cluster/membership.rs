@@ -120,26 +120,7 @@ impl Membership {
                 })?,
         };
         let self_id = ChitchatId::new(node_id.to_string(), generation, advertised);
-        let interval = Duration::from_millis(cfg.gossip_interval_ms);
-        let config = ChitchatConfig {
-            chitchat_id: self_id.clone(),
-            cluster_id: cfg.cluster_id.clone(),
-            gossip_interval: interval,
-            listen_addr: cfg.gossip_addr,
-            seed_nodes: cfg.seeds.clone(),
-            failure_detector_config: FailureDetectorConfig {
-                phi_threshold: cfg.phi_threshold,
-                initial_interval: interval,
-                // Long gaps (a loaded peer) still count, so the detector adapts to them.
-                max_interval: interval * 100,
-                dead_node_grace_period: Duration::from_secs(60),
-                ..Default::default()
-            },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
-            catchup_callback: None,
-            extra_liveness_predicate: None,
-            protocol_version: chitchat::ProtocolVersion::V0,
-        };
+        let config = chitchat_config(cfg, self_id.clone());
         let initial = vec![
             (KEY_API.to_string(), api_addr.to_string()),
             (
@@ -148,37 +129,7 @@ impl Membership {
             ),
             (KEY_OWNED.to_string(), encode_owned(&BTreeSet::new())),
         ];
-        // Gossip gets a runtime of its own: heartbeats must keep flowing while the shards
-        // keep the main runtime busy, or a loaded node looks dead to its peers.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("gossip".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("build gossip runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    match spawn_chitchat(config, initial, &transport).await {
-                        Ok(handle) => {
-                            // The runtime lives as long as the gossip server does.
-                            let terminated = handle.termination_watcher();
-                            let _ = tx.send(Ok(handle));
-                            let _ = terminated.await;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                        }
-                    }
-                });
-            })
-            .context("spawn gossip thread")?;
+        let rx = spawn_gossip_thread(config, initial, transport)?;
         let handle = rx
             .await
             .context("gossip thread ended")?
@@ -255,6 +206,72 @@ impl Membership {
             tracing::debug!(error = %e, "gossip already stopped");
         }
     }
+}
+
+/// chitchat's configuration for this node.
+fn chitchat_config(cfg: &ClusterConfig, self_id: ChitchatId) -> ChitchatConfig {
+    let interval = Duration::from_millis(cfg.gossip_interval_ms);
+    ChitchatConfig {
+        chitchat_id: self_id,
+        cluster_id: cfg.cluster_id.clone(),
+        gossip_interval: interval,
+        listen_addr: cfg.gossip_addr,
+        seed_nodes: cfg.seeds.clone(),
+        failure_detector_config: FailureDetectorConfig {
+            phi_threshold: cfg.phi_threshold,
+            initial_interval: interval,
+            // Long gaps (a loaded peer) still count, so the detector adapts to them.
+            max_interval: interval * 100,
+            dead_node_grace_period: Duration::from_secs(60),
+            ..Default::default()
+        },
+        marked_for_deletion_grace_period: Duration::from_secs(3600),
+        catchup_callback: None,
+        extra_liveness_predicate: None,
+        protocol_version: chitchat::ProtocolVersion::V0,
+    }
+}
+
+/// The answer of the gossip thread: the started server's handle, or why it did not start.
+type Started = tokio::sync::oneshot::Receiver<anyhow::Result<ChitchatHandle>>;
+
+/// Starts chitchat on a thread and a runtime of its own: heartbeats must keep flowing
+/// while the shards keep the main runtime busy, or a loaded node looks dead to its peers.
+/// The thread ends when the gossip server does.
+fn spawn_gossip_thread(
+    config: ChitchatConfig,
+    initial: Vec<(String, String)>,
+    transport: impl Transport + 'static,
+) -> anyhow::Result<Started> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("gossip".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("build gossip runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match spawn_chitchat(config, initial, &transport).await {
+                    Ok(handle) => {
+                        let terminated = handle.termination_watcher();
+                        let _ = tx.send(Ok(handle));
+                        let _ = terminated.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .context("spawn gossip thread")?;
+    Ok(rx)
 }
 
 /// Rendezvous (highest random weight) owner of a shard among `candidates` node ids.
