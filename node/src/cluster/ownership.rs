@@ -181,7 +181,7 @@ pub async fn run_controller(state: Arc<NodeState>, stop: CancellationToken) {
 }
 
 /// Keeps `shards` equal to the desired ones until `stop` is cancelled: a round on every
-/// membership change and every [`TICK`].
+/// membership change and every `TICK`.
 pub async fn control<S: LocalShards>(
     shards: &S,
     membership: &Membership,
