@@ -6,10 +6,10 @@
 //! checkpoints them to Cassandra so that every acknowledged event counts exactly once.
 //!
 //! The pieces, in the order data flows through them:
-//! - [`api`]: HTTP (actix-web): ingest, queries, health, metrics.
+//! - `api`: HTTP (actix-web): ingest, queries, health, metrics.
 //! - [`event`]: the versioned event model and its validation.
 //! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters;
-//!   [`acknowledged`]: the events it acknowledged recently, to answer retries as such.
+//!   `acknowledged`: the events it acknowledged recently, to answer retries as such.
 //! - [`dead_letter`]: the consumer's dead letters (records read from Kafka it skips).
 //! - [`partitioner`]: Kafka's murmur2 key-to-partition function, shared by everyone.
 //! - [`source`]: the blocking Kafka consumer's poll loop, feeding shards with backpressure.
@@ -18,39 +18,39 @@
 //! - [`entity`]: players and channels as pure state machines.
 //! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
 //!   order.
-//! - [`cluster`]: gossip membership, partition ownership, and routing any query anywhere.
+//! - `cluster`: gossip membership, partition ownership, and routing any query anywhere.
 //! - [`entity_path`]: where a player or channel is queried, its id percent-encoded.
 //! - [`node`]: start-up order, the readiness monitor, Kafka administration, shutdown.
-//! - [`state`]: the state the API, the controller and the background tasks share.
+//! - `state`: the state the API, the controller and the background tasks share.
 //! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
-//! - [`config`], [`metrics`], [`retry`]: typed configuration; every metric in one place;
+//! - [`config`], [`metrics`], `retry`: typed configuration; every metric in one place;
 //!   the one backoff policy.
 //!
 //! # Policies
 //!
 //! **Errors.** Typed errors (`thiserror`) where a caller branches on the kind of failure:
 //! [`shard::QueryError`], [`shard::CheckpointError`], [`ingest::IngestError`],
-//! [`cluster::routing::RouteError`], and [`api::ApiError`], the one mapping from error to
+//! `cluster::routing::RouteError`, and `api::ApiError`, the one mapping from error to
 //! HTTP status. Everywhere else `anyhow` with `.context("verb object")`. An error is logged
 //! where it is handled, not where it is passed up. Input from the network or disk is never
 //! unwrapped; `expect` is kept for invariants of our own (a poisoned lock, a dirty key that
 //! must be resident) and says which.
 //!
-//! **Retries.** Every wait for a dependency goes through [`retry::Backoff`] (capped
-//! exponential) or [`retry::until_ok`], which also stops when the node shuts down.
+//! **Retries.** Every wait for a dependency goes through `retry::Backoff` (capped
+//! exponential) or `retry::until_ok`, which also stops when the node shuts down.
 //!
-//! **Shutdown.** One cancellation tree: [`state::NodeState::shutdown`] is cancelled once;
+//! **Shutdown.** One cancellation tree: `state::NodeState::shutdown` is cancelled once;
 //! start-up, the readiness monitor and the ownership controller hold children of it. The
 //! order of what follows (HTTP, shards, the Kafka source, gossip) is in [`node`]. A piece
 //! that cannot start at all makes [`run`] return an error, and the binary exit non-zero.
 //!
 //! **Log volume.** A line per record or per rejected event would flood the log under bad
-//! input: such warnings are rate-limited ([`log_limit`]), while their counters in
+//! input: such warnings are rate-limited (`log_limit`), while their counters in
 //! [`metrics`] stay exact.
 
-pub mod acknowledged;
-pub mod api;
-pub mod cluster;
+mod acknowledged;
+mod api;
+mod cluster;
 pub mod config;
 pub mod dead_letter;
 pub mod entity;
@@ -58,14 +58,14 @@ pub mod entity_path;
 pub mod event;
 pub mod ingest;
 pub mod kind;
-pub mod log_limit;
+mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod partitioner;
-pub mod retry;
+mod retry;
 pub mod shard;
 pub mod source;
-pub mod state;
+mod state;
 pub mod store;
 
 pub use config::Config;

@@ -307,8 +307,11 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
     };
     let start_offset = progress.map_or(0, |p| p.resume_offset);
     // Reading starts at the dedupe mark: the records below the resume offset rebuild the
-    // dedupe window and are not applied again.
-    let read_from = dedupe_from.map_or(start_offset, |d| d.clamp(0, start_offset));
+    // dedupe window and are not applied again. Without a window there is nothing to rebuild.
+    let read_from = match dedupe_from {
+        Some(d) if state.cfg.shard.dedupe_window_secs > 0 => d.clamp(0, start_offset),
+        _ => start_offset,
+    };
     core.insert_shard(shard, actor.clone());
     if let Err(e) = core.source.assign(Assignment {
         topic: topic.clone(),

@@ -8,7 +8,7 @@
 //! Kafka source refusing its configuration) ends the process with an error instead of
 //! leaving it up and never ready.
 //!
-//! Shutdown is one cancellation tree: [`NodeState::shutdown`] is cancelled once, and every
+//! Shutdown is one cancellation tree: `NodeState::shutdown` is cancelled once, and every
 //! background task holds a child of it. Order: cancel the tree (start-up, the dependency
 //! monitor and the controller stop); stop HTTP (in-flight requests finish); advertise
 //! `leaving`; release every shard (revoke it from the source, final checkpoint, stop the
