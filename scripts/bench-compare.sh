@@ -24,6 +24,9 @@ EVENTS=${BENCH_EVENTS:-4000000}
 ROUNDS=${BENCH_ROUNDS:-2}
 TOPICS="compare_$(date +%s)"
 
+# A node creates the topics (as Tally sizes them), then leaves.
+NODE_BIN=target/release/tally-node start_node "${TOPICS}_topics" "" "$TOPICS"
+stop_node "$NODE_PID"
 log "pre-filling $EVENTS events of $PLAYERS players into $TOPICS"
 "$LT" players --players "$PLAYERS" --events "$EVENTS" --seed 1 --probe-interval-ms 0 \
   --player-topic "$TOPICS.players" --channel-topic "$TOPICS.channels" --batch 5000 > /dev/null
