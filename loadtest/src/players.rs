@@ -33,6 +33,9 @@ pub struct PlayersGen {
 }
 
 impl PlayersGen {
+    /// Event time advances by 0 to this many milliseconds per event.
+    pub const MAX_STEP_MS: i64 = 2;
+
     pub fn new(spec: PlayersSpec) -> Self {
         PlayersGen {
             rng: StdRng::seed_from_u64(spec.seed),
@@ -61,7 +64,7 @@ impl Iterator for PlayersGen {
         }
         let i = self.next;
         self.next += 1;
-        self.ts += self.rng.random_range(0..3);
+        self.ts += self.rng.random_range(0..=Self::MAX_STEP_MS);
         let p = self.rng.random_range(0..self.spec.players);
         let roll = self.rng.random_range(0..100);
         let c = self.rng.random_range(0..self.spec.channels);

@@ -288,7 +288,10 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
         events: args.events,
         seed: c.seed,
         id_prefix: prefix.clone(),
-        start_ts: now.as_millis() as i64,
+        // Backdated by the stream's longest span (an event advances time by at most 2 ms),
+        // so no event is ever dated after its arrival, however fast it is sent: the
+        // cluster skips events more than shard.future_tolerance_secs ahead.
+        start_ts: now.as_millis() as i64 - PlayersGen::MAX_STEP_MS * args.events as i64,
     };
     let opts = DriveOpts {
         batch: c.batch,
@@ -325,7 +328,14 @@ async fn viewers(args: ViewersArgs) -> anyhow::Result<bool> {
     check_common(c)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let prefix = id_prefix(c, now);
-    let start_ts = now.as_millis() as i64;
+    // Faster than real time, event time would run ahead of arrival (and be skipped once
+    // more than shard.future_tolerance_secs ahead): start a whole run's span back.
+    let backdate = if args.speedup > 1.0 {
+        args.duration as i64 * 1000
+    } else {
+        0
+    };
+    let start_ts = now.as_millis() as i64 - backdate;
     let spec = ViewersSpec::new(
         args.viewers,
         args.channels,
