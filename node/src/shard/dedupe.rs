@@ -33,12 +33,26 @@ pub type Fingerprint = u128;
 /// Fingerprint of (entity key, player, event id), each length-prefixed so that no two
 /// different triples write the same bytes.
 pub fn fingerprint(key: &str, player: &str, id: &str) -> Fingerprint {
-    let mut buf = Vec::with_capacity(key.len() + player.len() + id.len() + 12);
+    // On the stack for every key an event can have (three ids of at most 128 bytes): this
+    // runs once per record.
+    const ON_STACK: usize = 3 * (4 + 128);
+    let len = key.len() + player.len() + id.len() + 12;
+    let mut stack = [0u8; ON_STACK];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= ON_STACK {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
     for part in [key, player, id] {
-        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
+        buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
+        buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
+        at += 4 + part.len();
     }
-    XxHash3_128::oneshot(&buf)
+    // 0 marks "no fingerprint" in the window's queue; a hash of 0 is taken as 1.
+    XxHash3_128::oneshot(buf).max(1)
 }
 
 /// The fingerprints are already uniform: the table uses their low bits as the hash.
@@ -62,12 +76,12 @@ impl Hasher for Identity {
     }
 }
 
-/// One record in arrival order: its offset, arrival, and fingerprint (None: a record that
-/// was not applied, kept so the max arrival it set survives a rebuild).
+/// One record in arrival order: its offset, arrival, and fingerprint (0: a record that
+/// was not applied, kept so the max arrival it set survives a rebuild). 32 bytes.
 struct Seen {
     offset: i64,
     arrival: i64,
-    fingerprint: Option<Fingerprint>,
+    fingerprint: Fingerprint,
 }
 
 /// The window of one partition.
@@ -156,10 +170,9 @@ impl DedupeWindow {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
-            if let Some(fp) = old.fingerprint {
-                if self.latest.get(&fp) == Some(&old.arrival) {
-                    self.latest.remove(&fp);
-                }
+            let fp = old.fingerprint;
+            if fp != 0 && self.latest.get(&fp) == Some(&old.arrival) {
+                self.latest.remove(&fp);
             }
         }
     }
@@ -172,7 +185,7 @@ impl DedupeWindow {
         self.order.push_back(Seen {
             offset,
             arrival,
-            fingerprint: fp,
+            fingerprint: fp.unwrap_or(0),
         });
     }
 
@@ -216,6 +229,11 @@ mod tests {
         assert_ne!(fingerprint("ab", "c", "d"), fingerprint("a", "bc", "d"));
         assert_ne!(fingerprint("", "ab", ""), fingerprint("ab", "", ""));
         assert_eq!(fingerprint("k", "p", "e"), fingerprint("k", "p", "e"));
+        // Keys longer than any event's (from another producer) take the heap path alike.
+        let long = "k".repeat(1_000);
+        assert_eq!(fingerprint(&long, "p", "e"), fingerprint(&long, "p", "e"));
+        assert_ne!(fingerprint(&long, "p", "e"), fingerprint(&long[1..], "p", "e"));
+        assert_ne!(fingerprint("k", "p", "e"), 0);
     }
 
     #[test]
