@@ -18,6 +18,8 @@
 #            CPU of the nodes, of Kafka + Cassandra and of the load tester; verified exact.
 #   idle     the 3-node cluster at rest: CPU of gossip, ticks and timers alone.
 #   generator  the load tester alone (--via none): its ceiling in events/s.
+#   dedupe   one binary with and without the dedupe window on one pre-filled topic: the
+#            window's memory per record and its cost in records/s (bench-compare.sh).
 #   table    only rebuild the table (bench/results/table.md and README.md).
 # Every run ends by rebuilding the README's Performance table from all results present.
 set -euo pipefail
@@ -254,6 +256,8 @@ case "${1:-all}" in
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
   viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" "${BENCH_VIEWERS_SPEEDUP:-1}" ;;
   generator) bench_generator ;;
+  # The dedupe window's cost: the same binary with and without it on one pre-filled topic.
+  dedupe) scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0" ;;
   table) ;;
   all)
     bench_node
@@ -261,8 +265,9 @@ case "${1:-all}" in
     bench_viewers 500000 300 1
     bench_idle
     bench_generator
+    scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0"
     ;;
-  *) echo "usage: $0 [node|cluster|viewers|idle|generator|table|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [node|cluster|viewers|idle|generator|dedupe|table|all]" >&2; exit 2 ;;
 esac
 # The table of everything measured so far, into README.md's Performance section.
 python3 scripts/bench_table.py "$OUT" README.md

@@ -222,9 +222,10 @@ pub struct ShardConfig {
     pub max_inflight_batches: usize,
     /// Client retries are counted once: a record whose (entity, player, event id) its
     /// partition already saw within this many seconds of arrival (Kafka timestamps) is a
-    /// duplicate and is not applied. 0 turns deduplication off. Costs about 80 bytes of
-    /// memory per record that arrived within the window, and a new owner re-reads the
-    /// window's records before it applies new ones.
+    /// duplicate and is not applied. 0 turns deduplication off. Costs about 110 bytes of
+    /// memory per record that arrived within the window, a third of the bulk consume rate
+    /// (scripts/bench-compare.sh), and a new owner re-reads the window's records before it
+    /// applies new ones.
     pub dedupe_window_secs: u64,
     /// How far an event's `ts` may be ahead of its arrival, in seconds. HTTP ingest rejects
     /// later events with the reason; a record read from Kafka that is further ahead of its
