@@ -232,7 +232,10 @@ mod tests {
         // Keys longer than any event's (from another producer) take the heap path alike.
         let long = "k".repeat(1_000);
         assert_eq!(fingerprint(&long, "p", "e"), fingerprint(&long, "p", "e"));
-        assert_ne!(fingerprint(&long, "p", "e"), fingerprint(&long[1..], "p", "e"));
+        assert_ne!(
+            fingerprint(&long, "p", "e"),
+            fingerprint(&long[1..], "p", "e")
+        );
         assert_ne!(fingerprint("k", "p", "e"), 0);
     }
 
