@@ -27,6 +27,9 @@ PLAYERS=${SOAK_PLAYERS:-20000}
 BASE="soak_$(date +%s)"
 EVENTS=$((RATE * SECS))
 
+# Restarts of Kafka and Cassandra go through services.sh, which stops only what this
+# checkout's `make services` started; anything else is left running, and said so here.
+"$SERVICES" status > /dev/null 2>&1 || log "Kafka and Cassandra were not started by this checkout: their restarts will not happen"
 log "cluster $BASE: 3 nodes; $EVENTS events at $RATE/s over $SECS s through HTTP ingest; a fault every $FAULT_EVERY s"
 start_cluster "$BASE"
 NAMES=("${BASE}_n1" "${BASE}_n2" "${BASE}_n3")
@@ -53,16 +56,23 @@ trap cleanup EXIT
   done ) &
 RSS_LOOP=$!
 
-# Availability: a one-event probe every 500 ms to the nodes in turn; each acknowledged
-# probe's time is logged. Probes count as events of their own players, verified below.
-: > "$WORK/$BASE.probes"
+# Availability: a one-event probe every 500 ms to the nodes in turn, each resent (same id)
+# until some node acknowledges it; the time of each acknowledgement is logged, and the
+# probes sent. Probes count as events of their own players, verified below.
+: > "$WORK/$BASE.probes"; : > "$WORK/$BASE.probes-sent"
 ( end=$((SECONDS + SECS)); k=0
   while [ $SECONDS -lt $end ]; do
-    k=$((k + 1)); addr=${ADDRS[$((k % 3))]}
+    k=$((k + 1))
     body="{\"v\":1,\"id\":\"$BASE-probe-$k\",\"ts\":$(date +%s%3N),\"player\":\"$BASE-probe-$((k % 10))\",\"kind\":\"level_up\",\"level\":1}"
-    if curl -fs -m 2 -X POST "http://$addr/v1/events" -d "$body" > /dev/null 2>&1; then
-      echo "$(date +%s%3N) $k" >> "$WORK/$BASE.probes"
-    fi
+    echo "$k" >> "$WORK/$BASE.probes-sent"
+    for try in $(seq 0 119); do
+      addr=${ADDRS[$(((k + try) % 3))]}
+      if curl -fs -m 2 -X POST "http://$addr/v1/events" -d "$body" > /dev/null 2>&1; then
+        echo "$(date +%s%3N) $k" >> "$WORK/$BASE.probes"
+        break
+      fi
+      sleep 0.5
+    done
     sleep 0.5
   done ) &
 PROBE_LOOP=$!
@@ -99,18 +109,20 @@ wait "$PROBE_LOOP" 2>/dev/null || true
 kill "$RSS_LOOP" 2>/dev/null || true
 "$SERVICES" up > /dev/null
 
-# The probes were acknowledged too: each of their players must count exactly its probes.
-probe_check=$(python3 - "$WORK/$BASE.probes" "$BASE" "${ADDRS[0]}" <<'PY'
+# The probes: each player must count at least the probes acknowledged (none lost) and at
+# most the probes sent (none twice; one whose answer was lost may or may not count).
+probe_check=$(python3 - "$WORK/$BASE" "$BASE" "${ADDRS[0]}" <<'PY'
 import collections, json, sys, urllib.request
-path, base, addr = sys.argv[1:]
-acked = collections.Counter(int(line.split()[1]) % 10 for line in open(path) if line.strip())
+prefix, base, addr = sys.argv[1:]
+acked = collections.Counter(int(l.split()[1]) % 10 for l in open(prefix + ".probes") if l.strip())
+sent = collections.Counter(int(l) % 10 for l in open(prefix + ".probes-sent") if l.strip())
 lost = doubled = 0
-for p, want in acked.items():
+for p in sent:
     try:
         got = json.load(urllib.request.urlopen(f"http://{addr}/v1/players/{base}-probe-{p}", timeout=10))["player"]["events"]
     except Exception:
         got = 0
-    lost += max(0, want - got); doubled += max(0, got - want)
+    lost += max(0, acked[p] - got); doubled += max(0, got - sent[p])
 print(f"{sum(acked.values())} {lost} {doubled}")
 PY
 )
@@ -118,6 +130,7 @@ PY
 python3 - "$OUT" "$WORK/$BASE" "$SECS" "$FAULT_EVERY" "$RATE" "$LT_STATUS" "$probe_check" <<'PY'
 import json, sys, collections
 out, prefix, secs, every, rate, lt_status, probes = sys.argv[1:]
+# (probes: acknowledged, lost, doubled)
 load = json.load(open(f"{out}/soak-load.json"))
 v = load.get("verify") or {}
 times = [int(l.split()[0]) for l in open(prefix + ".probes") if l.strip()]
