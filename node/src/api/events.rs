@@ -1,0 +1,331 @@
+//! `POST /v1/events`: the body read within its deadline, split into events (a JSON array
+//! or NDJSON), each event validated, sized and checked against the node's recent
+//! acknowledgements, and the records written in the producer's group commit.
+//!
+//! Not for: the Kafka side of ingest (see `ingest`).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{core, ApiError, Data};
+use crate::event::{Event, Rejection};
+use crate::ingest::{clip_rejection, dead_letter, records_for, OutRecord};
+use crate::shard::dedupe::{fingerprint, Fingerprint};
+use crate::state::{Core, NodeState};
+
+/// One rejected event in an ingest response.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rejected {
+    /// Position of the event in the batch (array index or NDJSON line number, from 0).
+    pub index: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+/// The ingest response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IngestResponse {
+    /// Events acknowledged: written now, or (listed in `duplicates`) already written.
+    pub accepted: usize,
+    pub rejected: Vec<Rejected>,
+    /// Positions of accepted events this node recognised as already acknowledged (a
+    /// retry, or the same event twice in one request): not written again. A retry this
+    /// node does not recognise is written and still counted once (the shards deduplicate).
+    #[serde(default)]
+    pub duplicates: Vec<usize>,
+}
+
+/// Splits a body into the raw bytes of its events: a JSON array, or NDJSON.
+///
+/// An array is parsed as a whole, so one syntax error anywhere rejects the whole body:
+/// after a broken element there is no telling where the next one starts. NDJSON lines are
+/// independent, so a broken line costs only that line (docs/API.md recommends NDJSON).
+fn split_body(body: &[u8]) -> Result<Vec<&[u8]>, Rejection> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
+        return Err(Rejection::new(
+            "body",
+            "empty body: send a json array or ndjson",
+        ));
+    };
+    if body[start] == b'[' {
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)
+            .map_err(|e| Rejection::new("body", format!("malformed json array: {e}")))?;
+        return Ok(items.into_iter().map(|r| r.get().as_bytes()).collect());
+    }
+    Ok(body
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+        .collect())
+}
+
+/// An event larger than `max` bytes (as it stands in the body) is rejected before it is
+/// parsed: its size alone decides, whatever field makes it large.
+fn check_event_size(raw: &[u8], max: usize) -> Result<(), Rejection> {
+    if raw.len() > max {
+        return Err(Rejection::new(
+            "event",
+            format!(
+                "{} bytes, more than the limit of {max} bytes per event",
+                raw.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What arrived of a request body.
+enum Body {
+    Whole(Vec<u8>),
+    /// The body passed the limit; this is its start, as much as the limit.
+    TooLarge(Vec<u8>),
+}
+
+/// Reads the body up to `limit` bytes, by `deadline` (408 after it).
+async fn read_body(
+    payload: &mut web::Payload,
+    limit: usize,
+    deadline: Instant,
+    timeout_ms: u64,
+) -> Result<Body, ApiError> {
+    let until = tokio::time::Instant::from_std(deadline);
+    let mut body = Vec::new();
+    loop {
+        let chunk = match tokio::time::timeout_at(until, payload.next()).await {
+            Err(_) => {
+                return Err(ApiError::Timeout(format!(
+                    "body: not received within the request timeout of {timeout_ms} ms"
+                )))
+            }
+            Ok(None) => return Ok(Body::Whole(body)),
+            Ok(Some(chunk)) => chunk.map_err(|e| ApiError::BadRequest(format!("body: {e}")))?,
+        };
+        if body.len() + chunk.len() > limit {
+            let room = limit - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok(Body::TooLarge(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+}
+
+fn content_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Rejects a whole body: its start goes to the dead-letter topic (like every rejected
+/// input), and the answer is `status` with the reason, or 503 if the dead letter could
+/// not be written.
+async fn reject_body(
+    state: &NodeState,
+    core: &Core,
+    received: &[u8],
+    input_len: Option<usize>,
+    rejection: Rejection,
+    deadline: Instant,
+    status: fn(String) -> ApiError,
+) -> ApiError {
+    let rejection = clip_rejection(&rejection);
+    let record = dead_letter(
+        received,
+        input_len,
+        &rejection,
+        state.cfg.ingest.max_event_bytes,
+    );
+    if let Err(e) = core.ingest.produce_until(vec![record], deadline).await {
+        return e.into();
+    }
+    state.metrics.add_ingest(0, 1);
+    status(rejection.to_string())
+}
+
+pub(super) async fn ingest(
+    state: Data,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // One deadline for everything the request waits for: its body, the producer, Kafka.
+    let limits = &state.cfg.ingest;
+    let deadline = Instant::now() + limits.request_timeout();
+    let core = core(&state)?;
+    let body = match read_body(
+        &mut payload,
+        limits.max_body_bytes,
+        deadline,
+        limits.request_timeout_ms,
+    )
+    .await?
+    {
+        Body::Whole(body) => body,
+        Body::TooLarge(start) => {
+            let rejection = Rejection::new(
+                "body",
+                format!("larger than the limit of {} bytes", limits.max_body_bytes),
+            );
+            let declared = content_length(&req).filter(|&n| n > start.len());
+            let e = reject_body(
+                &state,
+                core,
+                &start,
+                declared,
+                rejection,
+                deadline,
+                ApiError::TooLarge,
+            );
+            return Err(e.await);
+        }
+    };
+    let items = split_body(&body)
+        .map_err(|r| (r, ApiError::BadRequest as fn(String) -> ApiError))
+        .and_then(|items| {
+            if items.len() <= limits.max_batch_events {
+                return Ok(items);
+            }
+            let reason = format!(
+                "{} events, more than the limit of {} per request",
+                items.len(),
+                limits.max_batch_events
+            );
+            Err((
+                Rejection::new("body", reason),
+                ApiError::TooLarge as fn(String) -> ApiError,
+            ))
+        });
+    let items = match items {
+        Ok(items) => items,
+        Err((rejection, status)) => {
+            let len = Some(body.len());
+            let e = reject_body(&state, core, &body, len, rejection, deadline, status);
+            return Err(e.await);
+        }
+    };
+    let sorted = sort_events(&state, &items);
+    let Sorted {
+        records,
+        answer,
+        written,
+    } = sorted;
+    core.ingest.produce_until(records, deadline).await?;
+    state.acknowledged.record(written);
+    state
+        .metrics
+        .add_ingest(answer.accepted as u64, answer.rejected.len() as u64);
+    let status = if answer.accepted == 0 && !answer.rejected.is_empty() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(HttpResponse::build(status).json(answer))
+}
+
+/// A request's events, sorted: the records to write, the answer, and the fingerprints of
+/// the events written (acknowledged once the records commit).
+struct Sorted {
+    records: Vec<OutRecord>,
+    answer: IngestResponse,
+    written: HashSet<Fingerprint>,
+}
+
+/// Validates each event: a valid one makes its records (unless it is a duplicate), a bad
+/// one a dead letter and a rejection naming the field.
+fn sort_events(state: &NodeState, items: &[&[u8]]) -> Sorted {
+    let limits = &state.cfg.ingest;
+    let mut out = Sorted {
+        records: Vec::with_capacity(items.len() * 2),
+        answer: IngestResponse {
+            accepted: 0,
+            rejected: Vec::new(),
+            duplicates: Vec::new(),
+        },
+        written: HashSet::new(),
+    };
+    let now_ms = crate::event::now_ms();
+    let lead = state.cfg.shard.future_tolerance_ms();
+    for (index, raw) in items.iter().enumerate() {
+        let parsed = check_event_size(raw, limits.max_event_bytes)
+            .and_then(|()| Event::parse(raw))
+            .and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e));
+        match parsed {
+            Ok(event) => {
+                out.answer.accepted += 1;
+                let fp = fingerprint(&event.player, &event.player, &event.id);
+                if state.acknowledged.seen(&[fp])[0] || !out.written.insert(fp) {
+                    out.answer.duplicates.push(index);
+                    continue;
+                }
+                out.records.extend(records_for(&event));
+            }
+            Err(r) => {
+                let r = clip_rejection(&r);
+                out.records.push(dead_letter(
+                    raw,
+                    Some(raw.len()),
+                    &r,
+                    limits.max_event_bytes,
+                ));
+                out.answer.rejected.push(Rejected {
+                    index,
+                    field: r.field,
+                    reason: r.reason,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_arrays_and_ndjson() {
+        let arr = split_body(br#" [ {"a":1}, {"b":[2,3]} ] "#).unwrap();
+        assert_eq!(arr, vec![&br#"{"a":1}"#[..], &br#"{"b":[2,3]}"#[..]]);
+        let nd = split_body(b"{\"a\":1}\r\n\n{\"b\":2}\n").unwrap();
+        assert_eq!(nd, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(split_body(b"  ").unwrap_err().field, "body");
+        assert_eq!(split_body(b"[{").unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn an_event_is_rejected_by_size_only_above_the_limit() {
+        for max in [1, 100, 65536] {
+            for len in [max - 1, max, max + 1] {
+                let raw = vec![b' '; len];
+                let checked = check_event_size(&raw, max);
+                if len <= max {
+                    assert_eq!(checked, Ok(()), "{len} bytes, limit {max}");
+                } else {
+                    let r = checked.unwrap_err();
+                    assert_eq!(r.field, "event");
+                    assert_eq!(
+                        r.reason,
+                        format!("{len} bytes, more than the limit of {max} bytes per event")
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_ndjson_line_is_its_own_item_but_a_broken_array_is_the_whole_body() {
+        let nd = split_body(b"{\"a\":1}\n{broken\n{\"b\":2}").unwrap();
+        assert_eq!(nd.len(), 3);
+        assert_eq!(nd[1], b"{broken");
+        let arr = split_body(br#"[{"a":1}, {broken}, {"b":2}]"#).unwrap_err();
+        assert_eq!(arr.field, "body");
+        assert!(arr.reason.starts_with("malformed json array"), "{arr}");
+    }
+}
