@@ -18,7 +18,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::health::HealthTracker;
+use super::health::{Failed, GroupOutcome, HealthTracker};
 use super::record::{OutRecord, Target, MAX_RECORD_BYTES};
 use super::{HealthHook, IngestError, Job, QUEUE};
 use crate::config::{IngestConfig, KafkaConfig};
@@ -143,7 +143,7 @@ impl Fault {
 
 /// Why an attempt wrote nothing.
 #[derive(Debug, Clone)]
-struct Failure {
+pub(super) struct Failure {
     fault: Fault,
     reason: String,
 }
@@ -176,14 +176,6 @@ impl Pending {
             backoff: Backoff::new(Duration::from_millis(100), 3, Duration::from_secs(1)),
         }
     }
-}
-
-/// What a group's transactions did, for the health report.
-#[derive(Default)]
-struct GroupOutcome {
-    committed: bool,
-    /// The last failure; reported only if nothing of the group committed.
-    failure: Option<Failure>,
 }
 
 struct Worker {
@@ -266,6 +258,10 @@ impl Worker {
     /// to single jobs, each answered for itself. Every job is answered by the earliest
     /// deadline of the group, so a job whose time ran out while others were retried is
     /// answered before its request stops waiting.
+    ///
+    /// `/readyz` is brought up to date before a request hears its answer: a commit is
+    /// recorded before its jobs are answered, and failed jobs are answered after the
+    /// group's verdict, so a client that was refused and then asks `/readyz` sees why.
     fn process(&mut self, jobs: Vec<Job>) {
         let mut live = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -291,6 +287,7 @@ impl Worker {
         };
         let until = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
         let mut outcome = GroupOutcome::default();
+        let mut failed = Failed::default();
         let mut pending = VecDeque::from([Pending::new(live, None)]);
         while let Some(mut part) = pending.pop_front() {
             if until.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
@@ -298,9 +295,7 @@ impl Worker {
                     Some(f) => IngestError::NotWritten(f.reason.clone()),
                     None => IngestError::TimedOut(self.timeout_ms),
                 };
-                part.jobs
-                    .into_iter()
-                    .for_each(|j| j.answer(Err(err.clone())));
+                failed.add(part.jobs, err);
                 continue;
             }
             part.attempts += 1;
@@ -308,6 +303,7 @@ impl Worker {
                 Attempt::Committed => {
                     self.metrics.add_ingest_transaction();
                     outcome.committed = true;
+                    self.health.committed();
                     part.jobs.into_iter().for_each(|j| j.answer(Ok(())));
                 }
                 Attempt::Unknown(reason) => {
@@ -316,17 +312,14 @@ impl Worker {
                         fault: Fault::Producer,
                         reason: reason.clone(),
                     });
-                    let err = IngestError::Unknown(reason);
-                    part.jobs
-                        .into_iter()
-                        .for_each(|j| j.answer(Err(err.clone())));
+                    failed.add(part.jobs, IngestError::Unknown(reason));
                 }
                 Attempt::NotWritten(failure) => {
                     self.log_failure(&failure.reason, part.jobs.len(), "aborted");
                     // Even a refused record counts when nothing else commits: records
                     // within ingest's limits should always be accepted.
                     outcome.failure = Some(failure.clone());
-                    self.after_failure(part, failure, &mut pending, until);
+                    self.after_failure(part, failure, &mut pending, &mut failed, until);
                 }
             }
         }
@@ -340,6 +333,7 @@ impl Worker {
             Some(f) => self.health.failed(f.reason, false, Instant::now()),
             None => {}
         }
+        failed.answer();
     }
 
     /// What follows a failed attempt of `part`: a group is split in halves (each written
@@ -350,13 +344,11 @@ impl Worker {
         mut part: Pending,
         failure: Failure,
         pending: &mut VecDeque<Pending>,
+        failed: &mut Failed,
         until: Instant,
     ) {
         if failure.fault == Fault::Fenced {
-            let err = IngestError::NotWritten(failure.reason.clone());
-            part.jobs
-                .into_iter()
-                .for_each(|j| j.answer(Err(err.clone())));
+            failed.add(part.jobs, IngestError::NotWritten(failure.reason));
             return;
         }
         if part.jobs.len() > 1 {
@@ -366,10 +358,7 @@ impl Worker {
             return;
         }
         if failure.fault == Fault::Record {
-            let err = IngestError::Refused(failure.reason);
-            part.jobs
-                .into_iter()
-                .for_each(|j| j.answer(Err(err.clone())));
+            failed.add(part.jobs, IngestError::Refused(failure.reason));
             return;
         }
         let delay = part.backoff.next_delay();
@@ -379,10 +368,7 @@ impl Worker {
             part.last = Some(failure);
             pending.push_front(part);
         } else {
-            let err = IngestError::NotWritten(failure.reason);
-            part.jobs
-                .into_iter()
-                .for_each(|j| j.answer(Err(err.clone())));
+            failed.add(part.jobs, IngestError::NotWritten(failure.reason));
         }
     }
 
