@@ -65,7 +65,7 @@ impl ShardKind {
 pub type ShardId = (ShardKind, i32);
 
 /// What a member advertises about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberStatus {
     /// Running and a candidate for ownership.
@@ -93,7 +93,7 @@ impl MemberStatus {
 }
 
 /// What happened to a partition on this node, in `/v1/cluster`'s recent changes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Acquired,

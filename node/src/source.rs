@@ -274,6 +274,10 @@ impl PollLoop {
                 batches[at].1.push(m.offset, m.timestamp, m.key, m.payload);
             }
         });
+        for ((topic, partition), records) in &mut batches {
+            let (high, position) = self.reader.cached_progress(topic, *partition);
+            records.set_progress(high, position);
+        }
         self.metrics.add_consumed(n as u64);
         (batches, waited)
     }

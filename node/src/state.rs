@@ -224,6 +224,8 @@ impl NodeState {
     }
 
     pub fn record_change(&self, change: OwnershipChange) {
+        self.metrics
+            .add_ownership_change(change.kind, change.change);
         let mut changes = self.changes.lock().expect("changes lock");
         if changes.len() == RECENT_CHANGES {
             changes.pop_front();
@@ -280,6 +282,7 @@ impl NodeState {
 
     pub fn set_health(&self, f: impl FnOnce(&mut HealthStatus)) {
         f(&mut self.health.lock().expect("health lock"));
+        self.metrics.set_ready(self.readiness().ready);
     }
 
     /// Stats of every local shard.

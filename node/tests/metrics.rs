@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tally_node::kind::ShardKind;
-use tally_node::metrics::{Metrics, CONTENT_TYPE};
+use tally_node::kind::{ChangeKind, MemberStatus, ShardKind};
+use tally_node::metrics::{Metrics, RejectReason, CONTENT_TYPE};
 
 const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.services/bin/metricscheck");
 
@@ -56,13 +56,28 @@ fn every_series() -> Metrics {
     m.add_dead_letters(2, 1);
     m.add_entity_loads(2);
     m.add_passivations(3);
-    m.record_checkpoint(4, Duration::from_micros(250));
+    m.record_checkpoint(ShardKind::Players, 4, 300, Duration::from_micros(250));
+    m.observe_apply(ShardKind::Channels, Duration::from_micros(80));
     m.add_source_wait(Duration::from_micros(10), Duration::from_micros(20));
-    m.add_ingest(8, 1);
+    m.add_ingest_accepted(8);
+    m.add_ingest_rejected(RejectReason::Future, 1);
     m.add_ingest_transaction();
     m.add_ingest_failed_transaction();
+    m.add_forwarded(ShardKind::Players);
+    m.add_ownership_change(ShardKind::Channels, ChangeKind::Acquired);
+    m.set_members(&[(MemberStatus::Serving, 2), (MemberStatus::Leaving, 1)], 1);
+    m.set_ready(true);
+    m.observe_http("/v1/players/{id}", 200, Duration::from_millis(3));
+    m.observe_http("/v1/players/{id}", 404, Duration::from_millis(2));
     m.set_durable(ShardKind::Players, 0, 100);
     m.set_durable(ShardKind::Channels, 3, 42);
+    for (kind, partition) in [(ShardKind::Players, 0), (ShardKind::Channels, 3)] {
+        let shard = m.shard(kind, partition);
+        shard.add_applied(5);
+        shard.set_lag(Some(20));
+        shard.checkpointed();
+        shard.set_resident(10, 4096);
+    }
     m
 }
 
@@ -72,23 +87,38 @@ fn every_family_appears_once_with_its_help_and_type() {
     let families = check(&text, CONTENT_TYPE).unwrap_or_else(|e| panic!("{e}\n{text}"));
     // name, type, number of series; sorted by name.
     let expected = "\
+tally_apply_duration_seconds histogram 2
+tally_checkpoint_bytes_total counter 2
+tally_checkpoint_duration_seconds histogram 2
+tally_checkpoint_last_timestamp_seconds gauge 2
 tally_checkpoint_micros_total counter 1
 tally_checkpoint_rows_total counter 1
 tally_checkpoints_total counter 1
+tally_cluster_members gauge 2
+tally_cluster_members_suspected gauge 1
 tally_consumer_dead_letters_dropped_total counter 1
 tally_consumer_dead_letters_total counter 1
 tally_durable_offset gauge 2
 tally_entity_loads_total counter 1
 tally_entity_passivations_total counter 1
+tally_http_request_duration_seconds histogram 1
+tally_http_requests_total counter 2
 tally_ingest_events_accepted_total counter 1
-tally_ingest_events_rejected_total counter 1
+tally_ingest_events_rejected_total counter 4
 tally_ingest_failed_transactions_total counter 1
 tally_ingest_transactions_total counter 1
+tally_node_ready gauge 1
+tally_ownership_changes_total counter 1
+tally_queries_forwarded_total counter 2
 tally_records_applied_total counter 2
 tally_records_consumed_total counter 1
 tally_records_duplicate_total counter 1
 tally_records_future_total counter 1
 tally_records_invalid_total counter 1
+tally_resident_bytes gauge 2
+tally_resident_entities gauge 2
+tally_shard_lag_records gauge 2
+tally_shard_records_applied_total counter 2
 tally_source_wait_micros_total counter 2
 ";
     assert_eq!(families, expected, "{text}");
@@ -100,6 +130,14 @@ tally_source_wait_micros_total counter 2
         "tally_source_wait_micros_total{on=\"shards\"} 20",
         "tally_checkpoint_micros_total 250",
         "tally_durable_offset{kind=\"channels\",partition=\"3\"} 42",
+        "tally_shard_lag_records{kind=\"players\",partition=\"0\"} 20",
+        "tally_ingest_events_rejected_total{reason=\"future\"} 1",
+        "tally_ingest_events_rejected_total{reason=\"body\"} 0",
+        "tally_http_requests_total{route=\"/v1/players/{id}\",status=\"404\"} 1",
+        "tally_cluster_members{status=\"leaving\"} 1",
+        "tally_checkpoint_bytes_total{kind=\"players\"} 300",
+        "tally_apply_duration_seconds_count{kind=\"channels\"} 1",
+        "tally_node_ready 1",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -109,15 +147,21 @@ tally_source_wait_micros_total counter 2
 }
 
 #[test]
-fn a_shard_that_moves_away_takes_its_durable_offset_series_with_it() {
+fn a_shard_that_moves_away_takes_its_series_with_it() {
     let m = every_series();
-    m.clear_durable(ShardKind::Players, 0);
+    m.forget_shard(ShardKind::Players, 0);
     let text = m.render();
     let families = check(&text, CONTENT_TYPE).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert!(
-        families.contains("tally_durable_offset gauge 1\n"),
-        "{families}"
-    );
+    for family in [
+        "tally_durable_offset gauge 1\n",
+        "tally_shard_lag_records gauge 1\n",
+        "tally_shard_records_applied_total counter 1\n",
+        "tally_checkpoint_last_timestamp_seconds gauge 1\n",
+        "tally_resident_entities gauge 1\n",
+        "tally_resident_bytes gauge 1\n",
+    ] {
+        assert!(families.contains(family), "{family} in {families}");
+    }
     assert!(!text.contains("partition=\"0\""), "{text}");
     assert_eq!(m.durable_offsets(), vec![(ShardKind::Channels, 3, 42)]);
 }

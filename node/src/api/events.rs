@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{core, ApiError, Data};
 use crate::event::{Event, Rejection};
 use crate::ingest::{clip_rejection, dead_letter, records_for, OutRecord};
+use crate::metrics::RejectReason;
 use crate::shard::dedupe::{fingerprint, Fingerprint};
 use crate::state::{Core, NodeState};
 
@@ -146,7 +147,7 @@ async fn reject_body(
     if let Err(e) = core.ingest.produce_until(vec![record], deadline).await {
         return e.into();
     }
-    state.metrics.add_ingest(0, 1);
+    state.metrics.add_ingest_rejected(RejectReason::Body, 1);
     status(rejection.to_string())
 }
 
@@ -215,12 +216,14 @@ pub(super) async fn ingest(
         records,
         answer,
         written,
+        rejected_by,
     } = sorted;
     core.ingest.produce_until(records, deadline).await?;
     state.acknowledged.record(written);
-    state
-        .metrics
-        .add_ingest(answer.accepted as u64, answer.rejected.len() as u64);
+    state.metrics.add_ingest_accepted(answer.accepted as u64);
+    for (reason, n) in rejected_by {
+        state.metrics.add_ingest_rejected(reason, n);
+    }
     let status = if answer.accepted == 0 && !answer.rejected.is_empty() {
         StatusCode::BAD_REQUEST
     } else {
@@ -235,6 +238,8 @@ struct Sorted {
     records: Vec<OutRecord>,
     answer: IngestResponse,
     written: HashSet<Fingerprint>,
+    /// The rejected events, counted by reason.
+    rejected_by: Vec<(RejectReason, u64)>,
 }
 
 /// Validates each event: a valid one makes its records (unless it is a duplicate), a bad
@@ -249,13 +254,19 @@ fn sort_events(state: &NodeState, items: &[&[u8]]) -> Sorted {
             duplicates: Vec::new(),
         },
         written: HashSet::new(),
+        rejected_by: Vec::new(),
     };
     let now_ms = crate::event::now_ms();
     let lead = state.cfg.shard.future_tolerance_ms();
     for (index, raw) in items.iter().enumerate() {
         let parsed = check_event_size(raw, limits.max_event_bytes)
-            .and_then(|()| Event::parse(raw))
-            .and_then(|e| e.check_not_ahead(now_ms, lead).map(|()| e));
+            .map_err(|r| (RejectReason::TooLarge, r))
+            .and_then(|()| Event::parse(raw).map_err(|r| (RejectReason::Invalid, r)))
+            .and_then(|e| {
+                e.check_not_ahead(now_ms, lead)
+                    .map(|()| e)
+                    .map_err(|r| (RejectReason::Future, r))
+            });
         match parsed {
             Ok(event) => {
                 out.answer.accepted += 1;
@@ -266,7 +277,11 @@ fn sort_events(state: &NodeState, items: &[&[u8]]) -> Sorted {
                 }
                 out.records.extend(records_for(&event));
             }
-            Err(r) => {
+            Err((why, r)) => {
+                match out.rejected_by.iter_mut().find(|(w, _)| *w == why) {
+                    Some((_, n)) => *n += 1,
+                    None => out.rejected_by.push((why, 1)),
+                }
                 let r = clip_rejection(&r);
                 out.records.push(dead_letter(
                     raw,

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod events;
+mod observe;
 
 use events::ingest;
 
@@ -83,8 +84,10 @@ type Data = web::Data<Arc<NodeState>>;
 pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Server> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
+        let observed = data.get_ref().clone();
         App::new()
             .app_data(data.clone())
+            .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))

@@ -164,6 +164,11 @@ impl Membership {
             .collect()
     }
 
+    /// Members the failure detector holds dead and has not forgotten yet.
+    pub async fn suspected(&self) -> usize {
+        self.handle.chitchat().lock().await.dead_nodes().count()
+    }
+
     /// A receiver that changes whenever the set of live members or their state changes.
     pub fn watch(
         &self,

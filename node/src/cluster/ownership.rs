@@ -70,6 +70,9 @@ pub trait LocalShards: Sync {
 
     /// Called after every round.
     fn round_done(&self) {}
+
+    /// The members a round planned with, and how many the failure detector suspects.
+    fn observe_members(&self, _members: &[Member], _suspected: usize) {}
 }
 
 /// How the controller paces itself, from `[cluster]` and the topics' partition counts.
@@ -211,7 +214,9 @@ pub async fn control<S: LocalShards>(
 
 /// One round: plan, release, acquire, then advertise what is held.
 async fn reconcile<S: LocalShards>(shards: &S, membership: &Membership, planner: &mut Planner) {
-    let plan = planner.plan(&membership.members(), &shards.held(), Instant::now());
+    let members = membership.members();
+    shards.observe_members(&members, membership.suspected().await);
+    let plan = planner.plan(&members, &shards.held(), Instant::now());
     for shard in plan.release {
         shards.release(shard, "rebalance").await;
     }
@@ -266,6 +271,12 @@ impl LocalShards for NodeShards<'_> {
     /// Readiness counts the shards as started once the first round is done.
     fn round_done(&self) {
         self.state.mark_shards_started();
+    }
+
+    fn observe_members(&self, members: &[Member], suspected: usize) {
+        let count = |status| members.iter().filter(|m| m.status == status).count() as i64;
+        let by_status = [MemberStatus::Serving, MemberStatus::Leaving].map(|s| (s, count(s)));
+        self.state.metrics.set_members(&by_status, suspected as i64);
     }
 }
 
@@ -352,7 +363,7 @@ async fn release(state: &NodeState, core: &Core, shard: ShardId, why: &str) {
         }
     };
     actor.stop(None);
-    state.metrics.clear_durable(kind, partition);
+    state.metrics.forget_shard(kind, partition);
     info!(%topic, partition, durable_offset = offset, why, "released partition");
     state.record_change(OwnershipChange::now(
         shard,

@@ -111,6 +111,7 @@ pub async fn lookup(
     if !forwarded {
         if let Some(addr) = owner_api(core, shard) {
             // The id is encoded, so it can never change the path the owner is asked.
+            state.metrics.add_forwarded(kind);
             let answer = match entity_url(&addr, kind, id) {
                 Ok(url) => get_url(state, url).await,
                 Err(e) => Err(e),

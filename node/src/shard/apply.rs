@@ -82,9 +82,11 @@ fn decode_record<'a>(
 impl<E: Hosted> ShardState<E> {
     /// Applies one batch whole and in order, then returns its permit to the poll loop.
     pub(super) async fn apply_batch(&mut self, records: Records, permit: OwnedSemaphorePermit) {
+        let started = std::time::Instant::now();
         if records.len() >= self.args.cfg.max_batch.get() / 2 {
-            self.last_full_batch = Some(std::time::Instant::now());
+            self.last_full_batch = Some(started);
         }
+        let lag = records.records_after();
         let mut deferred = self.apply_resident(&records);
         drop(records);
         if !deferred.is_empty() {
@@ -107,6 +109,8 @@ impl<E: Hosted> ShardState<E> {
         deferred.shrink_to(SPARE_DEFERRED);
         self.spare_deferred = deferred;
         drop(permit);
+        self.series.set_lag(lag);
+        self.args.metrics.observe_apply(E::KIND, started.elapsed());
     }
 
     /// Loads the given keys that are not resident, in parallel, and makes them resident;
@@ -233,6 +237,7 @@ impl<E: Hosted> ShardState<E> {
             }
         }
         self.args.metrics.add_applied(E::KIND, applied);
+        self.series.add_applied(applied);
         deferred
     }
 
@@ -297,6 +302,7 @@ impl<E: Hosted> ShardState<E> {
             applied += done.expect("deferred entities were activated") as u64;
         }
         self.args.metrics.add_applied(E::KIND, applied);
+        self.series.add_applied(applied);
     }
 }
 

@@ -43,6 +43,11 @@ pub struct Records {
     items: Vec<Item>,
     bytes: Vec<u8>,
     pool: Option<Arc<RecordsPool>>,
+    /// The partition's high watermark as of the fetch that brought these records, and the
+    /// consumer's position after them (past transaction markers, unlike the offset after
+    /// the last record), for the shard's lag. None: not known.
+    high_watermark: Option<i64>,
+    position: Option<i64>,
 }
 
 /// Emptied [`Records`] buffers waiting to be reused by the poll loop.
@@ -79,6 +84,8 @@ impl RecordsPool {
             items,
             bytes,
             pool: Some(self.clone()),
+            high_watermark: None,
+            position: None,
         }
     }
 }
@@ -123,6 +130,22 @@ impl Records {
 
     pub fn len(&self) -> usize {
         self.items.len()
+    }
+
+    /// Records of the partition after this batch (see [`Records::set_progress`]), at
+    /// least 0; None while not known.
+    pub fn records_after(&self) -> Option<i64> {
+        let high = self.high_watermark?;
+        let last = self.items.last().map_or(-1, |i| i.0);
+        let after = self.position.unwrap_or(last + 1).max(last + 1);
+        Some(high.saturating_sub(after).max(0))
+    }
+
+    /// Where the partition stood when this batch was read: its high watermark and the
+    /// consumer's position.
+    pub fn set_progress(&mut self, high_watermark: Option<i64>, position: Option<i64>) {
+        self.high_watermark = high_watermark;
+        self.position = position;
     }
 
     pub fn is_empty(&self) -> bool {

@@ -55,7 +55,7 @@ impl<E: Hosted> ShardState<E> {
         match result {
             Ok(progress) => {
                 self.durable = progress;
-                self.last_checkpoint = Some(Instant::now());
+                self.completed_checkpoint();
                 self.args
                     .metrics
                     .set_durable(E::KIND, self.args.partition, progress.resume_offset);
@@ -69,6 +69,15 @@ impl<E: Hosted> ShardState<E> {
                 self.mark_dirty(keys);
             }
         }
+    }
+
+    /// Notes a checkpoint that completed (or found nothing to write), for freshness and
+    /// the shard's series.
+    fn completed_checkpoint(&mut self) {
+        self.last_checkpoint = Some(Instant::now());
+        self.series.checkpointed();
+        self.series
+            .set_resident(self.entities.len(), self.entities.allocated_bytes());
     }
 
     /// Marks resident entities dirty again (their checkpoint failed).
@@ -88,6 +97,7 @@ impl<E: Hosted> ShardState<E> {
         let dirty = std::mem::take(&mut self.dirty);
         let clock = self.clock();
         let mut snap = Snapshot {
+            kind: E::KIND,
             topic: self.args.topic.clone(),
             partition: self.args.partition,
             owner: self.args.owner.clone(),
@@ -128,7 +138,7 @@ impl<E: Hosted> ShardState<E> {
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(Ok(self.durable));
             }
-            self.last_checkpoint = Some(Instant::now());
+            self.completed_checkpoint();
             return;
         }
         let snap = self.snapshot();
@@ -174,6 +184,8 @@ impl<E: Hosted> ShardState<E> {
         });
         if evicted > 0 {
             self.args.metrics.add_passivations(evicted);
+            self.series
+                .set_resident(self.entities.len(), self.entities.allocated_bytes());
             debug!(
                 partition = self.args.partition,
                 evicted, "passivated idle entities"

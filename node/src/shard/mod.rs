@@ -40,7 +40,7 @@ use crate::config::ShardConfig;
 use crate::dead_letter::DeadLetters;
 use crate::entity::{Channel, Player};
 use crate::kind::ShardKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ShardMetrics};
 use crate::store::{Progress, Store};
 
 pub use batch::{Record, RecordRef, Records, RecordsPool};
@@ -154,6 +154,8 @@ pub struct ShardState<E: Hosted> {
     /// `apply::SPARE_DEFERRED` after a bulk load).
     spare_deferred: Vec<Deferred>,
     started: Instant,
+    /// This shard's own series (records applied, lag, last checkpoint, resident).
+    series: ShardMetrics,
 }
 
 impl<E: Hosted> ShardState<E> {
@@ -207,6 +209,7 @@ impl<E: Hosted> Actor for Shard<E> {
             flush_waiters: Vec::new(),
             spare_deferred: Vec::new(),
             started: Instant::now(),
+            series: args.metrics.shard(E::KIND, args.partition),
             args,
         })
     }

@@ -186,6 +186,13 @@ impl<E> Resident<E> {
         self.len == 0
     }
 
+    /// Bytes allocated for slots and the index (not what entities allocate themselves).
+    pub fn allocated_bytes(&self) -> usize {
+        let slots: usize = self.chunks.iter().map(Vec::capacity).sum();
+        slots * std::mem::size_of::<Slot<E>>()
+            + self.index.entries.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// The low 32 bits of the key's hash: the table's probe start and the entry's tag.
     fn hash(&self, key: &str) -> u32 {
         use std::hash::BuildHasher;

@@ -169,6 +169,38 @@ impl Reader {
         (records, waited)
     }
 
+    /// Where a partition stands, from librdkafka's cached state (no broker round trip):
+    /// the high watermark as of the last fetch response, and the consumer's position (the
+    /// offset after the last record handed over, moved past transaction markers). None
+    /// where unknown.
+    pub fn cached_progress(&self, topic: &str, partition: i32) -> (Option<i64>, Option<i64>) {
+        let Ok(name) = std::ffi::CString::new(topic) else {
+            return (None, None);
+        };
+        let (mut low, mut high) = (-1i64, -1i64);
+        let rk = self.consumer.client().native_ptr();
+        // SAFETY: a live handle and a NUL-terminated name; librdkafka only writes the two
+        // offsets it is given.
+        let err = unsafe {
+            rd::rd_kafka_get_watermark_offsets(rk, name.as_ptr(), partition, &mut low, &mut high)
+        };
+        let ok = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+        let high = (err == ok && high >= 0).then_some(high);
+        let mut list = TopicPartitionList::with_capacity(1);
+        list.add_partition(topic, partition);
+        // SAFETY: a live handle and a list this function owns; librdkafka writes each
+        // element's offset in place.
+        let err = unsafe { rd::rd_kafka_position(rk, list.ptr()) };
+        let position = (err == ok)
+            .then(|| list.elements().first().map(|e| e.offset()))
+            .flatten()
+            .and_then(|o| match o {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        (high, position)
+    }
+
     /// Commits `offsets` without waiting; the result arrives on the reader's own queue.
     pub fn commit(&self, offsets: &TopicPartitionList) -> Result<(), KafkaError> {
         let rk = self.consumer.client().native_ptr();

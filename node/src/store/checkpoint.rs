@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::entity;
+use crate::kind::ShardKind;
 use crate::metrics::Metrics;
 use crate::store::channel_log::ChannelWrite;
 use crate::store::{player_bucket, ChannelSummary, EntityRow, Progress, Store};
@@ -44,10 +45,31 @@ impl SnapshotEntity {
             SnapshotEntity::Player { key, .. } | SnapshotEntity::Channel { key, .. } => key,
         }
     }
+
+    /// Bytes of encoded state it writes (keys, row data and log entries, without CQL).
+    fn encoded_bytes(&self) -> usize {
+        match self {
+            SnapshotEntity::Player { key, row } => key.len() + row.state.len(),
+            SnapshotEntity::Channel {
+                key,
+                summary,
+                write,
+                ..
+            } => {
+                let rows: usize = write
+                    .rows
+                    .iter()
+                    .map(|r| r.entry.len() + r.head.as_ref().map_or(0, Vec::len))
+                    .sum();
+                key.len() + summary.id.len() + rows
+            }
+        }
+    }
 }
 
 /// Everything one checkpoint writes.
 pub struct Snapshot {
+    pub kind: ShardKind,
     pub topic: String,
     pub partition: i32,
     pub owner: String,
@@ -118,7 +140,13 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
             .write_dedupe_from(&snap.topic, snap.partition, snap.progress, snap.dedupe_from)
             .await?;
     }
-    metrics.record_checkpoint(snap.entities.len() as u64, started.elapsed());
+    let bytes: usize = snap
+        .entities
+        .iter()
+        .map(SnapshotEntity::encoded_bytes)
+        .sum();
+    let rows = snap.entities.len() as u64;
+    metrics.record_checkpoint(snap.kind, rows, bytes as u64, started.elapsed());
     Ok(())
 }
 

@@ -1,0 +1,144 @@
+//! The label sets of the node's metric families, and how their values are written.
+//!
+//! Every label value comes from a closed set (a kind, a reason, a route pattern, a status
+//! code), never from an id a client sent, so no family's series can grow without bound.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+use crate::kind::{ChangeKind, MemberStatus, ShardKind};
+
+/// The `kind` label: which entities a shard hosts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct KindLabel {
+    pub kind: ShardKind,
+}
+
+/// The labels of a per-shard series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ShardLabels {
+    pub kind: ShardKind,
+    pub partition: i32,
+}
+
+/// The `on` label of `tally_source_wait_micros_total`: what the poll loop waited for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct WaitLabel {
+    pub on: WaitedOn,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(super) enum WaitedOn {
+    /// Records to arrive.
+    Kafka,
+    /// A shard to take a batch (backpressure).
+    Shards,
+}
+
+/// The `reason` label of `tally_ingest_events_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ReasonLabel {
+    pub reason: RejectReason,
+}
+
+/// Why HTTP ingest rejected an event (its `reason` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The whole request body: over `ingest.max_body_bytes`, more events than
+    /// `ingest.max_batch_events`, or neither a JSON array nor NDJSON. Counted once.
+    Body,
+    /// An event over `ingest.max_event_bytes`.
+    TooLarge,
+    /// An event whose `ts` is more than `shard.future_tolerance_secs` ahead of the node's
+    /// clock.
+    Future,
+    /// An event that does not decode or validate (a field missing, of the wrong type, out
+    /// of range).
+    Invalid,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::Body,
+        RejectReason::TooLarge,
+        RejectReason::Future,
+        RejectReason::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Body => "body",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Future => "future",
+            RejectReason::Invalid => "invalid",
+        }
+    }
+}
+
+/// The labels of `tally_ownership_changes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ChangeLabels {
+    pub kind: ShardKind,
+    pub change: ChangeKind,
+}
+
+/// The `status` label of `tally_cluster_members`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct StatusLabel {
+    pub status: MemberStatus,
+}
+
+/// The labels of `tally_http_requests_total`: the matched route pattern (`unmatched` for a
+/// path no route matches) and the response status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct HttpLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+/// The `route` label of `tally_http_request_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct RouteLabel {
+    pub route: String,
+}
+
+impl EncodeLabelValue for ShardKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
+}
+
+impl EncodeLabelValue for WaitedOn {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                WaitedOn::Kafka => "kafka",
+                WaitedOn::Shards => "shards",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for RejectReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl EncodeLabelValue for ChangeKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                ChangeKind::Acquired => "acquired",
+                ChangeKind::Released => "released",
+            },
+        )
+    }
+}
+
+impl EncodeLabelValue for MemberStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
