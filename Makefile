@@ -23,6 +23,8 @@ HELM := .services/bin/helm
 HELM_VERSION ?= v3.22.0
 # Checks helm's renderings against the Kubernetes API types (see ops/k8scheck).
 K8SCHECK := .services/bin/k8scheck
+# The image `make image` builds; the chart's default tag is its appVersion.
+IMAGE ?= tally-node:$(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' helm/tally/Chart.yaml)
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
         test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc \
@@ -38,6 +40,7 @@ help:
 	@echo "make bench           run the benchmark suite (see README, Performance)"
 	@echo "make soak            3 nodes under load and faults for SOAK_SECS (default 1800), verified"
 	@echo "make helm-lint       lint, render and check the Helm chart (builds helm and k8scheck with Go once)"
+	@echo "make image           build the tally-node container image (needs docker or podman)"
 
 services:
 	@$(SERVICES) up
@@ -142,3 +145,9 @@ $(K8SCHECK): $(wildcard ops/k8scheck/*.go) ops/k8scheck/go.mod ops/k8scheck/go.s
 # scripts/helm-lint.sh says what is checked.
 helm-lint: $(HELM) $(K8SCHECK)
 	@HELM=$(HELM) K8SCHECK=$(K8SCHECK) scripts/helm-lint.sh
+
+# The Dockerfile's image, tagged IMAGE, built by docker or podman with the Rust release
+# the project pins. Where no engine answers it says so and fails (scripts/image.sh).
+.PHONY: image
+image:
+	@RUST_VERSION=$(RUST_VERSION) scripts/image.sh $(IMAGE)
