@@ -21,6 +21,10 @@ ADVISORY_DB ?= ../shared/advisory-db
 
 HELM := .services/bin/helm
 HELM_VERSION ?= v3.22.0
+# Checks helm's renderings against the Kubernetes API types (see ops/k8scheck).
+K8SCHECK := .services/bin/k8scheck
+# The image `make image` builds; the chart's default tag is its appVersion.
+IMAGE ?= tally-node:$(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' helm/tally/Chart.yaml)
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
         test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc \
@@ -35,7 +39,8 @@ help:
 	@echo "make services-status report each service"
 	@echo "make bench           run the benchmark suite (see README, Performance)"
 	@echo "make soak            3 nodes under load and faults for SOAK_SECS (default 1800), verified"
-	@echo "make helm-lint       lint and render the Helm chart (installs helm with Go once)"
+	@echo "make helm-lint       lint, render and check the Helm chart (builds helm and k8scheck with Go once)"
+	@echo "make image           build the tally-node container image (needs docker or podman)"
 
 services:
 	@$(SERVICES) up
@@ -86,7 +91,7 @@ outage-tests: toolchain
 
 # The dependency audit is not part of it: no advisory database is reachable from here (see
 # README, "Dependency audit"); `make audit` runs it where one is.
-test: services fmt clippy doc unit-tests outage-tests
+test: services fmt clippy doc helm-lint unit-tests outage-tests
 
 schema: toolchain
 	$(CARGO) run -q -p tally-node -- schema > docs/event.schema.json
@@ -124,12 +129,25 @@ audit: toolchain $(CARGO_AUDIT)
 	  "- make it again with scripts/vendor-advisories.sh" >&2; exit 1; }
 	$(CARGO_AUDIT) audit --no-fetch --db "$(ADVISORY_DB)" --file Cargo.lock
 
-# helm from the Go module proxy, built once into .services/bin (a few minutes the first time).
+# helm from the Go module proxy, built once into .services/bin: the first time 3 min 55 s
+# (2.5 CPU-minutes) on a 2-core machine busy with other builds.
 $(HELM):
 	@command -v go > /dev/null || { echo "helm-lint: go is needed to build helm" >&2; exit 1; }
 	GOBIN=$(abspath .services/bin) GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
-helm-lint: $(HELM)
-	$(HELM) lint helm/tally
-	$(HELM) template tally helm/tally > /dev/null
-	@echo "helm-lint: chart helm/tally lints and renders"
+# Built with Go from ops/k8scheck (its go.sum pins k8s.io/api and the Prometheus Operator's
+# types), its tests first, again when a source file changes: the first time, with an empty
+# Go build cache, 1 min 45 s (1.5 CPU-minutes) on the same machine.
+$(K8SCHECK): $(wildcard ops/k8scheck/*.go) ops/k8scheck/go.mod ops/k8scheck/go.sum
+	@command -v go > /dev/null || { echo "helm-lint: go is needed to build k8scheck" >&2; exit 1; }
+	cd ops/k8scheck && go test . && go build -o $(abspath $(K8SCHECK)) .
+
+# scripts/helm-lint.sh says what is checked.
+helm-lint: $(HELM) $(K8SCHECK)
+	@HELM=$(HELM) K8SCHECK=$(K8SCHECK) scripts/helm-lint.sh
+
+# The Dockerfile's image, tagged IMAGE, built by docker or podman with the Rust release
+# the project pins. Where no engine answers it says so and fails (scripts/image.sh).
+.PHONY: image
+image:
+	@RUST_VERSION=$(RUST_VERSION) scripts/image.sh $(IMAGE)
