@@ -58,6 +58,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
             ..Default::default()
         },
         ingest: IngestConfig::default(),
+        telemetry: Default::default(),
         cluster: ClusterConfig {
             cluster_id: id.clone(),
             gossip_addr: std::net::UdpSocket::bind("127.0.0.1:0")

@@ -38,6 +38,9 @@ pub struct Config {
     /// Gossip membership: cluster id, this node's gossip address, seeds.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Traces: where spans are exported (off unless set) and how many are sampled.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// `[cluster]`
@@ -351,7 +354,8 @@ impl Config {
         self.validate_cassandra()?;
         self.validate_shard()?;
         self.validate_cluster()?;
-        self.validate_ingest()
+        self.validate_ingest()?;
+        self.telemetry.validate()
     }
 
     /// `[node]` id and `[kafka]`.

@@ -23,8 +23,8 @@
 //! - [`node`]: start-up order, the readiness monitor, Kafka administration, shutdown.
 //! - `state`: the state the API, the controller and the background tasks share.
 //! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
-//! - [`config`], [`metrics`], `retry`: typed configuration; every metric in one place;
-//!   the one backoff policy.
+//! - [`config`], [`metrics`], [`telemetry`], `retry`: typed configuration; every metric
+//!   in one place; OpenTelemetry traces along an event's path; the one backoff policy.
 //!
 //! # Policies
 //!
@@ -67,6 +67,7 @@ pub mod shard;
 pub mod source;
 mod state;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use node::run;

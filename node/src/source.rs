@@ -31,6 +31,7 @@ use reader::Reader;
 use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 use crate::shard::{Records, RecordsPool, ShardMsg};
+use crate::telemetry;
 
 /// One assigned partition and where its records go.
 pub struct Assignment {
@@ -271,7 +272,11 @@ impl PollLoop {
                         batches.len() - 1
                     }
                 };
-                batches[at].1.push(m.offset, m.timestamp, m.key, m.payload);
+                let records = &mut batches[at].1;
+                records.push(m.offset, m.timestamp, m.key, m.payload);
+                if let Some(parent) = m.traceparent.and_then(telemetry::parse_traceparent) {
+                    records.add_trace(m.offset, parent);
+                }
             }
         });
         for ((topic, partition), records) in &mut batches {

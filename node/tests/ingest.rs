@@ -893,6 +893,7 @@ fn player_record(id: &str) -> OutRecord {
         payload: level_up(id, "p").into_bytes(),
         rejection: None,
         truncated: None,
+        traceparent: None,
     }
 }
 

@@ -177,3 +177,172 @@ async fn traffic_shows_in_the_shard_ingest_http_and_cluster_series() {
         .iter()
         .all(|(s, _)| s.contains("change=\"acquired\"")));
 }
+
+/// An OTLP/HTTP receiver (JSON encoding) on a free port: every span it was sent.
+struct Receiver {
+    endpoint: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve(conn, kept.clone()));
+            }
+        });
+        Receiver { endpoint, spans }
+    }
+
+    fn spans(&self) -> Vec<Value> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Answers HTTP/1.1 requests on one connection, keeping the spans of each export.
+async fn serve(conn: tokio::net::TcpStream, spans: std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let mut conn = BufReader::new(conn);
+    loop {
+        let mut request_line = String::new();
+        if conn.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await.unwrap();
+        assert!(
+            request_line.starts_with("POST /v1/traces "),
+            "{request_line}"
+        );
+        let export: Value = serde_json::from_slice(&body).expect("an OTLP JSON export");
+        let mut got = Vec::new();
+        for resource in export["resourceSpans"].as_array().unwrap() {
+            for scope in resource["scopeSpans"].as_array().unwrap() {
+                got.extend(scope["spans"].as_array().unwrap().iter().cloned());
+            }
+        }
+        spans.lock().unwrap().extend(got);
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        conn.get_mut().write_all(answer.as_bytes()).await.unwrap();
+    }
+}
+
+fn span_named<'a>(spans: &'a [Value], name: &str, parent: &str) -> Option<&'a Value> {
+    spans
+        .iter()
+        .find(|s| s["name"] == name && s["parentSpanId"] == parent)
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_ingest_request_links_to_its_apply_and_the_checkpoint_that_made_it_durable() {
+    let receiver = Receiver::start().await;
+    let env = TestEnv::new("traced", 2);
+    let node = NodeProcess::start(
+        &env,
+        "n1",
+        &format!(
+            "[shard]\ncheckpoint_interval_ms = 200\n\n[telemetry]\notlp_endpoint = \"{}\"\n\
+             otlp_protocol = \"http/json\"\nsample_ratio = 0.0\nexport_interval_ms = 200\n",
+            receiver.endpoint
+        ),
+    );
+    node.wait_ready(Duration::from_secs(60)).await;
+    let client = reqwest::Client::new();
+    let (trace, parent) = (random_hex(16), random_hex(8));
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1_000;
+    let event = |id: &str| {
+        json!({"v": 1, "id": id, "ts": ts, "player": "p", "kind": "level_up", "level": 2})
+            .to_string()
+    };
+    let r = client
+        .post(node.url("/v1/events"))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .body(event("traced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Without a traceparent, at a sample ratio of 0, nothing of this one is traced.
+    let r = client
+        .post(node.url("/v1/events"))
+        .body(event("untraced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (request, produce, apply) = loop {
+        let spans = receiver.spans();
+        let request = span_named(&spans, "POST /v1/events", &parent).cloned();
+        let produce = request
+            .as_ref()
+            .and_then(|r| span_named(&spans, "kafka.produce", r["spanId"].as_str()?).cloned());
+        let apply = produce
+            .as_ref()
+            .and_then(|p| span_named(&spans, "shard.apply", p["spanId"].as_str()?).cloned());
+        let checkpoint = apply.as_ref().and_then(|a| {
+            spans
+                .iter()
+                .find(|s| {
+                    s["name"] == "shard.checkpoint"
+                        && s["links"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|l| l["spanId"] == a["spanId"]))
+                })
+                .cloned()
+        });
+        if let (Some(r), Some(p), Some(a), Some(_)) = (request, produce, apply, checkpoint) {
+            break (r, p, a);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trace is incomplete; spans received: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for span in [&request, &produce, &apply] {
+        assert_eq!(span["traceId"], trace.as_str(), "{span}");
+    }
+    // Server, producer, consumer (OTLP's span kind numbers).
+    assert_eq!(request["kind"], 2);
+    assert_eq!(produce["kind"], 4);
+    assert_eq!(apply["kind"], 5);
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s["traceId"] == trace.as_str()),
+        "a span of an unsampled request was exported: {spans:#?}"
+    );
+}

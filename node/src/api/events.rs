@@ -11,13 +11,16 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::{core, ApiError, Data};
 use crate::event::{Event, Rejection};
+use crate::ingest::IngestError;
 use crate::ingest::{clip_rejection, dead_letter, records_for, OutRecord};
 use crate::metrics::RejectReason;
 use crate::shard::dedupe::{fingerprint, Fingerprint};
 use crate::state::{Core, NodeState};
+use crate::telemetry;
 
 /// One rejected event in an ingest response.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -218,7 +221,7 @@ pub(super) async fn ingest(
         written,
         rejected_by,
     } = sorted;
-    core.ingest.produce_until(records, deadline).await?;
+    produce_traced(core, records, deadline).await?;
     state.acknowledged.record(written);
     state.metrics.add_ingest_accepted(answer.accepted as u64);
     for (reason, n) in rejected_by {
@@ -230,6 +233,30 @@ pub(super) async fn ingest(
         StatusCode::ACCEPTED
     };
     Ok(HttpResponse::build(status).json(answer))
+}
+
+/// Writes `records` inside a `kafka.produce` span; when it is sampled, each record carries
+/// its `traceparent`, so the shards' apply spans continue the trace.
+async fn produce_traced(
+    core: &Core,
+    mut records: Vec<OutRecord>,
+    deadline: Instant,
+) -> Result<(), IngestError> {
+    let span = tracing::info_span!(
+        "kafka.produce",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.batch.message_count = records.len(),
+    );
+    if let Some(tp) = span.in_scope(telemetry::current_traceparent) {
+        for r in &mut records {
+            r.traceparent = Some(tp.clone());
+        }
+    }
+    core.ingest
+        .produce_until(records, deadline)
+        .instrument(span)
+        .await
 }
 
 /// A request's events, sorted: the records to write, the answer, and the fingerprints of

@@ -1,4 +1,5 @@
-//! What every request leaves behind: a count and a latency by route pattern and status.
+//! What every request leaves behind: a count and a latency by route pattern and status,
+//! and a span (continuing the client's `traceparent`, see `telemetry`).
 //!
 //! Not for: what a handler does (the handlers) or metric definitions (see `metrics`).
 
@@ -8,8 +9,10 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use tracing::Instrument;
 
 use crate::state::NodeState;
+use crate::telemetry;
 
 /// The route label of a request no route matched (a 404 of the router itself). Never the
 /// path: a client could otherwise make a series per path it tries.
@@ -26,15 +29,37 @@ where
     B: MessageBody,
 {
     let started = Instant::now();
-    let answer = srv.call(req);
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %req.method(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if telemetry::enabled() {
+        let parent = req.headers().get(telemetry::TRACEPARENT);
+        telemetry::continue_from(&span, parent.map(|v| v.as_bytes()));
+    }
+    let method = req.method().clone();
+    let answer = span.in_scope(|| srv.call(req));
     async move {
-        let res = answer.await?;
+        let res = answer.instrument(span.clone()).await?;
         // The pattern is known once the router has matched, so it is read off the answer.
         let route = res.request().match_pattern();
         let route = route.as_deref().unwrap_or(UNMATCHED);
-        state
-            .metrics
-            .observe_http(route, res.status().as_u16(), started.elapsed());
+        let status = res.status().as_u16();
+        if telemetry::enabled() {
+            // The span has started by now (its trace context is known), so the name is
+            // set on it directly: recording `otel.name` would only reach an unstarted one.
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            span.context()
+                .span()
+                .update_name(format!("{method} {route}"));
+        }
+        span.record("http.route", route);
+        span.record("http.response.status_code", status);
+        state.metrics.observe_http(route, status, started.elapsed());
         Ok(res)
     }
 }

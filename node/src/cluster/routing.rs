@@ -23,6 +23,7 @@ use crate::partitioner::partition_for;
 use crate::shard::{sort_top, ShardMsg, TopBy, TopEntry};
 use crate::state::{Core, NodeState};
 use crate::store::channel_log;
+use crate::telemetry;
 
 /// Header marking a request forwarded by another node.
 pub const FORWARDED: &str = "x-tally-forwarded";
@@ -78,15 +79,16 @@ pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Ans
 /// GET `url` on another node, on the main runtime; returns status and JSON body.
 async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
     let http = state.http.clone();
+    // The owner's request span continues this one's trace.
+    let traceparent = telemetry::current_traceparent();
     state
         .runtime
         .spawn(async move {
-            let r = http
-                .get(url.clone())
-                .header(FORWARDED, "1")
-                .send()
-                .await
-                .map_err(|e| format!("{url}: {e}"))?;
+            let mut request = http.get(url.clone()).header(FORWARDED, "1");
+            if let Some(tp) = traceparent {
+                request = request.header(telemetry::TRACEPARENT, tp);
+            }
+            let r = request.send().await.map_err(|e| format!("{url}: {e}"))?;
             let status = r.status().as_u16();
             let body = r.json::<Value>().await.map_err(|e| format!("{url}: {e}"))?;
             Ok((status, body))

@@ -43,6 +43,8 @@ pub struct OutRecord {
     pub rejection: Option<Rejection>,
     /// Set when `payload` holds only the start of the rejected input.
     pub truncated: Option<Truncation>,
+    /// The W3C trace context of the sampled span that wrote it (see `telemetry`).
+    pub traceparent: Option<String>,
 }
 
 /// What a truncated dead letter left out.
@@ -77,6 +79,9 @@ impl OutRecord {
             };
             out.push((HEADER_TRUNCATED, length));
         }
+        if let Some(tp) = &self.traceparent {
+            out.push((crate::telemetry::TRACEPARENT, Cow::Borrowed(tp.as_bytes())));
+        }
         out
     }
 
@@ -99,6 +104,7 @@ pub fn records_for(event: &Event) -> Vec<OutRecord> {
         payload: event.to_json(),
         rejection: None,
         truncated: None,
+        traceparent: None,
     }];
     out.extend(
         event
@@ -110,6 +116,7 @@ pub fn records_for(event: &Event) -> Vec<OutRecord> {
                 payload: e.to_json(),
                 rejection: None,
                 truncated: None,
+                traceparent: None,
             }),
     );
     out
@@ -136,6 +143,7 @@ pub fn dead_letter(
         truncated: (!whole).then_some(Truncation {
             original_len: input_len,
         }),
+        traceparent: None,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::event::Event;
 use crate::log_limit::LogLimit;
 use crate::retry::Backoff;
 use crate::shard::resident::Resident;
+use crate::telemetry;
 
 /// Deferred records whose buffer is kept between batches.
 pub(super) const SPARE_DEFERRED: usize = 256;
@@ -81,8 +82,10 @@ fn decode_record<'a>(
 
 impl<E: Hosted> ShardState<E> {
     /// Applies one batch whole and in order, then returns its permit to the poll loop.
-    pub(super) async fn apply_batch(&mut self, records: Records, permit: OwnedSemaphorePermit) {
+    pub(super) async fn apply_batch(&mut self, mut records: Records, permit: OwnedSemaphorePermit) {
         let started = std::time::Instant::now();
+        let traces = records.take_traces();
+        let started_at = std::time::SystemTime::now();
         if records.len() >= self.args.cfg.max_batch.get() / 2 {
             self.last_full_batch = Some(started);
         }
@@ -111,6 +114,13 @@ impl<E: Hosted> ShardState<E> {
         drop(permit);
         self.series.set_lag(lag);
         self.args.metrics.observe_apply(E::KIND, started.elapsed());
+        for (offset, parent) in traces {
+            let kind = E::KIND.label();
+            let span = telemetry::applied(&parent, kind, self.args.partition, offset, started_at);
+            if self.traced.len() < telemetry::MAX_LINKS {
+                self.traced.push(span);
+            }
+        }
     }
 
     /// Loads the given keys that are not resident, in parallel, and makes them resident;

@@ -48,6 +48,8 @@ pub struct Records {
     /// the last record), for the shard's lag. None: not known.
     high_watermark: Option<i64>,
     position: Option<i64>,
+    /// The sampled trace contexts records carried, by offset (empty unless tracing is on).
+    traces: Vec<(i64, opentelemetry::trace::SpanContext)>,
 }
 
 /// Emptied [`Records`] buffers waiting to be reused by the poll loop.
@@ -86,6 +88,7 @@ impl RecordsPool {
             pool: Some(self.clone()),
             high_watermark: None,
             position: None,
+            traces: Vec::new(),
         }
     }
 }
@@ -139,6 +142,16 @@ impl Records {
         let last = self.items.last().map_or(-1, |i| i.0);
         let after = self.position.unwrap_or(last + 1).max(last + 1);
         Some(high.saturating_sub(after).max(0))
+    }
+
+    /// Notes that the record at `offset` carries a sampled trace context.
+    pub fn add_trace(&mut self, offset: i64, parent: opentelemetry::trace::SpanContext) {
+        self.traces.push((offset, parent));
+    }
+
+    /// The trace contexts its records carried, by offset.
+    pub fn take_traces(&mut self) -> Vec<(i64, opentelemetry::trace::SpanContext)> {
+        std::mem::take(&mut self.traces)
     }
 
     /// Where the partition stood when this batch was read: its high watermark and the

@@ -16,6 +16,7 @@ use super::{CheckpointError, Hosted, ShardMsg, ShardState};
 use crate::config::ShardConfig;
 use crate::store::checkpoint::{self, Snapshot};
 use crate::store::Progress;
+use crate::telemetry;
 
 impl<E: Hosted> ShardState<E> {
     /// Periodic: checkpoint when due, passivate idle entities.
@@ -146,7 +147,9 @@ impl<E: Hosted> ShardState<E> {
         let store = self.args.store.clone();
         let metrics = self.args.metrics.clone();
         let myself = myself.clone();
+        let traced = std::mem::take(&mut self.traced);
         tokio::spawn(async move {
+            let started = std::time::SystemTime::now();
             let keys: Vec<String> = snap.entities.iter().map(|e| e.key().to_string()).collect();
             let result = checkpoint::write(&store, &snap, &metrics)
                 .await
@@ -155,6 +158,9 @@ impl<E: Hosted> ShardState<E> {
                     partition: snap.partition,
                     source,
                 });
+            let error = result.as_ref().err().map(ToString::to_string);
+            let (kind, rows) = (snap.kind.label(), snap.entities.len());
+            telemetry::checkpointed(&traced, kind, snap.partition, rows, started, error);
             let _ = myself.cast(ShardMsg::CheckpointDone(result, keys));
         });
     }

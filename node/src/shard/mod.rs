@@ -156,6 +156,9 @@ pub struct ShardState<E: Hosted> {
     started: Instant,
     /// This shard's own series (records applied, lag, last checkpoint, resident).
     series: ShardMetrics,
+    /// Apply spans of traced records since the last checkpoint snapshot (at most
+    /// `telemetry::MAX_LINKS`), for the checkpoint span's links.
+    traced: Vec<opentelemetry::trace::SpanContext>,
 }
 
 impl<E: Hosted> ShardState<E> {
@@ -210,6 +213,7 @@ impl<E: Hosted> Actor for Shard<E> {
             spare_deferred: Vec::new(),
             started: Instant::now(),
             series: args.metrics.shard(E::KIND, args.partition),
+            traced: Vec::new(),
             args,
         })
     }

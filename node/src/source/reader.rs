@@ -39,6 +39,8 @@ pub struct Record<'a> {
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
+    /// The record's `traceparent` header; read only when tracing is on (see `telemetry`).
+    pub traceparent: Option<&'a [u8]>,
 }
 
 /// The consumer's queue, read in batches; owns the records of the last read.
@@ -57,6 +59,26 @@ pub struct Reader {
 // SAFETY: librdkafka queues and messages may be used from any thread; the reader is only
 // ever used by one thread at a time (it is not Sync).
 unsafe impl Send for Reader {}
+
+/// The value of a message's last `traceparent` header, if it has one.
+fn traceparent(m: &rd::rd_kafka_message_t) -> Option<&[u8]> {
+    let ok = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    let mut headers = std::ptr::null_mut();
+    // SAFETY: `m` is a live message; librdkafka parses its headers once and keeps them
+    // with the message, which owns them.
+    if unsafe { rd::rd_kafka_message_headers(m, &mut headers) } != ok {
+        return None;
+    }
+    let (mut value, mut size) = (std::ptr::null(), 0usize);
+    // SAFETY: the headers belong to `m`; the name is NUL-terminated; the value pointer
+    // and size are written together and stay valid as long as `m`.
+    let found = unsafe {
+        rd::rd_kafka_header_get_last(headers, c"traceparent".as_ptr(), &mut value, &mut size)
+    };
+    (found == ok && !value.is_null())
+        // SAFETY: as above: `size` bytes at `value`, alive while `m` is.
+        .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) })
+}
 
 impl Reader {
     /// A reader of `consumer`'s queue that reads at most `max_batch` records at once (at
@@ -105,6 +127,7 @@ impl Reader {
         wait: Duration,
         mut each: impl FnMut(Result<Record<'_>, KafkaError>),
     ) -> (usize, Duration) {
+        let traced = crate::telemetry::enabled();
         self.release();
         self.forward_logs();
         let cap = self.read.capacity();
@@ -164,6 +187,7 @@ impl Reader {
                 timestamp,
                 key: bytes(m.key, m.key_len),
                 payload: bytes(m.payload, m.len),
+                traceparent: if traced { traceparent(m) } else { None },
             }));
         }
         (records, waited)
