@@ -346,3 +346,101 @@ async fn a_traced_ingest_request_links_to_its_apply_and_the_checkpoint_that_made
         "a span of an unsampled request was exported: {spans:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_query_continues_the_trace_on_the_owner() {
+    let receiver = Receiver::start().await;
+    let env = TestEnv::new("traced-forward", 2);
+    let ports = [common::free_udp_port(), common::free_udp_port()];
+    let nodes: Vec<NodeProcess> = (0..2)
+        .map(|i| {
+            let extra = format!(
+                "[shard]\ncheckpoint_interval_ms = 200\n\n[cluster]\ncluster_id = \"{}\"\n\
+                 gossip_addr = \"127.0.0.1:{}\"\nseeds = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\n\
+                 gossip_interval_ms = 100\n\n[telemetry]\notlp_endpoint = \"{}\"\n\
+                 otlp_protocol = \"http/json\"\nsample_ratio = 0.0\nexport_interval_ms = 200\n",
+                env.name, ports[i], ports[0], ports[1], receiver.endpoint
+            );
+            NodeProcess::start(&env, &format!("n{}", i + 1), &extra)
+        })
+        .collect();
+    for node in &nodes {
+        node.wait_ready(Duration::from_secs(60)).await;
+    }
+    let client = reqwest::Client::new();
+    let partition = tally_node::partitioner::partition_for("p", env.partitions);
+    // Until both nodes are members and every partition has its owner; the other node is
+    // asked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let owner = loop {
+        let c: Value = client
+            .get(nodes[0].url("/v1/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let owned = c["partitions"].as_object().map_or(0, |o| o.len());
+        let members = c["members"].as_array().map_or(0, Vec::len);
+        let owner = c["partitions"][format!("players/{partition}")].as_str();
+        if owned == 4 && members == 2 {
+            if let Some(owner) = owner {
+                break owner.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "partitions not placed: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (asked, owning) = if owner == "n1" { (1, 0) } else { (0, 1) };
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 1_000;
+    let e = json!({"v": 1, "id": "e", "ts": ts, "player": "p", "kind": "level_up", "level": 2});
+    let r = client
+        .post(nodes[owning].url("/v1/events"))
+        .body(e.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let (trace, parent) = (random_hex(16), random_hex(8));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(nodes[asked].url("/v1/players/p"))
+            .header("traceparent", format!("00-{trace}-{parent}-01"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["served_by"], owner.as_str(), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "p not visible: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = receiver.spans();
+        let forwarding = spans
+            .iter()
+            .filter(|s| s["traceId"] == trace.as_str())
+            .find(|s| s["name"] == "GET /v1/players/{id}" && s["parentSpanId"] == parent.as_str());
+        let answering = forwarding
+            .and_then(|f| span_named(&spans, "GET /v1/players/{id}", f["spanId"].as_str()?));
+        if let Some(answering) = answering {
+            assert_eq!(answering["traceId"], trace.as_str());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no forwarded span pair in {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
