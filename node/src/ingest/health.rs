@@ -1,16 +1,12 @@
 //! Whether the ingest producer can commit, as the node reports it on `/readyz`.
 //!
-//! Also the group outcome it is judged from, and the failed jobs that wait for that
-//! verdict before they are answered.
-//!
 //! Not for: deciding whose fault a failure was (see `producer`).
 
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::producer::Failure;
-use super::{HealthHook, IngestError, Job};
+use super::HealthHook;
 
 /// A failure is reported this long after the last one unless a transaction commits first.
 pub const FAILURE_HOLD: Duration = Duration::from_secs(30);
@@ -81,30 +77,6 @@ impl HealthTracker {
 
     pub(super) fn expires_at(&self) -> Option<Instant> {
         self.failing.as_ref().and_then(|f| f.until)
-    }
-}
-
-/// What a group's transactions did, for the health report.
-#[derive(Default)]
-pub(super) struct GroupOutcome {
-    pub committed: bool,
-    /// The last failure; reported only if nothing of the group committed.
-    pub failure: Option<Failure>,
-}
-
-/// A group's failed jobs, answered once the group's health verdict is recorded.
-#[derive(Default)]
-pub(super) struct Failed(Vec<(Job, IngestError)>);
-
-impl Failed {
-    pub(super) fn add(&mut self, jobs: Vec<Job>, err: IngestError) {
-        self.0.extend(jobs.into_iter().map(|j| (j, err.clone())));
-    }
-
-    pub(super) fn answer(self) {
-        for (job, err) in self.0 {
-            job.answer(Err(err));
-        }
     }
 }
 

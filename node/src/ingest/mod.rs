@@ -113,6 +113,22 @@ impl Job {
     }
 }
 
+/// A group's failed jobs, answered once the group's health verdict is recorded.
+#[derive(Default)]
+struct Failed(Vec<(Job, IngestError)>);
+
+impl Failed {
+    fn add(&mut self, jobs: Vec<Job>, err: IngestError) {
+        self.0.extend(jobs.into_iter().map(|j| (j, err.clone())));
+    }
+
+    fn answer(self) {
+        for (job, err) in self.0 {
+            job.answer(Err(err));
+        }
+    }
+}
+
 /// Handle to the producer thread; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {

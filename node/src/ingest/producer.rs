@@ -18,9 +18,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::health::{Failed, GroupOutcome, HealthTracker};
+use super::health::HealthTracker;
 use super::record::{OutRecord, Target, MAX_RECORD_BYTES};
-use super::{HealthHook, IngestError, Job, QUEUE};
+use super::{Failed, HealthHook, IngestError, Job, QUEUE};
 use crate::config::{IngestConfig, KafkaConfig};
 use crate::log_limit::LogLimit;
 use crate::metrics::Metrics;
@@ -143,7 +143,7 @@ impl Fault {
 
 /// Why an attempt wrote nothing.
 #[derive(Debug, Clone)]
-pub(super) struct Failure {
+struct Failure {
     fault: Fault,
     reason: String,
 }
@@ -176,6 +176,14 @@ impl Pending {
             backoff: Backoff::new(Duration::from_millis(100), 3, Duration::from_secs(1)),
         }
     }
+}
+
+/// What a group's transactions did, for the health report.
+#[derive(Default)]
+struct GroupOutcome {
+    committed: bool,
+    /// The last failure; reported only if nothing of the group committed.
+    failure: Option<Failure>,
 }
 
 struct Worker {
