@@ -106,7 +106,7 @@ soak: services build-release
 
 # Built with Go from ops/metricscheck (its go.sum pins prometheus/common), again when a
 # source file changes; .services is git-ignored.
-$(METRICSCHECK): ops/metricscheck/main.go ops/metricscheck/go.mod ops/metricscheck/go.sum
+$(METRICSCHECK): $(wildcard ops/metricscheck/*.go) ops/metricscheck/go.mod ops/metricscheck/go.sum
 	@command -v go > /dev/null || { echo "metricscheck: go is needed to build it" >&2; exit 1; }
 	cd ops/metricscheck && go build -o $(abspath $(METRICSCHECK)) .
 
