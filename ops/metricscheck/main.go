@@ -8,8 +8,8 @@
 // "name type series".
 //
 // With -require-from FILE (repeatable), it also exits 1 unless every tally_* name in each
-// FILE (a Grafana dashboard, alert rules, their tests) is a series name the exposition
-// serves, and prints each name that is not (see references.go).
+// FILE (a Grafana dashboard, alert rules, their tests) is a family or series name of the
+// exposition, and prints each name that is not (see references.go).
 //
 // Not for: scraping a server or checking naming conventions (promtool does that).
 package main
@@ -40,7 +40,7 @@ func main() {
 		"the Content-Type the exposition was served with")
 	var requireFrom files
 	flag.Var(&requireFrom, "require-from",
-		"a file whose tally_* names must all be series of the exposition (repeatable)")
+		"a file whose tally_* names must all be families or series of the exposition (repeatable)")
 	flag.Parse()
 	exposition, err := io.ReadAll(os.Stdin)
 	if err != nil {
