@@ -1,28 +1,56 @@
 //! The `GET /metrics` exposition read by Prometheus's own parser: the Go program in
 //! `ops/metricscheck` (built by `make metricscheck` into `.services/bin/`) parses what
 //! `Metrics::render` writes, with the parser its `CONTENT_TYPE` selects, and lists the
-//! families it found.
+//! families it found. The same program checks that every metric the Grafana dashboard
+//! and the Prometheus alert rules under `ops/` name is one a running node serves.
 //!
 //! Not for: the values the node counts (the exactly-once and replay tests check those).
 
+mod common;
+
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::{NodeProcess, TestEnv};
 use tally_node::kind::{ChangeKind, MemberStatus, ShardKind};
 use tally_node::metrics::{Metrics, RejectReason, CONTENT_TYPE};
 
 const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.services/bin/metricscheck");
 
+/// The files whose every `tally_*` name must be served: the dashboard, the alert rules
+/// and the rules' unit tests, relative to the repository root.
+const OPS_FILES: [&str; 3] = [
+    "ops/grafana/tally.json",
+    "ops/prometheus/alerts.yml",
+    "ops/prometheus/alerts_test.yml",
+];
+
 /// What the checker printed: its family list if it accepted `text`, its error if not.
 fn check(text: &str, content_type: &str) -> Result<String, String> {
+    run_checker(text, content_type, &[])
+}
+
+/// As [`check`], and the checker also refuses `text` unless every `tally_*` name in
+/// each of `files` is a family or series it holds (`-require-from`).
+fn check_references(text: &str, content_type: &str, files: &[PathBuf]) -> Result<String, String> {
+    let mut args = Vec::new();
+    for file in files {
+        args.push("-require-from".to_string());
+        args.push(file.display().to_string());
+    }
+    run_checker(text, content_type, &args)
+}
+
+fn run_checker(text: &str, content_type: &str, args: &[String]) -> Result<String, String> {
     assert!(
         Path::new(CHECKER).exists(),
         "{CHECKER} is missing: `make metricscheck` builds it (needs Go)"
     );
     let mut child = Command::new(CHECKER)
         .args(["-content-type", content_type])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -188,4 +216,58 @@ tally_records_applied_total{kind=\"channels\"} 7
         check(&once, CONTENT_TYPE).as_deref(),
         Ok("tally_records_applied_total counter 1\n")
     );
+}
+
+/// Every metric the dashboard and the alert rules name is one a running node serves, so a
+/// renamed or removed metric fails here rather than as an empty panel or an alert that
+/// can never fire. Families whose series appear only later (a rejection reason, a route)
+/// count by their HELP and TYPE lines, which the node prints from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_and_alerts_name_is_served_by_a_running_node() {
+    let env = TestEnv::new("metrics_ops", 2);
+    let node = NodeProcess::start(&env, "node-1", "");
+    node.wait_ready(Duration::from_secs(60)).await;
+    let response = reqwest::get(node.url("/metrics"))
+        .await
+        .expect("GET /metrics");
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .expect("/metrics answers with a content type")
+        .to_string();
+    let text = response.text().await.expect("read /metrics");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let files: Vec<PathBuf> = OPS_FILES.iter().map(|f| root.join(f)).collect();
+    check_references(&text, &content_type, &files).unwrap_or_else(|e| panic!("{e}\n{text}"));
+}
+
+/// The check above has teeth: a dashboard naming a metric the node does not serve is
+/// refused, the message naming the file and the metric, and the same file without that
+/// name passes.
+#[test]
+fn a_dashboard_naming_a_metric_the_node_lacks_is_refused() {
+    let text = every_series().render();
+    let dir = std::env::temp_dir().join(format!("tally-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary folder");
+    let dashboard = dir.join("dashboard.json");
+    let query = |name: &str| {
+        format!(
+            r#"{{"panels": [{{"targets": [{{"expr": "sum(rate(tally_records_applied_total[5m])) / sum(rate({name}[5m]))"}}]}}]}}"#
+        )
+    };
+    std::fs::write(&dashboard, query("tally_no_such_metric_total")).expect("write dashboard");
+    let err = check_references(&text, CONTENT_TYPE, std::slice::from_ref(&dashboard))
+        .expect_err("a dashboard naming a missing metric was accepted");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "metricscheck: {} names tally_no_such_metric_total, which the exposition does not serve",
+            dashboard.display()
+        )
+    );
+    std::fs::write(&dashboard, query("tally_records_consumed_total")).expect("write dashboard");
+    let accepted = check_references(&text, CONTENT_TYPE, &[dashboard]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(accepted.is_ok(), "{accepted:?}");
 }

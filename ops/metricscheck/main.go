@@ -7,10 +7,15 @@
 // series that appears twice. Otherwise it prints one line per family, sorted:
 // "name type series".
 //
+// With -require-from FILE (repeatable), it also exits 1 unless every tally_* name in each
+// FILE (a Grafana dashboard, alert rules, their tests) is a family or series name of the
+// exposition, and prints each name that is not (see references.go).
+//
 // Not for: scraping a server or checking naming conventions (promtool does that).
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,14 +29,44 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
+// files is a repeatable flag.
+type files []string
+
+func (f *files) String() string     { return strings.Join(*f, ",") }
+func (f *files) Set(v string) error { *f = append(*f, v); return nil }
+
 func main() {
 	contentType := flag.String("content-type", "text/plain; version=0.0.4; charset=utf-8",
 		"the Content-Type the exposition was served with")
+	var requireFrom files
+	flag.Var(&requireFrom, "require-from",
+		"a file whose tally_* names must all be families or series of the exposition (repeatable)")
 	flag.Parse()
-	families, err := check(os.Stdin, *contentType)
+	exposition, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "metricscheck: read stdin:", err)
+		os.Exit(1)
+	}
+	families, err := check(bytes.NewReader(exposition), *contentType)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "metricscheck:", err)
 		os.Exit(1)
+	}
+	if len(requireFrom) > 0 {
+		served := servedSeries(families, exposition)
+		var missing []string
+		for _, path := range requireFrom {
+			text, err := os.ReadFile(path)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "metricscheck:", err)
+				os.Exit(1)
+			}
+			missing = append(missing, unserved(path, string(text), served)...)
+		}
+		if len(missing) > 0 {
+			fmt.Fprintln(os.Stderr, "metricscheck: "+strings.Join(missing, "\nmetricscheck: "))
+			os.Exit(1)
+		}
 	}
 	for _, f := range families {
 		fmt.Printf("%s %s %d\n", f.GetName(), strings.ToLower(f.GetType().String()), len(f.GetMetric()))
