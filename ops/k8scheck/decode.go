@@ -11,6 +11,7 @@ import (
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -27,6 +28,7 @@ var scheme = func() *runtime.Scheme {
 	for _, add := range []func(*runtime.Scheme) error{
 		appsv1.AddToScheme,
 		corev1.AddToScheme,
+		networkingv1.AddToScheme,
 		policyv1.AddToScheme,
 		monitoringv1.AddToScheme,
 	} {
@@ -133,6 +135,10 @@ func (ms manifests) configMaps() []*corev1.ConfigMap     { return all[*corev1.Co
 func (ms manifests) disruptionBudgets() []*policyv1.PodDisruptionBudget {
 	return all[*policyv1.PodDisruptionBudget](ms)
 }
+func (ms manifests) networkPolicies() []*networkingv1.NetworkPolicy {
+	return all[*networkingv1.NetworkPolicy](ms)
+}
+
 func (ms manifests) serviceMonitors() []*monitoringv1.ServiceMonitor {
 	return all[*monitoringv1.ServiceMonitor](ms)
 }

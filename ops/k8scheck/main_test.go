@@ -49,6 +49,17 @@ spec:
   maxUnavailable: 1
   selector: {matchLabels: {app: t}}
 ---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: t
+spec:
+  podSelector: {matchLabels: {app: t}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: t}}}]
+      ports: [{port: api, protocol: TCP}]
+---
 apiVersion: monitoring.coreos.com/v1
 kind: ServiceMonitor
 metadata:
@@ -169,6 +180,16 @@ func TestReferences(t *testing.T) {
 	})
 	t.Run("a scrape timeout longer than the interval", func(t *testing.T) {
 		mustFail(t, replaced(t, "scrapeTimeout: 10s", "scrapeTimeout: 1m"), "longer than interval")
+	})
+	t.Run("a network policy on no pods", func(t *testing.T) {
+		mustFail(t, replaced(t, "podSelector: {matchLabels: {app: t}}\n  policyTypes", "podSelector: {matchLabels: {app: u}}\n  policyTypes"),
+			"NetworkPolicy t: spec.podSelector selects the pods of no StatefulSet")
+	})
+	t.Run("a network policy opening a port the pods do not have", func(t *testing.T) {
+		mustFail(t, replaced(t, "ports: [{port: api, protocol: TCP}]", "ports: [{port: gossip, protocol: UDP}]"), `opens port "gossip"`)
+	})
+	t.Run("a network policy that cuts the pods off from each other", func(t *testing.T) {
+		mustFail(t, replaced(t, "from: [{podSelector: {matchLabels: {app: t}}}]", "from: [{podSelector: {matchLabels: {app: u}}}]"), "gossip would be cut")
 	})
 	t.Run("a governing service that is not headless", func(t *testing.T) {
 		mustFail(t, replaced(t, "  clusterIP: None\n", ""), "is not headless")

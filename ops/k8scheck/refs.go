@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -35,6 +36,11 @@ func checkReferences(ms manifests) error {
 	for _, pdb := range ms.disruptionBudgets() {
 		if err := checkDisruptionBudget(pdb, sets); err != nil {
 			return fmt.Errorf("PodDisruptionBudget %s: %w", pdb.Name, err)
+		}
+	}
+	for _, np := range ms.networkPolicies() {
+		if err := checkNetworkPolicy(np, sets); err != nil {
+			return fmt.Errorf("NetworkPolicy %s: %w", np.Name, err)
 		}
 	}
 	for _, mon := range ms.serviceMonitors() {
@@ -93,6 +99,36 @@ func hasContainerPort(pod corev1.PodSpec, name string) bool {
 		}
 	}
 	return false
+}
+
+// checkNetworkPolicy: it applies to the pods of a StatefulSet, each named port it opens is
+// one of their container ports, and a rule's pod selector (gossip's peers) selects those
+// pods too: a policy that selects them but admits no Tally pod would cut gossip.
+func checkNetworkPolicy(np *networkingv1.NetworkPolicy, sets []*appsv1.StatefulSet) error {
+	for _, s := range sets {
+		if selects(&np.Spec.PodSelector, s.Spec.Template.Labels) != nil {
+			continue
+		}
+		peers := false
+		for i, rule := range np.Spec.Ingress {
+			for _, p := range rule.Ports {
+				if p.Port != nil && p.Port.Type == intstr.String && !hasContainerPort(s.Spec.Template.Spec, p.Port.StrVal) {
+					return fmt.Errorf("spec.ingress[%d] opens port %q, which the pods do not have", i, p.Port.StrVal)
+				}
+			}
+			for _, from := range rule.From {
+				if from.PodSelector != nil && from.NamespaceSelector == nil &&
+					selects(from.PodSelector, s.Spec.Template.Labels) == nil {
+					peers = true
+				}
+			}
+		}
+		if !peers {
+			return fmt.Errorf("admits no traffic from StatefulSet %s's own pods: gossip would be cut", s.Name)
+		}
+		return nil
+	}
+	return fmt.Errorf("spec.podSelector selects the pods of no StatefulSet")
 }
 
 // checkDisruptionBudget: it guards the pods of a StatefulSet and lets a drain evict at
