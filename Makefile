@@ -57,6 +57,12 @@ services-down:
 services-status:
 	@$(SERVICES) status
 
+# A second Cassandra on 127.0.0.1:9142, TLS only, PasswordAuthenticator with role tally
+# (docs/SERVICES.md, "The secure listeners"); `make services-down` stops it too.
+.PHONY: services-secure
+services-secure:
+	@$(SERVICES) up-secure
+
 # Fails unless the active rustc (the one rust-toolchain.toml selects) is RUST_VERSION.x.
 toolchain:
 	@v=$$($(RUSTC) --version) || { echo "toolchain: rustc does not run (rustup with a stable toolchain is needed)" >&2; exit 1; }; \
@@ -97,7 +103,7 @@ outage-tests: toolchain
 
 # The dependency audit is not part of it: no advisory database is reachable from here (see
 # README, "Dependency audit"); `make audit` runs it where one is.
-test: services fmt clippy doc helm-lint ops-check unit-tests outage-tests
+test: services services-secure fmt clippy doc helm-lint ops-check unit-tests outage-tests
 
 schema: toolchain
 	$(CARGO) run -q -p tally-node -- schema > docs/event.schema.json
