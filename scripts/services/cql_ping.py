@@ -11,7 +11,8 @@ It is a probe, not a client: one connection, statements one after the other, no 
 simple column types only.
 
 Exit status: 0 when every statement got a result, 1 on a protocol, TLS or server error, 2 when
-the node could not be reached at all (refused, timeout), 3 when it refused the credentials.
+the node could not be reached at all (refused, timeout) and on bad arguments (argparse), 3 when
+it refused the credentials.
 
     cql_ping.py                                   # SELECT release_version FROM system.local
     cql_ping.py --host 127.0.0.1 --port 9042 --timeout 5 "SELECT cluster_name FROM system.local"
@@ -276,8 +277,11 @@ def main():
         statements = [line.strip() for line in sys.stdin if line.strip()]
     password = args.password
     if args.password_file:
-        with open(args.password_file, encoding="utf-8") as f:
-            password = f.read().rstrip("\n")
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\n")
+        except OSError as err:
+            parser.error(f"cannot read --password-file: {err}")
     if args.user is not None and password is None:
         parser.error("--user needs --password or --password-file")
 

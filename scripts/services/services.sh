@@ -517,6 +517,7 @@ cql_secure() {
 
 # cassandra-secure serves when user tally logs in over TLS and a query answers.
 cassandra_secure_serving() {
+  [[ -s $SECURE_DIR/cassandra-password ]] || return 1
   port_open "$CASSANDRA_SECURE_PORT" || return 1
   cql_secure "$SECURE_USER" "$SECURE_DIR/cassandra-password"
 }
@@ -524,6 +525,7 @@ cassandra_secure_serving() {
 # Setup may start once TLS and authentication answer, even if they refuse tally (a fresh
 # data folder has only the default superuser cassandra/cassandra).
 cassandra_secure_answers() {
+  [[ -s $SECURE_DIR/cassandra-password ]] || return 1
   port_open "$CASSANDRA_SECURE_PORT" || return 1
   local rc=0
   cql_secure "$SECURE_USER" "$SECURE_DIR/cassandra-password" || rc=$?
@@ -874,8 +876,12 @@ cmd_up() {
     elif port_open "$port"; then
       if call "$service" serving; then
         say "$service already serving on $(service_where "$service"), but not started by this script (no pid file in $RUN_DIR); not starting another"
+      elif [[ $service == kafka ]] && kafka_answers; then
+        # Another checkout's broker, say: its PLAINTEXT listener serves as ever, but its
+        # user tally has the password in that checkout's state folder, not in this one.
+        say "kafka already serving on $HOST:$KAFKA_PORT (PLAINTEXT), but not started by this script (no pid file in $RUN_DIR); not starting another. $(foreign_kafka_note)"
       else
-        die "$HOST:$port is taken by a process that is not $service started by this script; not starting $service"
+        die "$HOST:$port is taken by a process that is not $service started by this script; not starting $service (if another checkout's services.sh started it, set TALLY_SERVICES_DIR to that checkout's .services)"
       fi
     else
       for port in $(service_ports "$service"); do
@@ -930,6 +936,11 @@ cmd_down() {  # all at once: each Cassandra takes seconds to drain
   wait
 }
 
+foreign_kafka_note() {
+  echo "Its SASL_SSL listener on $HOST:$KAFKA_SASL_PORT does not take user $SECURE_USER with the password in" \
+    "$SECURE_DIR/kafka-password: for the secure listeners, set TALLY_SERVICES_DIR to the .services of the checkout that started it."
+}
+
 # OPTIONAL: services that `status` without an argument reports but does not require.
 OPTIONAL=()
 
@@ -945,6 +956,11 @@ cmd_status() {
       say "$service running (pid $pid, rss $(rss_of "$pid")), $state"
     elif port_open "$port" && call "$service" serving; then
       say "$service serving on $where, not started by this script"
+    elif [[ $service == kafka ]] && port_open "$port" && kafka_answers; then
+      say "kafka serving on $HOST:$KAFKA_PORT (PLAINTEXT), not started by this script. $(foreign_kafka_note)"
+    elif port_open "$port"; then
+      say "$service not serving: $HOST:$port is taken by a process not started by this script (another checkout's? then set TALLY_SERVICES_DIR to its .services)"
+      [[ " ${OPTIONAL[*]} " == *" $service "* ]] || all_serving=1
     elif [[ " ${OPTIONAL[*]} " == *" $service "* ]]; then
       say "$service stopped ('$0 up-secure' starts it)"
     else
