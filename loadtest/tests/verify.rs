@@ -59,6 +59,11 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         },
         ingest: IngestConfig::default(),
         telemetry: Default::default(),
+        // The test talks to the node without a key.
+        auth: tally_node::auth::AuthConfig {
+            enabled: false,
+            ..Default::default()
+        },
         cluster: ClusterConfig {
             cluster_id: id.clone(),
             gossip_addr: std::net::UdpSocket::bind("127.0.0.1:0")
