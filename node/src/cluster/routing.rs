@@ -2,10 +2,11 @@
 //! or, when the owner is unknown or unreachable, from Cassandra, marked stale.
 //!
 //! A forwarded request carries the `x-tally-forwarded` header and is never forwarded
-//! again, so routing cannot loop while gossip views differ. Every call to another node
-//! (forwarded queries, the gathered top-N and cluster views) is signed with the cluster
-//! secret (`auth::peer`), and a node honours the header only on a signed call. Its URL comes from
-//! `entity_path`, with the id percent-encoded, so no id can change the path it asks.
+//! again, so routing cannot loop while gossip views differ. Its URL comes from
+//! `entity_path`, with the id percent-encoded, so no id can change the path it asks. Every
+//! call to another node (forwarded queries, the gathered top-N and cluster views) is
+//! signed with the cluster secret (`auth::peer`), and a node honours the header only on a
+//! signed call.
 //! Outgoing HTTP runs on the node's main runtime, not on the actix worker that received
 //! the request.
 //!
