@@ -53,6 +53,8 @@ pub struct DriveOpts {
     pub lanes: usize,
     /// Batches in flight towards Kafka.
     pub pipeline: usize,
+    /// The API key for HTTP ingest (scope `ingest`), if the cluster checks keys.
+    pub api_key: Option<String>,
 }
 
 /// Paces sending to a target rate, or to event time.
@@ -306,10 +308,7 @@ async fn drive_http(
         !nodes.is_empty(),
         "--nodes must name at least one node for --via http"
     );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .context("build http client")?;
+    let client = crate::http_client(Duration::from_secs(60), opts.api_key.as_deref())?;
     let lanes = opts.lanes.max(1);
     let pacer = Pacer::new(opts);
     let mut events = events.peekable();

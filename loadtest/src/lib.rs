@@ -18,8 +18,28 @@ pub mod report;
 pub mod verify;
 pub mod viewers;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use tally_node::config::KafkaConfig;
+
+/// An HTTP client for the nodes' API: every request carries `Authorization: Bearer
+/// <api_key>` when a key is given (a cluster with auth on needs one: `ingest` to send,
+/// `read` to verify and probe).
+pub fn http_client(timeout: Duration, api_key: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+            .context("--api-key: not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .context("build http client")
+}
 
 /// Partition counts of the player and channel topics (the node's own metadata read).
 pub async fn topic_partitions(kafka: &KafkaConfig) -> anyhow::Result<(i32, i32)> {

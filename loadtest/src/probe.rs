@@ -40,9 +40,11 @@ impl Latency {
 }
 
 /// Runs probes every `interval` until `progress.stop` is set; returns the histogram (µs).
+/// `api_key` (scopes `ingest` and `read`) goes with every request, if given.
 pub async fn run(
     via: Arc<Via>,
     nodes: Vec<String>,
+    api_key: Option<String>,
     prefix: String,
     interval: Duration,
     progress: Arc<Progress>,
@@ -52,10 +54,8 @@ pub async fn run(
     if nodes.is_empty() {
         return (hist, 0);
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("http client");
+    let client =
+        crate::http_client(Duration::from_secs(5), api_key.as_deref()).expect("http client");
     let producer = match via.as_ref() {
         Via::Kafka(kafka) => match crate::topic_partitions(kafka)
             .await

@@ -21,6 +21,8 @@ pub struct VerifyOpts {
     pub sample: Option<usize>,
     pub seed: u64,
     pub concurrency: usize,
+    /// The API key for queries (scope `read`), if the cluster checks keys.
+    pub api_key: Option<String>,
 }
 
 /// What verification found.
@@ -137,10 +139,8 @@ async fn count_events(
 
 /// Compares until everything matches or the timeout passes.
 pub async fn verify(expected: &Expected, opts: &VerifyOpts) -> VerifyReport {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client");
+    let client =
+        crate::http_client(Duration::from_secs(10), opts.api_key.as_deref()).expect("http client");
     let mut players: Vec<&String> = expected.players.keys().collect();
     players.sort();
     if let Some(n) = opts.sample {

@@ -1,5 +1,6 @@
 //! The load tester against a real node (in-process) on the real Kafka and Cassandra: a
-//! players run verifies exact, and a deliberately wrong expected counter is reported.
+//! players run verifies exact (querying with an API key: the node has auth on), and a
+//! deliberately wrong expected counter is reported.
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -7,6 +8,9 @@ use std::time::{Duration, Instant};
 use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
 use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
 use tally_loadtest::verify::{verify, VerifyOpts};
+use tally_node::auth::keys::{entry_toml, new_key};
+use tally_node::auth::rate::IngestLimits;
+use tally_node::auth::Scope;
 use tally_node::config::{
     CassandraConfig, ClusterConfig, Config, IngestConfig, KafkaConfig, NodeConfig, ShardConfig,
 };
@@ -41,6 +45,16 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         group_id: id.clone(),
         ..Default::default()
     };
+    // One key that may read: the verifier's queries carry it.
+    let read_key = new_key();
+    let keys_file = std::env::temp_dir().join(format!("{id}-keys.toml"));
+    let entry = entry_toml(
+        "verifier",
+        &read_key,
+        &[Scope::Read],
+        &IngestLimits::default(),
+    );
+    std::fs::write(&keys_file, entry).unwrap();
     let cfg = Config {
         node: NodeConfig {
             id: "lt-node".into(),
@@ -59,6 +73,10 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         },
         ingest: IngestConfig::default(),
         telemetry: Default::default(),
+        auth: tally_node::auth::AuthConfig {
+            keys_file: Some(keys_file.clone()),
+            ..Default::default()
+        },
         cluster: ClusterConfig {
             cluster_id: id.clone(),
             gossip_addr: std::net::UdpSocket::bind("127.0.0.1:0")
@@ -99,6 +117,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         rate: None,
         lanes: 1,
         pipeline: 4,
+        api_key: None,
     };
     drive::drive(
         PlayersGen::new(spec),
@@ -120,6 +139,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         sample: None,
         seed: 1,
         concurrency: 16,
+        api_key: Some(read_key),
     };
     let report = verify(&expected, &vopts).await;
     assert!(
@@ -154,4 +174,5 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
     );
     let _ = stop_tx.send(());
     node.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&keys_file);
 }

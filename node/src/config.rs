@@ -41,6 +41,9 @@ pub struct Config {
     /// Traces: where spans are exported (off unless set) and how many are sampled.
     #[serde(default)]
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// API keys and the cluster secret: where they are, whether they are checked.
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[cluster]`
@@ -336,7 +339,8 @@ impl Config {
                 config::Environment::with_prefix("TALLY")
                     .prefix_separator("_")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .source(Some(environment())),
             )
             .build()
             .with_context(|| format!("read config file {}", path.display()))?;
@@ -346,6 +350,11 @@ impl Config {
         cfg.validate()
             .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Whether other nodes are expected: `cluster.seeds` names any.
+    pub fn has_peers(&self) -> bool {
+        !self.cluster.seeds.is_empty()
     }
 
     /// Checks the values serde cannot: names, ranges, the relations between settings.
@@ -473,6 +482,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The process environment less the cluster secret, which is a secret, not a setting: it
+/// never enters `Config` (see `auth`).
+fn environment() -> config::Map<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k != crate::auth::CLUSTER_SECRET_ENV)
+        .collect()
 }
 
 #[cfg(test)]

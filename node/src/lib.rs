@@ -6,7 +6,9 @@
 //! checkpoints them to Cassandra so that every acknowledged event counts exactly once.
 //!
 //! The pieces, in the order data flows through them:
-//! - `api`: HTTP (actix-web): ingest, queries, health, metrics.
+//! - `api`: HTTP (actix-web): ingest, queries, health, metrics; who may call which route.
+//! - [`auth`]: API keys with scopes, the cluster secret that signs calls between nodes,
+//!   per-key ingest rate limits.
 //! - [`event`]: the versioned event model and its validation.
 //! - [`ingest`]: group-committed Kafka transactions for ingested events; dead letters;
 //!   `acknowledged`: the events it acknowledged recently, to answer retries as such.
@@ -44,12 +46,17 @@
 //! order of what follows (HTTP, shards, the Kafka source, gossip) is in [`node`]. A piece
 //! that cannot start at all makes [`run`] return an error, and the binary exit non-zero.
 //!
+//! **Secrets.** API keys are known by their SHA-256 only; the cluster secret lives in
+//! `auth::peer::PeerSecret`, whose `Debug` shows nothing, and never in [`Config`]. Neither is
+//! ever logged, nor put in an error message; `node/tests/auth.rs` greps the logs for them.
+//!
 //! **Log volume.** A line per record or per rejected event would flood the log under bad
 //! input: such warnings are rate-limited (`log_limit`), while their counters in
 //! [`metrics`] stay exact.
 
 mod acknowledged;
 mod api;
+pub mod auth;
 mod cluster;
 pub mod config;
 pub mod dead_letter;

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::acknowledged::Acknowledged;
+use crate::auth::Auth;
 use crate::cluster::membership::Membership;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
@@ -174,6 +175,8 @@ impl Core {
 /// State shared by the API handlers and the background tasks.
 pub struct NodeState {
     pub cfg: Config,
+    /// The API keys and the cluster secret, loaded at start.
+    pub auth: Auth,
     pub metrics: Arc<Metrics>,
     pub core: OnceLock<Core>,
     health: Mutex<HealthStatus>,
@@ -192,7 +195,7 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    pub fn new(cfg: Config) -> anyhow::Result<Arc<NodeState>> {
+    pub fn new(cfg: Config, auth: Auth) -> anyhow::Result<Arc<NodeState>> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -203,6 +206,7 @@ impl NodeState {
         );
         Ok(Arc::new(NodeState {
             cfg,
+            auth,
             metrics: Arc::new(Metrics::default()),
             core: OnceLock::new(),
             health: Mutex::new(HealthStatus::default()),

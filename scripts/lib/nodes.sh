@@ -18,7 +18,8 @@ metric() { curl -fs "http://$1/metrics" | awk -v m="$2" '$1 ~ "^"m"({|$)" {s+=$2
 free_udp() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_node NAME [CLUSTER_TOML] -> sets NODE_PID, NODE_ADDR; config in $WORK/NAME.toml.
-# Without CLUSTER_TOML the node gossips alone on a free port.
+# Without CLUSTER_TOML the node gossips alone on a free port. Auth is off (local nodes only:
+# the load tester sends no key).
 start_node() {
   local name=$1 cluster=${2:-} topics=${3:-$1} port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -39,6 +40,8 @@ group_id = "$topics"
 [cassandra]
 keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
 $cluster
+[auth]
+enabled = false
 ${BENCH_NODE_TOML:-}
 EOT
   launch_node "$name"

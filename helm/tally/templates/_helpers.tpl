@@ -12,3 +12,8 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/name: tally
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The Secret holding the keys file and the cluster secret (not made by the chart). */}}
+{{- define "tally.authSecret" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-auth" (include "tally.fullname" .)) -}}
+{{- end -}}

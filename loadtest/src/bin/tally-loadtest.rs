@@ -121,6 +121,10 @@ struct Common {
     /// latency probes.
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<String>,
+    /// API key sent to the nodes (`Authorization: Bearer`), for a cluster with auth on: scope
+    /// `ingest` for --via http, `read` for --verify and latency probes.
+    #[arg(long, env = "TALLY_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// Send straight to Kafka (partitioned as Tally expects), through HTTP ingest, or
     /// nowhere (none: measures what the generator alone can produce).
     #[arg(long, value_enum, default_value_t = ViaArg::Kafka)]
@@ -299,6 +303,7 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
         event_time: None,
         lanes: c.lanes,
         pipeline: 8,
+        api_key: c.api_key.clone(),
     };
     run(
         "players",
@@ -353,6 +358,7 @@ async fn viewers(args: ViewersArgs) -> anyhow::Result<bool> {
         event_time: Some((start_ts, args.speedup)),
         lanes: 1,
         pipeline: 8,
+        api_key: c.api_key.clone(),
     };
     run("viewers", c, &prefix, total, ViewersGen::new(spec), opts).await
 }
@@ -397,6 +403,7 @@ async fn run(
         tokio::spawn(probe::run(
             via.clone(),
             c.nodes.clone(),
+            c.api_key.clone(),
             prefix.to_string(),
             Duration::from_millis(c.probe_interval_ms),
             progress.clone(),
@@ -448,6 +455,7 @@ async fn run(
                 sample: c.sample,
                 seed: c.seed,
                 concurrency: 64,
+                api_key: c.api_key.clone(),
             },
         )
         .await;

@@ -1,10 +1,12 @@
 //! `POST /v1/events`: the body read within its deadline, split into events (a JSON array
 //! or NDJSON), each event validated, sized and checked against the node's recent
-//! acknowledgements, and the records written in the producer's group commit.
+//! acknowledgements, and the records written in the producer's group commit. A caller
+//! with a rate-limited key is refused (429) before anything of its request is written.
 //!
 //! Not for: the Kafka side of ingest (see `ingest`).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -13,7 +15,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::auth::caller;
 use super::{core, ApiError, Data};
+use crate::auth::keys::ApiKey;
+use crate::auth::Caller;
 use crate::event::{Event, Rejection};
 use crate::ingest::IngestError;
 use crate::ingest::{clip_rejection, dead_letter, records_for, OutRecord};
@@ -163,6 +168,9 @@ pub(super) async fn ingest(
     let limits = &state.cfg.ingest;
     let deadline = Instant::now() + limits.request_timeout();
     let core = core(&state)?;
+    let budget = Budget::of(&req);
+    // Out of requests: refused before the body is read.
+    budget.check()?;
     let body = match read_body(
         &mut payload,
         limits.max_body_bytes,
@@ -173,6 +181,7 @@ pub(super) async fn ingest(
     {
         Body::Whole(body) => body,
         Body::TooLarge(start) => {
+            budget.admit(0)?;
             let rejection = Rejection::new(
                 "body",
                 format!("larger than the limit of {} bytes", limits.max_body_bytes),
@@ -190,37 +199,79 @@ pub(super) async fn ingest(
             return Err(e.await);
         }
     };
-    let items = split_body(&body)
-        .map_err(|r| (r, ApiError::BadRequest as fn(String) -> ApiError))
-        .and_then(|items| {
-            if items.len() <= limits.max_batch_events {
-                return Ok(items);
-            }
-            let reason = format!(
-                "{} events, more than the limit of {} per request",
-                items.len(),
-                limits.max_batch_events
-            );
-            Err((
-                Rejection::new("body", reason),
-                ApiError::TooLarge as fn(String) -> ApiError,
-            ))
-        });
-    let items = match items {
+    let items = match split_within(&body, limits.max_batch_events) {
         Ok(items) => items,
         Err((rejection, status)) => {
+            budget.admit(0)?;
             let len = Some(body.len());
             let e = reject_body(&state, core, &body, len, rejection, deadline, status);
             return Err(e.await);
         }
     };
-    let sorted = sort_events(&state, &items);
+    // Refused whole, before anything of it is written, and taking nothing of the budget.
+    budget.admit(items.len())?;
+    write_events(&state, core, &items, deadline).await
+}
+
+/// The rejection of a whole body, and the status it is answered with.
+type BodyRejection = (Rejection, fn(String) -> ApiError);
+
+/// The events of a body, at most `max_events` of them.
+fn split_within(body: &[u8], max_events: usize) -> Result<Vec<&[u8]>, BodyRejection> {
+    let items =
+        split_body(body).map_err(|r| (r, ApiError::BadRequest as fn(String) -> ApiError))?;
+    if items.len() <= max_events {
+        return Ok(items);
+    }
+    let reason = format!(
+        "{} events, more than the limit of {max_events} per request",
+        items.len()
+    );
+    Err((Rejection::new("body", reason), ApiError::TooLarge))
+}
+
+/// The caller's ingest budget: its key's token buckets, or none (auth off, or a peer).
+struct Budget(Option<Arc<ApiKey>>);
+
+impl Budget {
+    fn of(req: &HttpRequest) -> Budget {
+        match caller(req) {
+            Caller::Key(key) => Budget(Some(key)),
+            Caller::Anyone | Caller::Peer => Budget(None),
+        }
+    }
+
+    /// Whether a request could pass now; takes nothing.
+    fn check(&self) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(key) => Ok(key.limiter.check_request(Instant::now())?),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes one request and `events` events, or refuses the request taking nothing.
+    fn admit(&self, events: usize) -> Result<(), ApiError> {
+        match &self.0 {
+            Some(key) => Ok(key.limiter.admit(events as u64, Instant::now())?),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sorts the events, writes the records and answers 202 (or 400 if every event was
+/// rejected).
+async fn write_events(
+    state: &NodeState,
+    core: &Core,
+    items: &[&[u8]],
+    deadline: Instant,
+) -> Result<HttpResponse, ApiError> {
     let Sorted {
         records,
         answer,
         written,
         rejected_by,
-    } = sorted;
+    } = sort_events(state, items);
     produce_traced(core, records, deadline).await?;
     state.acknowledged.record(written);
     state.metrics.add_ingest_accepted(answer.accepted as u64);

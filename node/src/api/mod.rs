@@ -1,5 +1,8 @@
 //! The HTTP API (actix-web): health, ingest (`events`), queries, metrics.
 //!
+//! Every request passes `auth` first (the table of routes and the scope each needs), then
+//! `observe` (counts and spans) wraps it all, refusals included.
+//!
 //! Handlers stay thin: they parse, call a shard or the ingest producer, and map errors to
 //! statuses in one place ([`ApiError`]). Clients (shard refs, the producer handle) are
 //! created by the node and passed in through `web::Data`, because actix workers run their
@@ -11,16 +14,18 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use serde::Deserialize;
 use serde_json::json;
 
+mod auth;
 mod events;
 mod observe;
 
 use events::ingest;
 
+use crate::auth::rate::Refused;
 use crate::cluster::routing::{self, RouteError};
 use crate::event::MAX_ID_LEN;
 use crate::ingest::IngestError;
@@ -33,12 +38,21 @@ use crate::state::{Core, NodeState};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// No valid credential: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key without the scope the route needs: 403.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
     Timeout(String),
+    /// Over the key's rate limit: 429, with `Retry-After` in seconds.
+    #[error("{0}")]
+    RateLimited(String, u64),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -49,15 +63,28 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+        let mut answer = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized(_) => {
+                answer.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"tally\""));
+            }
+            ApiError::RateLimited(_, secs) => {
+                answer.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
+        }
+        answer.json(json!({ "error": self.to_string() }))
     }
 }
 
@@ -78,6 +105,18 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        match r {
+            // More events than the key's bucket holds: waiting will not help.
+            Refused::OverBurst { .. } => ApiError::TooLarge(r.to_string()),
+            Refused::Wait {
+                retry_after_secs, ..
+            } => ApiError::RateLimited(r.to_string(), retry_after_secs),
+        }
+    }
+}
+
 type Data = web::Data<Arc<NodeState>>;
 
 /// Builds the server on an already bound listener.
@@ -85,9 +124,12 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let observed = data.get_ref().clone();
+        let guarded = data.get_ref().clone();
         App::new()
             .app_data(data.clone())
+            .wrap_fn(move |req, srv| auth::guard(guarded.clone(), req, srv))
             .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))
+            // What each route needs is in `auth::ROUTES`: a route added here goes there too.
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
@@ -152,10 +194,6 @@ fn check_path_id(what: &str, id: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-fn is_forwarded(req: &HttpRequest) -> bool {
-    req.headers().contains_key(routing::FORWARDED)
 }
 
 fn answer(result: Result<routing::Answer, RouteError>) -> Result<HttpResponse, ApiError> {
@@ -228,7 +266,9 @@ async fn lookup(
 ) -> Result<HttpResponse, ApiError> {
     check_path_id(kind.entity_name(), &id)?;
     let core = core(state)?;
-    answer(routing::lookup(state, core, kind, &id, is_forwarded(req)).await)
+    // A peer's request is answered here: it was routed already (and is never routed twice).
+    let forwarded = auth::caller(req).is_peer();
+    answer(routing::lookup(state, core, kind, &id, forwarded).await)
 }
 
 #[derive(Deserialize)]

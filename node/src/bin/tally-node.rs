@@ -29,8 +29,33 @@ struct Args {
 enum Command {
     /// Print the JSON Schema of events (docs/event.schema.json).
     Schema,
-    /// Load and validate the config, then exit.
+    /// Load and validate the config (and the keys file and cluster secret it names), then
+    /// exit.
     CheckConfig,
+    /// Make API keys and cluster secrets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new API key and its entry for the keys file (auth.keys_file).
+    New {
+        /// Who holds the key, e.g. `game-backend`.
+        #[arg(long)]
+        name: String,
+        /// What it may do: ingest, read, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', value_parser = tally_node::auth::Scope::parse, required = true)]
+        scopes: Vec<tally_node::auth::Scope>,
+        /// Most ingest requests per second (default: not limited).
+        #[arg(long)]
+        requests_per_sec: Option<u32>,
+        /// Most ingested events per second (default: not limited).
+        #[arg(long)]
+        events_per_sec: Option<u32>,
+    },
+    /// Print a new cluster secret (for auth.cluster_secret_file or TALLY_AUTH__CLUSTER_SECRET).
+    ClusterSecret,
 }
 
 #[tokio::main]
@@ -38,6 +63,10 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if let Some(Command::Schema) = args.command {
         print!("{}", tally_node::event::json_schema());
+        return std::process::ExitCode::SUCCESS;
+    }
+    if let Some(Command::Keys(command)) = args.command {
+        keys(command);
         return std::process::ExitCode::SUCCESS;
     }
     let cfg = match tally_node::Config::load(&args.config) {
@@ -48,6 +77,10 @@ async fn main() -> std::process::ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = args.command {
+        if let Err(e) = tally_node::auth::Auth::load(&cfg.auth, cfg.has_peers()) {
+            eprintln!("tally-node: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
         println!("config {} is valid", args.config.display());
         return std::process::ExitCode::SUCCESS;
     }
@@ -76,6 +109,32 @@ async fn main() -> std::process::ExitCode {
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
     code
+}
+
+fn keys(command: KeysCommand) {
+    use tally_node::auth::{keys, rate::IngestLimits};
+    match command {
+        KeysCommand::New {
+            name,
+            scopes,
+            requests_per_sec,
+            events_per_sec,
+        } => {
+            let key = keys::new_key();
+            let limits = IngestLimits {
+                requests_per_sec,
+                events_per_sec,
+                ..IngestLimits::default()
+            };
+            println!(
+                "# The key, shown only now: give it to {name:?} (Authorization: Bearer <key>)."
+            );
+            println!("{key}");
+            println!("# Its entry for the keys file (auth.keys_file), which holds only its hash:");
+            print!("{}", keys::entry_toml(&name, &key, &scopes, &limits));
+        }
+        KeysCommand::ClusterSecret => println!("{}", keys::random_token()),
+    }
 }
 
 /// Log lines to stdout (`RUST_LOG` filters them) and, with tracing on, the request spans

@@ -3,7 +3,10 @@
 //!
 //! A forwarded request carries the `x-tally-forwarded` header and is never forwarded
 //! again, so routing cannot loop while gossip views differ. Its URL comes from
-//! `entity_path`, with the id percent-encoded, so no id can change the path it asks.
+//! `entity_path`, with the id percent-encoded, so no id can change the path it asks. Every
+//! call to another node (forwarded queries, the gathered top-N and cluster views) is
+//! signed with the cluster secret (`auth::peer`), and a node honours the header only on a
+//! signed call.
 //! Outgoing HTTP runs on the node's main runtime, not on the actix worker that received
 //! the request.
 //!
@@ -15,6 +18,7 @@ use reqwest::Url;
 use serde_json::{json, Value};
 use tracing::warn;
 
+use crate::auth::peer::PEER_AUTH;
 use crate::cluster::membership::{rendezvous_owner, Member};
 use crate::entity::{self, Player};
 use crate::entity_path::entity_url;
@@ -76,15 +80,25 @@ pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Ans
     get_url(state, url).await
 }
 
-/// GET `url` on another node, on the main runtime; returns status and JSON body.
+/// GET `url` on another node, signed, on the main runtime; returns status and JSON body.
 async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
     let http = state.http.clone();
     // The owner's request span continues this one's trace.
     let traceparent = telemetry::current_traceparent();
+    let signature = state.auth.peer().map(|secret| {
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        secret.sign("GET", &path, crate::event::now_ms())
+    });
     state
         .runtime
         .spawn(async move {
             let mut request = http.get(url.clone()).header(FORWARDED, "1");
+            if let Some(signature) = signature {
+                request = request.header(PEER_AUTH, signature);
+            }
             if let Some(tp) = traceparent {
                 request = request.header(telemetry::TRACEPARENT, tp);
             }

@@ -31,8 +31,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::cluster::membership::Membership;
 use crate::cluster::ownership;
 use crate::config::Config;
@@ -49,7 +50,14 @@ pub use kafka_admin::partition_counts;
 /// Runs a node until `shutdown` resolves, then shuts down in order. Returns an error if
 /// a piece of the node could not start at all.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let state = NodeState::new(cfg)?;
+    let auth = Auth::load(&cfg.auth, cfg.has_peers())?;
+    // Every start says so: a node without auth must never pass unnoticed.
+    if auth.enabled() {
+        info!("{}", auth.summary());
+    } else {
+        warn!("{}", auth.disabled_warning());
+    }
+    let state = NodeState::new(cfg, auth)?;
     let listener = std::net::TcpListener::bind(state.cfg.node.api_addr)
         .with_context(|| format!("bind api address {}", state.cfg.node.api_addr))?;
     let addr: SocketAddr = listener.local_addr().context("read bound api address")?;

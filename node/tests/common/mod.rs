@@ -105,9 +105,10 @@ impl TestEnv {
     }
 
     /// A node config for this test; `extra` is appended (TOML sections). Unless `extra`
-    /// has a `[cluster]` section, the node gossips alone on a free port.
+    /// has a `[cluster]` section, the node gossips alone on a free port; unless it has an
+    /// `[auth]` section, auth is off.
     pub fn node_config(&self, node_id: &str, extra: &str) -> String {
-        let cluster = if extra.contains("[cluster]") {
+        let mut defaults = if extra.contains("[cluster]") {
             String::new()
         } else {
             format!(
@@ -116,6 +117,9 @@ impl TestEnv {
                 free_udp_port()
             )
         };
+        if !extra.contains("[auth]") {
+            defaults.push_str("\n[auth]\nenabled = false\n");
+        }
         format!(
             r#"[node]
 id = "{node_id}"
@@ -133,7 +137,7 @@ group_id = "{}-group"
 contact_points = ["{CASSANDRA}"]
 keyspace = "{}"
 
-{cluster}
+{defaults}
 {extra}
 "#,
             self.player_topic,
@@ -214,6 +218,16 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Writes the config and starts the node; returns once its API address is known.
     pub fn start(env: &TestEnv, node_id: &str, extra: &str) -> NodeProcess {
+        Self::start_with_env(env, node_id, extra, &[])
+    }
+
+    /// [`NodeProcess::start`] with environment variables set for every start.
+    pub fn start_with_env(
+        env: &TestEnv,
+        node_id: &str,
+        extra: &str,
+        vars: &[(&str, &str)],
+    ) -> NodeProcess {
         let config_path = env.dir.join(format!("{node_id}.toml"));
         std::fs::write(&config_path, env.node_config(node_id, extra)).unwrap();
         let mut n = NodeProcess {
@@ -223,7 +237,10 @@ impl NodeProcess {
             base: String::new(),
             errors: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
-            env: Vec::new(),
+            env: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         n.spawn();
         n
