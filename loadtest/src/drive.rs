@@ -25,7 +25,7 @@ use crate::players::Expected;
 /// Where events go.
 pub enum Via {
     /// Straight to Kafka, partitioned exactly as Tally expects.
-    Kafka(KafkaConfig),
+    Kafka(Box<KafkaConfig>),
     /// Through the HTTP ingest of these nodes (`host:port`), round robin with failover.
     Http(Vec<String>),
     /// Nowhere: every record is built and encoded exactly as for Kafka, then dropped. What

@@ -61,6 +61,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
             api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
             advertise_api_addr: None,
             shutdown_grace_secs: 30,
+            tls: None,
         },
         kafka: kafka.clone(),
         cassandra: CassandraConfig {
@@ -121,7 +122,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
     };
     drive::drive(
         PlayersGen::new(spec),
-        &Via::Kafka(kafka),
+        &Via::Kafka(Box::new(kafka)),
         &opts,
         &mut expected,
         &progress,

@@ -6,9 +6,21 @@
 //! file named, so a typo never silently falls back to a default. The doc comments on the
 //! fields below are the user documentation of each setting.
 //!
-//! Not for: runtime reconfiguration. A changed file takes effect on the next start.
+//! Secrets (the Kafka and Cassandra passwords) never come from the config file: each is
+//! read from a file the config names or from one environment variable, and prints as
+//! `<redacted>` ([`Secret`]).
+//!
+//! Not for: runtime reconfiguration. A changed file takes effect on the next start; only
+//! the certificate and key files of `[node.tls]` are read again, on SIGHUP (see `tls`).
 
-use std::collections::BTreeMap;
+mod api_tls;
+mod cassandra;
+mod files;
+mod kafka;
+mod secret;
+#[cfg(test)]
+mod testing;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::Path;
@@ -16,6 +28,15 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+
+pub use api_tls::ApiTlsConfig;
+pub use cassandra::{CassandraConfig, CassandraTls, Replication};
+pub use kafka::{ClientProperties, KafkaConfig, SaslMechanism, SecurityProtocol, RESERVED};
+pub use secret::Secret;
+
+/// Environment variables that hold secrets: read by the sections they belong to, never by
+/// the generic `TALLY_<SECTION>__<KEY>` overrides (which would parse `0123` as a number).
+const SECRET_ENV: [&str; 2] = [kafka::SASL_PASSWORD_ENV, cassandra::PASSWORD_ENV];
 
 /// The whole node configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -104,103 +125,13 @@ pub struct NodeConfig {
     /// at once with status 70; anything not checkpointed is replayed by the next owner.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// `[node.tls]`: serve the API over HTTPS (see [`ApiTlsConfig`]). Unset: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ApiTlsConfig>,
 }
 
 fn default_shutdown_grace_secs() -> u64 {
     30
-}
-
-/// `[kafka]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Comma-separated bootstrap brokers.
-    pub brokers: String,
-    /// Topic of all player and viewer events, keyed by player id.
-    pub player_topic: String,
-    /// Topic of channel-changing events, keyed by channel id.
-    pub channel_topic: String,
-    /// Topic receiving rejected ingest input, with the reason in a header.
-    pub dlq_topic: String,
-    /// Partition count used when Tally creates the topics (existing topics keep theirs).
-    pub partitions: i32,
-    /// Replication factor used when Tally creates the topics.
-    pub replication_factor: i32,
-    /// Consumer group under which durable offsets are committed (for lag tools only:
-    /// Tally assigns partitions itself and resumes from Cassandra).
-    pub group_id: String,
-    /// The broker answers a fetch once this many bytes are waiting...
-    pub fetch_min_bytes: u32,
-    /// ...or once this many milliseconds have passed: the most a quiet stream waits.
-    /// Larger batches cost the node less CPU per record; the wait adds to latency.
-    pub fetch_wait_max_ms: u32,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".into(),
-            player_topic: "player-events".into(),
-            channel_topic: "channel-events".into(),
-            dlq_topic: "events-dlq".into(),
-            partitions: 8,
-            replication_factor: 1,
-            group_id: "tally".into(),
-            fetch_min_bytes: 32 * 1024,
-            fetch_wait_max_ms: 50,
-        }
-    }
-}
-
-/// `[cassandra]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CassandraConfig {
-    /// Contact points, `host:port`.
-    pub contact_points: Vec<String>,
-    /// Keyspace holding all of Tally's tables; created by the first migration.
-    pub keyspace: String,
-    /// Replication of the keyspace when the first migration creates it.
-    pub replication: Replication,
-}
-
-impl Default for CassandraConfig {
-    fn default() -> Self {
-        Self {
-            contact_points: vec!["127.0.0.1:9042".into()],
-            keyspace: "tally".into(),
-            replication: Replication::Simple { factor: 1 },
-        }
-    }
-}
-
-/// `[cassandra.replication]`: `strategy = "simple"` with `factor`, or
-/// `strategy = "network_topology"` with `datacenters = { dc1 = 3, ... }`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(tag = "strategy", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Replication {
-    /// SimpleStrategy: fine for a single data centre and for local use.
-    Simple { factor: u32 },
-    /// NetworkTopologyStrategy: production, one replication factor per data centre.
-    NetworkTopology { datacenters: BTreeMap<String, u32> },
-}
-
-impl Replication {
-    /// The CQL replication map, e.g. `{'class': 'SimpleStrategy', 'replication_factor': 1}`.
-    pub fn to_cql(&self) -> String {
-        match self {
-            Replication::Simple { factor } => {
-                format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
-            }
-            Replication::NetworkTopology { datacenters } => {
-                let dcs: Vec<String> = datacenters
-                    .iter()
-                    .map(|(dc, rf)| format!("'{dc}': {rf}"))
-                    .collect();
-                format!("{{'class': 'NetworkTopologyStrategy', {}}}", dcs.join(", "))
-            }
-        }
-    }
 }
 
 /// `[shard]`
@@ -344,9 +275,30 @@ impl Config {
             )
             .build()
             .with_context(|| format!("read config file {}", path.display()))?;
-        let cfg: Config = raw
+        for (key, instead) in [
+            (
+                "kafka.sasl_password",
+                "kafka.sasl_password_file or TALLY_KAFKA__SASL_PASSWORD",
+            ),
+            (
+                "cassandra.password",
+                "cassandra.password_file or TALLY_CASSANDRA__PASSWORD",
+            ),
+        ] {
+            if raw.get::<config::Value>(key).is_ok() {
+                bail!(
+                    "invalid config file {}: {key} cannot be set in a config file; use {instead}",
+                    path.display()
+                );
+            }
+        }
+        let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))?;
+        cfg.kafka
+            .read_secrets()
+            .and_then(|()| cfg.cassandra.read_secrets())
+            .with_context(|| format!("invalid config file {}", path.display()))?;
         cfg.validate()
             .with_context(|| format!("invalid config file {}", path.display()))?;
         Ok(cfg)
@@ -396,22 +348,11 @@ impl Config {
         if self.kafka.player_topic == self.kafka.channel_topic {
             bail!("kafka.player_topic and kafka.channel_topic must differ");
         }
-        Ok(())
+        self.kafka.validate_connection()
     }
 
     fn validate_cassandra(&self) -> anyhow::Result<()> {
-        if self.cassandra.contact_points.is_empty() {
-            bail!("cassandra.contact_points must name at least one host:port");
-        }
-        let ks = &self.cassandra.keyspace;
-        if ks.is_empty()
-            || ks.len() > 48
-            || !ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || !ks.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        {
-            bail!("cassandra.keyspace {ks:?} must be 1-48 letters, digits or '_', starting with a letter");
-        }
-        Ok(())
+        self.cassandra.validate()
     }
 
     fn validate_shard(&self) -> anyhow::Result<()> {
@@ -431,7 +372,7 @@ impl Config {
         Ok(())
     }
 
-    /// The addresses of `[node]` and `[cluster]`.
+    /// The addresses of `[node]` and `[cluster]`, and the API's TLS files.
     fn validate_cluster(&self) -> anyhow::Result<()> {
         if self.node.api_addr.ip().is_unspecified() && self.node.advertise_api_addr.is_none() {
             bail!(
@@ -453,7 +394,10 @@ impl Config {
         if self.cluster.gossip_interval_ms == 0 || self.cluster.phi_threshold <= 0.0 {
             bail!("cluster.gossip_interval_ms and cluster.phi_threshold must be positive");
         }
-        Ok(())
+        self.node
+            .tls
+            .as_ref()
+            .map_or(Ok(()), ApiTlsConfig::validate)
     }
 
     fn validate_ingest(&self) -> anyhow::Result<()> {
@@ -484,11 +428,13 @@ impl Config {
     }
 }
 
-/// The process environment less the cluster secret, which is a secret, not a setting: it
-/// never enters `Config` (see `auth`).
+/// The process environment less the secrets, which are not settings: the cluster secret
+/// never enters `Config` (see `auth`), and the two passwords are read by their sections
+/// ([`SECRET_ENV`]). Variables that are not UTF-8 are no settings either.
 fn environment() -> config::Map<String, String> {
-    std::env::vars()
-        .filter(|(k, _)| k != crate::auth::CLUSTER_SECRET_ENV)
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k != crate::auth::CLUSTER_SECRET_ENV && !SECRET_ENV.contains(&k.as_str()))
         .collect()
 }
 

@@ -49,11 +49,14 @@ impl DeadLetters {
         node_id: &str,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let producer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &kafka.brokers)
             .set("client.id", format!("tally-dead-letters-{node_id}"))
             .set("enable.idempotence", "true")
-            .set("linger.ms", "50")
+            .set("linger.ms", "50");
+        let producer = kafka
+            .apply_connection(&mut client)
             .create()
             .context("create kafka dead-letter producer")?;
         Ok(DeadLetters {

@@ -52,12 +52,12 @@ pub fn entity_path(kind: ShardKind, id: &str) -> String {
     }
 }
 
-/// The URL of `id`'s query on the node at `addr` (`host:port`). Checks that the parsed URL
-/// kept exactly the path and query built: the encoding guarantees it, and a changed path
-/// would answer another question with a 200.
-pub fn entity_url(addr: &str, kind: ShardKind, id: &str) -> Result<Url, String> {
+/// The URL of `id`'s query on the node at `addr` (`host:port`), whose API speaks `scheme`
+/// (`http` or `https`). Checks that the parsed URL kept exactly the path and query built:
+/// the encoding guarantees it, and a changed path would answer another question with a 200.
+pub fn entity_url(scheme: &str, addr: &str, kind: ShardKind, id: &str) -> Result<Url, String> {
     let path = entity_path(kind, id);
-    let url = Url::parse(&format!("http://{addr}{path}"))
+    let url = Url::parse(&format!("{scheme}://{addr}{path}"))
         .map_err(|e| format!("{} {id:?}: url for {addr}: {e}", kind.entity_name()))?;
     let kept = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
@@ -129,7 +129,7 @@ mod tests {
     fn every_id_is_one_segment_that_decodes_back_to_it() {
         for kind in ShardKind::ALL {
             for id in awkward_ids().iter().filter(|id| fits_path(kind, id)) {
-                let url = entity_url("127.0.0.1:8080", kind, id).unwrap();
+                let url = entity_url("http", "127.0.0.1:8080", kind, id).unwrap();
                 let segments: Vec<&str> = url.path_segments().unwrap().collect();
                 assert_eq!(segments.len(), 3, "{id:?} made {url}");
                 assert_eq!(&segments[..2], ["v1", kind.label()], "{id:?} made {url}");
@@ -150,6 +150,17 @@ mod tests {
     }
 
     #[test]
+    fn the_scheme_follows_the_api() {
+        for scheme in ["http", "https"] {
+            let url = entity_url(scheme, "node-1.tally:8443", ShardKind::Players, "a/b").unwrap();
+            assert_eq!(
+                url.as_str(),
+                format!("{scheme}://node-1.tally:8443/v1/players/a%2Fb")
+            );
+        }
+    }
+
+    #[test]
     fn dot_segments_and_a_channel_named_top_go_in_the_query() {
         let cases = [
             (ShardKind::Players, "."),
@@ -160,7 +171,7 @@ mod tests {
         ];
         for (kind, id) in cases {
             assert!(!fits_path(kind, id));
-            let url = entity_url("127.0.0.1:8080", kind, id).unwrap();
+            let url = entity_url("http", "127.0.0.1:8080", kind, id).unwrap();
             assert_eq!(url.path(), kind.api_path(), "{id:?} made {url}");
             let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
             assert_eq!(pairs, [("id".to_string(), id.to_string())], "{url}");
@@ -179,7 +190,13 @@ mod tests {
             "/v1/cluster",
             "the url crate resolves dot segments"
         );
-        let e = entity_url("127.0.0.1:8080/v1/players/..", ShardKind::Players, "x").unwrap_err();
+        let e = entity_url(
+            "http",
+            "127.0.0.1:8080/v1/players/..",
+            ShardKind::Players,
+            "x",
+        )
+        .unwrap_err();
         assert!(e.contains("changed the path"), "{e}");
     }
 

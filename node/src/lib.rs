@@ -27,6 +27,7 @@
 //! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
 //! - [`config`], [`metrics`], [`telemetry`], `retry`: typed configuration; every metric
 //!   in one place; OpenTelemetry traces along an event's path; the one backoff policy.
+//! - `tls`: HTTPS for the API and forwarded queries (reloaded on SIGHUP), TLS to Cassandra.
 //!
 //! # Policies
 //!
@@ -75,6 +76,7 @@ pub mod source;
 mod state;
 pub mod store;
 pub mod telemetry;
+mod tls;
 
 pub use config::Config;
 pub use node::run;

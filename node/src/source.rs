@@ -119,7 +119,7 @@ impl SourceHandle {
     }
 }
 
-/// The consumer settings Tally relies on.
+/// The consumer settings Tally relies on, then the connection settings.
 pub fn consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &kafka.brokers)
@@ -144,6 +144,7 @@ pub fn consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("queued.min.messages", "10000000")
         .set("fetch.queue.backoff.ms", "10");
+    kafka.apply_connection(&mut c);
     c
 }
 

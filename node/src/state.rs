@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::shard::{ShardMsg, ShardStats};
 use crate::source::SourceHandle;
 use crate::store::Store;
+use crate::tls::ApiTls;
 
 /// Acknowledged events a node remembers at most (about 70 bytes each).
 const ACKNOWLEDGED_KEPT: usize = 262_144;
@@ -186,7 +187,11 @@ pub struct NodeState {
     changes: Mutex<VecDeque<OwnershipChange>>,
     /// The main runtime: outgoing HTTP (forwarded queries) runs here, not on actix workers.
     pub runtime: tokio::runtime::Handle,
+    /// Forwards queries to other nodes: over HTTPS, trusting `node.tls.ca_file`, when the
+    /// API serves HTTPS.
     pub http: reqwest::Client,
+    /// The API's certificate and CAs with `[node.tls]`, re-read on SIGHUP.
+    pub tls: Option<Arc<ApiTls>>,
     /// Events this node's ingest acknowledged recently (answering retries as such).
     pub acknowledged: Acknowledged,
     /// The root of the shutdown tree: cancelled once, when the node starts to stop; every
@@ -196,8 +201,12 @@ pub struct NodeState {
 
 impl NodeState {
     pub fn new(cfg: Config, auth: Auth) -> anyhow::Result<Arc<NodeState>> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
+        let tls = cfg.node.tls.as_ref().map(ApiTls::load).transpose()?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(tls) = &tls {
+            http = http.use_preconfigured_tls(tls.client_config()?);
+        }
+        let http = http
             .build()
             .map_err(|e| anyhow::anyhow!("build http client: {e}"))?;
         let acknowledged = Acknowledged::new(
@@ -215,9 +224,20 @@ impl NodeState {
             changes: Mutex::new(VecDeque::new()),
             runtime: tokio::runtime::Handle::current(),
             http,
+            tls,
             acknowledged,
             shutdown: CancellationToken::new(),
         }))
+    }
+
+    /// The scheme of this node's API, and so of every other node's: `https` with
+    /// `[node.tls]`.
+    pub fn api_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     pub fn topic(&self, kind: ShardKind) -> &str {

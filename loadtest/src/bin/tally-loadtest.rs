@@ -384,7 +384,7 @@ async fn run(
     };
     let mut expected = Expected::new(channel_partitions, c.viewer_timeout_secs as i64 * 1000);
     let via = Arc::new(match c.via {
-        ViaArg::Kafka => Via::Kafka(kafka),
+        ViaArg::Kafka => Via::Kafka(Box::new(kafka)),
         ViaArg::Http => Via::Http(c.nodes.clone()),
         ViaArg::None => Via::Discard,
     });

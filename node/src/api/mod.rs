@@ -119,8 +119,9 @@ impl From<Refused> for ApiError {
 
 type Data = web::Data<Arc<NodeState>>;
 
-/// Builds the server on an already bound listener.
+/// Builds the server on an already bound listener: HTTPS with `[node.tls]`, else HTTP.
 pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Server> {
+    let tls = state.tls.as_ref().map(|t| t.server_config()).transpose()?;
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let observed = data.get_ref().clone();
@@ -147,10 +148,12 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
     })
     .workers(2)
     .disable_signals()
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(10);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 async fn healthz(state: Data) -> HttpResponse {

@@ -8,7 +8,9 @@
 //! signed with the cluster secret (`auth::peer`), and a node honours the header only on a
 //! signed call.
 //! Outgoing HTTP runs on the node's main runtime, not on the actix worker that received
-//! the request.
+//! the request. It speaks the node's own scheme: with `[node.tls]`, HTTPS, checking the
+//! owner's certificate against `node.tls.ca_file` and, with mutual TLS, presenting the
+//! node's own.
 //!
 //! Not for: deciding ownership (see `ownership`).
 
@@ -75,7 +77,7 @@ pub fn owner_api(core: &Core, shard: ShardId) -> Option<String> {
 
 /// GET `path`, a path and query of our own with no id in it, on the node at `addr`.
 pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Answer, String> {
-    let url = format!("http://{addr}{path}");
+    let url = format!("{}://{addr}{path}", state.api_scheme());
     let url = Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
     get_url(state, url).await
 }
@@ -128,7 +130,7 @@ pub async fn lookup(
         if let Some(addr) = owner_api(core, shard) {
             // The id is encoded, so it can never change the path the owner is asked.
             state.metrics.add_forwarded(kind);
-            let answer = match entity_url(&addr, kind, id) {
+            let answer = match entity_url(state.api_scheme(), &addr, kind, id) {
                 Ok(url) => get_url(state, url).await,
                 Err(e) => Err(e),
             };

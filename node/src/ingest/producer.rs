@@ -83,6 +83,7 @@ pub(super) fn start(setup: Setup<'_>) -> anyhow::Result<mpsc::Sender<Job>> {
             "transaction.timeout.ms",
             cfg.request_timeout_ms.max(1000).to_string(),
         );
+    kafka.apply_connection(&mut client);
     let producer: BaseProducer = client.create().context("create kafka producer")?;
     producer
         .init_transactions(INIT_TIMEOUT)

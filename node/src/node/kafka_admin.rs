@@ -15,8 +15,9 @@ use crate::config::{Config, KafkaConfig};
 /// Creates the player, channel and dead-letter topics, timestamped by the broker at
 /// append (LogAppendTime); existing ones are left alone.
 pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &cfg.kafka.brokers)
+    let admin: AdminClient<DefaultClientContext> = cfg
+        .kafka
+        .client_config()
         .create()
         .context("create kafka admin client")?;
     let topics: Vec<NewTopic> = [
@@ -54,8 +55,8 @@ pub async fn create_topics(cfg: &Config) -> anyhow::Result<()> {
 pub async fn partition_counts(kafka: &KafkaConfig) -> anyhow::Result<(i32, i32)> {
     let kafka = kafka.clone();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
+        let consumer: BaseConsumer = kafka
+            .client_config()
             .create()
             .context("create kafka metadata client")?;
         let count = |topic: &str| -> anyhow::Result<i32> {

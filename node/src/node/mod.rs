@@ -58,13 +58,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         warn!("{}", auth.disabled_warning());
     }
     let state = NodeState::new(cfg, auth)?;
+    // From now on a SIGHUP re-reads the API's TLS files and never stops the node.
+    let reloads = tokio::spawn(crate::tls::reload_on_sighup(
+        state.tls.clone(),
+        state.shutdown.child_token(),
+    ));
     let listener = std::net::TcpListener::bind(state.cfg.node.api_addr)
         .with_context(|| format!("bind api address {}", state.cfg.node.api_addr))?;
     let addr: SocketAddr = listener.local_addr().context("read bound api address")?;
     let server = crate::api::serve(listener, state.clone())?;
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
-    info!(node = %state.cfg.node.id, "api listening on http://{addr}");
+    info!(node = %state.cfg.node.id, "api listening on {}://{addr}", state.api_scheme());
 
     let mut startup = tokio::spawn(start_core(state.clone(), addr));
     let monitor = tokio::spawn(readiness::monitor(state.clone()));
@@ -91,6 +96,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         let _ = startup.await;
     }
     let _ = monitor.await;
+    let _ = reloads.await;
     if let Some(core) = state.core.get() {
         stop_core(core, &state).await;
     }

@@ -15,8 +15,10 @@ use crate::state::NodeState;
 /// the node starts to stop.
 pub async fn monitor(state: Arc<NodeState>) {
     let brokers = state.cfg.kafka.brokers.clone();
-    let consumer: Option<Arc<BaseConsumer>> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+    let consumer: Option<Arc<BaseConsumer>> = state
+        .cfg
+        .kafka
+        .client_config()
         .create()
         .map(Arc::new)
         .map_err(|e| error!(error = %e, "cannot create kafka health client"))

@@ -1,7 +1,8 @@
 //! Cassandra / ScyllaDB: the statements Tally runs, the migrations that create the tables,
 //! and the two write paths that make checkpoints exactly once.
 //!
-//! - this module: connecting with retry, and every statement ([`Store`]). Entity and
+//! - this module: connecting with retry (with a username and password, over TLS, when
+//!   configured), and every statement ([`Store`]). Entity and
 //!   progress rows are written `USING TIMESTAMP` derived from the Kafka offset they reflect
 //!   ([`write_timestamp`]), so Cassandra's last-write-wins keeps the newest state whoever
 //!   writes last.
@@ -46,10 +47,19 @@ pub fn write_timestamp(offset: i64) -> i64 {
     offset + 1
 }
 
+/// A session, logged in as `cassandra.username` and over TLS when configured.
 async fn open_session(cfg: &CassandraConfig) -> anyhow::Result<Arc<Session>> {
-    let session = SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(&cfg.contact_points)
-        .connection_timeout(Duration::from_secs(3))
+        .connection_timeout(Duration::from_secs(3));
+    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
+        builder = builder.user(user, password.expose());
+    }
+    if let Some(tls) = &cfg.tls {
+        let tls = crate::tls::cassandra_client_config(tls)?;
+        builder = builder.tls_context(Some(Arc::new(tls)));
+    }
+    let session = builder
         .build()
         .await
         .with_context(|| format!("connect to cassandra at {}", cfg.contact_points.join(",")))?;
