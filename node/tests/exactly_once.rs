@@ -7,22 +7,15 @@ mod common;
 use std::time::Duration;
 
 use common::model::{generate, Model, StreamSpec};
-use common::{produce, NodeProcess, TestEnv};
-use rand::{Rng, SeedableRng};
+use common::{http_client, produce, scenarios, NodeProcess, TestEnv};
 
-const TIMEOUT_SECS: u64 = 60;
+use scenarios::TIMEOUT_SECS;
+
 /// Fast checkpoints and a short viewer timeout, so tests exercise both. Checkpoints space
 /// out while the node works through the stream's backlog (the default catch-up pace).
 fn shard_config(passivate_after_secs: u64) -> String {
     format!(
         "[shard]\ncheckpoint_interval_ms = 200\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
-    )
-}
-
-/// As above, with checkpoints every `checkpoint_interval_ms` even during a backlog.
-fn shard_config_with(passivate_after_secs: u64, checkpoint_interval_ms: u64) -> String {
-    format!(
-        "[shard]\ncheckpoint_interval_ms = {checkpoint_interval_ms}\ncatch_up_checkpoint_interval_ms = {checkpoint_interval_ms}\nviewer_timeout_secs = {TIMEOUT_SECS}\npassivate_after_secs = {passivate_after_secs}\n"
     )
 }
 
@@ -50,7 +43,7 @@ async fn every_counter_exact_after_100k_events() {
 
     // Top-N agrees with the model too.
     let top = common::model::get_json(
-        &reqwest::Client::new(),
+        &http_client(),
         &node.url("/v1/channels/top?by=peak&limit=5"),
     )
     .await
@@ -82,53 +75,7 @@ async fn every_counter_exact_after_100k_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_keeps_every_counter_exact() {
-    let env = TestEnv::new("crash", 4);
-    let spec = StreamSpec {
-        seed: 23,
-        events: 100_000,
-        players: 2_000,
-        channels: 40,
-        start_ts: 1_700_000_000_000,
-    };
-    let events = generate(&spec);
-    let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
-    model.apply_all(&events);
-
-    // Checkpoints back to back, so that kills often land between a checkpoint's entity
-    // rows and its progress row (entities stored ahead of the resume offset).
-    let mut node = NodeProcess::start(&env, "n1", &shard_config_with(600, 20));
-    node.wait_ready(Duration::from_secs(60)).await;
-    let producer = env.producer();
-    // The stream is produced steadily over several seconds while the node is killed with
-    // kill -9 at random moments and restarted: mid-batch, mid-checkpoint, mid-load.
-    let stream = tokio::spawn(async move {
-        for chunk in events.chunks(1_000) {
-            produce(&producer, chunk, 1_000).await;
-            tokio::time::sleep(Duration::from_millis(60)).await;
-        }
-    });
-    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
-    let mut kills = 0;
-    while !stream.is_finished() && kills < 6 {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-        let applied_before_kill = node.metric("tally_records_applied_total").await;
-        node.kill9();
-        kills += 1;
-        node.restart();
-        node.wait_ready(Duration::from_secs(60)).await;
-        assert!(
-            applied_before_kill > 0 || kills > 1,
-            "the node was killed before doing any work"
-        );
-    }
-    stream.await.unwrap();
-    assert!(
-        kills >= 3,
-        "only {kills} kills happened while the stream ran"
-    );
-    model
-        .assert_converges(|| node.base.clone(), Duration::from_secs(120))
-        .await;
+    scenarios::kill_9_at_random_points(&TestEnv::new("crash", 4)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +101,7 @@ async fn sigterm_checkpoints_so_a_clean_restart_replays_nothing() {
         .await;
     // Durable offsets reach Kafka's group offsets (for lag tools) while the node runs:
     // checkpoints every second, commits every two.
-    let client = reqwest::Client::new();
+    let client = http_client();
     let mut differ = None;
     for _ in 0..40 {
         let cluster = common::model::get_json(&client, &node.url("/v1/cluster"))
@@ -257,7 +204,7 @@ async fn passivated_entities_come_back_identical() {
 
     // Idle for longer than passivate_after: everything is checkpointed and evicted.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let client = reqwest::Client::new();
+    let client = http_client();
     loop {
         let cluster = common::model::get_json(&client, &node.url("/v1/cluster"))
             .await

@@ -3,9 +3,18 @@
 //! Each test gets its own topics and keyspace (unique names), so tests run in parallel and
 //! reruns never collide. Nodes are real `tally-node` processes on port 0, killed and
 //! restarted like in production. Fails with a clear message when the services are down.
+//!
+//! Secure mode ([`TestEnv::secure`], or every test with `TALLY_TEST_SECURE=1`) runs the
+//! same tests against the secure services (`make services-secure`): Kafka over SASL_SSL
+//! (SCRAM-SHA-512), Cassandra with TLS and a password, and the nodes' API over HTTPS with
+//! client certificates, every file from [`secure_dir`].
 #![allow(dead_code)]
 
 pub mod model;
+pub mod scenarios;
+pub mod secure;
+
+pub use secure::{http_client, SECURE_CASSANDRA, SECURE_KAFKA};
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -33,6 +42,11 @@ pub fn require_services() {
              (integration tests need the real Kafka and Cassandra)"
         );
     }
+}
+
+/// Whether `TALLY_TEST_SECURE=1` asks every test to run against the secure services.
+pub fn secure_mode() -> bool {
+    std::env::var("TALLY_TEST_SECURE").is_ok_and(|v| v == "1")
 }
 
 /// A name no other test or earlier run uses: `<prefix>_<pid>_<time>_<counter>`.
@@ -69,11 +83,35 @@ pub struct TestEnv {
     pub dlq_topic: String,
     pub partitions: i32,
     pub dir: PathBuf,
+    /// The secure services' files, in secure mode; None: the plain services.
+    pub secure: Option<PathBuf>,
 }
 
 impl TestEnv {
+    /// A test's resources on the plain services, or the secure ones with
+    /// `TALLY_TEST_SECURE=1`.
     pub fn new(name: &str, partitions: i32) -> TestEnv {
+        if secure_mode() {
+            return TestEnv::secure(name, partitions);
+        }
         require_services();
+        TestEnv::with(name, partitions, None)
+    }
+
+    /// A test's resources on the plain services, whatever `TALLY_TEST_SECURE` says (for
+    /// tests that configure security themselves).
+    pub fn plain(name: &str, partitions: i32) -> TestEnv {
+        require_services();
+        TestEnv::with(name, partitions, None)
+    }
+
+    /// A test's resources on the secure services (see the module doc).
+    pub fn secure(name: &str, partitions: i32) -> TestEnv {
+        let dir = secure::require_services();
+        TestEnv::with(name, partitions, Some(dir))
+    }
+
+    fn with(name: &str, partitions: i32, secure: Option<PathBuf>) -> TestEnv {
         let id = unique(name);
         let dir = std::env::temp_dir().join("tally-tests").join(&id);
         std::fs::create_dir_all(&dir).unwrap();
@@ -88,12 +126,21 @@ impl TestEnv {
             partitions,
             name: id,
             dir,
+            secure,
+        }
+    }
+
+    /// The brokers and the Cassandra contact point of this test's services.
+    pub fn addresses(&self) -> (&'static str, &'static str) {
+        match self.secure {
+            None => (KAFKA, CASSANDRA),
+            Some(_) => (SECURE_KAFKA, SECURE_CASSANDRA),
         }
     }
 
     pub fn kafka_config(&self) -> KafkaConfig {
-        KafkaConfig {
-            brokers: KAFKA.into(),
+        let mut kafka = KafkaConfig {
+            brokers: self.addresses().0.into(),
             player_topic: self.player_topic.clone(),
             channel_topic: self.channel_topic.clone(),
             dlq_topic: self.dlq_topic.clone(),
@@ -101,7 +148,11 @@ impl TestEnv {
             replication_factor: 1,
             group_id: format!("{}-group", self.name),
             ..KafkaConfig::default()
+        };
+        if let Some(dir) = &self.secure {
+            secure::secure_kafka(&mut kafka, dir);
         }
+        kafka
     }
 
     /// A node config for this test; `extra` is appended (TOML sections). Unless `extra`
@@ -120,23 +171,28 @@ impl TestEnv {
         if !extra.contains("[auth]") {
             defaults.push_str("\n[auth]\nenabled = false\n");
         }
+        let (kafka, cassandra) = self.addresses();
+        let (node_tls, kafka_security, cassandra_security) = match &self.secure {
+            None => Default::default(),
+            Some(dir) => secure::toml(dir),
+        };
         format!(
             r#"[node]
 id = "{node_id}"
 api_addr = "127.0.0.1:0"
-
+{node_tls}
 [kafka]
-brokers = "{KAFKA}"
+brokers = "{kafka}"
 player_topic = "{}"
 channel_topic = "{}"
 dlq_topic = "{}"
 partitions = {}
 group_id = "{}-group"
-
+{kafka_security}
 [cassandra]
-contact_points = ["{CASSANDRA}"]
+contact_points = ["{cassandra}"]
 keyspace = "{}"
-
+{cassandra_security}
 {defaults}
 {extra}
 "#,
@@ -153,8 +209,9 @@ keyspace = "{}"
     /// (topic, partition, offset), -1 where none was committed.
     pub fn kafka_commits(&self) -> Vec<(String, i32, i64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", KAFKA)
+        let consumer: BaseConsumer = self
+            .kafka_config()
+            .client_config()
             .set("group.id", format!("{}-group", self.name))
             .create()
             .expect("create kafka consumer");
@@ -237,11 +294,14 @@ impl NodeProcess {
             base: String::new(),
             errors: Arc::new(Mutex::new(Vec::new())),
             starts: 0,
-            env: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env
+                .secure
+                .as_deref()
+                .map(secure::node_env)
+                .unwrap_or_default(),
         };
+        n.env
+            .extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         n.spawn();
         n
     }
@@ -252,6 +312,9 @@ impl NodeProcess {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
+            // The tests' own switches would read as config overrides (`TALLY_<SECTION>`).
+            .env_remove("TALLY_TEST_SECURE")
+            .env_remove("TALLY_TEST_SECURE_DIR")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -276,7 +339,10 @@ impl NodeProcess {
                 use std::io::Write;
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let _ = writeln!(log, "[start {start_no}] {line}");
-                    if let Some(i) = line.find("api listening on http://") {
+                    if let Some(i) = line
+                        .find("api listening on http://")
+                        .or_else(|| line.find("api listening on https://"))
+                    {
                         let rest = &line[i + "api listening on ".len()..];
                         let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                     }
@@ -309,7 +375,7 @@ impl NodeProcess {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let client = reqwest::Client::new();
+        let client = http_client();
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(r) = client.get(self.url("/readyz")).send().await {
@@ -367,7 +433,9 @@ impl NodeProcess {
 
     /// A Prometheus counter's value (summed over label sets).
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = reqwest::get(self.url("/metrics"))
+        let text = http_client()
+            .get(self.url("/metrics"))
+            .send()
             .await
             .unwrap()
             .text()
@@ -403,8 +471,9 @@ impl TestEnv {
     pub fn dead_letters(&self, want: usize, timeout: Duration) -> Vec<DeadLetterRecord> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         use rdkafka::message::{Headers, Message};
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", KAFKA)
+        let consumer: BaseConsumer = self
+            .kafka_config()
+            .client_config()
             .set("group.id", unique("dlq-reader"))
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")

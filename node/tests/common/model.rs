@@ -389,7 +389,7 @@ impl Model {
 
     /// Compares until exact or `timeout`; panics with the first differences otherwise.
     pub async fn assert_converges(&self, base: impl Fn() -> String, timeout: Duration) {
-        let client = reqwest::Client::new();
+        let client = super::http_client();
         let deadline = Instant::now() + timeout;
         loop {
             let diffs = self.compare(&client, &base()).await;
