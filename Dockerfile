@@ -9,7 +9,7 @@ ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 ARG RUST_VERSION
 # rdkafka builds librdkafka with CMake (its cmake-build feature); the image has gcc, g++,
-# make and zlib's headers already.
+# make and the headers of zlib and OpenSSL (libssl-dev) already.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
@@ -30,16 +30,17 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p tally-node \
  && mkdir -p /out/usr/local/bin \
  && cp target/release/tally-node /out/usr/local/bin/
-# The runtime image has glibc and libgcc; the one other library tally-node links is zlib,
-# copied from this stage (Debian 12 in both). Any other library fails the build here, not
-# the pod at start.
+# The runtime image has glibc and libgcc; the other libraries tally-node links, zlib and
+# OpenSSL 3 (librdkafka's TLS and SASL), are copied from this stage (Debian 12 in both).
+# Any other library fails the build here, not the pod at start.
 RUN set -eu; \
     multiarch=$(gcc -print-multiarch); \
     mkdir -p "/out/usr/lib/$multiarch"; \
     for lib in $(readelf -d /out/usr/local/bin/tally-node | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'); do \
       case "$lib" in \
         libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|libgcc_s.so.*|libstdc++.so.*|ld-linux*) ;; \
-        libz.so.1) cp -L "$(ldd /out/usr/local/bin/tally-node | awk '$1 == "libz.so.1" {print $3}')" "/out/usr/lib/$multiarch/" ;; \
+        libz.so.1|libssl.so.3|libcrypto.so.3) \
+          cp -L "$(ldd /out/usr/local/bin/tally-node | awk -v lib="$lib" '$1 == lib {print $3}')" "/out/usr/lib/$multiarch/" ;; \
         *) echo "image: tally-node needs $lib, which the runtime image lacks" >&2; exit 1 ;; \
       esac; \
     done
