@@ -428,12 +428,18 @@ impl Config {
     }
 }
 
-/// The process environment less the secrets, which are not settings: the cluster secret
-/// never enters `Config` (see `auth`), and the two passwords are read by their sections
-/// ([`SECRET_ENV`]). Variables that are not UTF-8 are no settings either.
+/// The overrides in the process environment: `TALLY_<SECTION>__<KEY>` variables, less the
+/// secrets, which are not settings: the cluster secret never enters `Config` (see `auth`),
+/// and the two passwords are read by their sections ([`SECRET_ENV`]). Other `TALLY_`
+/// variables (`TALLY_CONFIG`, the load tester's `TALLY_API_KEY`, the services' ports) name
+/// no section and key, and are left alone rather than refused as unknown keys.
 fn environment() -> config::Map<String, String> {
     std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            k.strip_prefix("TALLY_")
+                .is_some_and(|rest| rest.contains("__"))
+        })
         .filter(|(k, _)| k != crate::auth::CLUSTER_SECRET_ENV && !SECRET_ENV.contains(&k.as_str()))
         .collect()
 }
@@ -478,6 +484,14 @@ mod tests {
         assert_eq!(cfg.kafka.player_topic, "player-events");
         assert_eq!(cfg.cassandra.replication, Replication::Simple { factor: 1 });
         assert_eq!(cfg.shard.checkpoint_interval_ms, 1000);
+    }
+
+    #[test]
+    fn tally_variables_that_name_no_section_and_key_are_no_overrides() {
+        // Set for the whole process, harmlessly: no test reads it.
+        std::env::set_var("TALLY_TEST_NOT_A_SETTING", "1");
+        let f = write("[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[auth]\nenabled = false\n");
+        Config::load(&f.0).unwrap();
     }
 
     #[test]

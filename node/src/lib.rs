@@ -76,7 +76,7 @@ pub mod source;
 mod state;
 pub mod store;
 pub mod telemetry;
-mod tls;
+pub mod tls;
 
 pub use config::Config;
 pub use node::run;

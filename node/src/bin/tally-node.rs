@@ -81,6 +81,10 @@ async fn main() -> std::process::ExitCode {
             eprintln!("tally-node: {e:#}");
             return std::process::ExitCode::from(2);
         }
+        if let Err(e) = tally_node::tls::check(&cfg) {
+            eprintln!("tally-node: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
         println!("config {} is valid", args.config.display());
         return std::process::ExitCode::SUCCESS;
     }

@@ -25,7 +25,19 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 pub use api::{reload_on_sighup, ApiTls};
 
-use crate::config::CassandraTls;
+use crate::config::{CassandraTls, Config};
+
+/// Reads every certificate, key and CA file `cfg` names for rustls (`check-config` runs
+/// it; the node reads them again when it starts).
+pub fn check(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &cfg.node.tls {
+        ApiTls::load(tls)?.server_config()?;
+    }
+    if let Some(tls) = &cfg.cassandra.tls {
+        cassandra_client_config(tls)?;
+    }
+    Ok(())
+}
 
 /// The one crypto provider every TLS config of the node uses.
 pub fn provider() -> Arc<CryptoProvider> {
