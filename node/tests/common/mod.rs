@@ -312,9 +312,6 @@ impl NodeProcess {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,scylla=warn,rdkafka=warn")
-            // The tests' own switches would read as config overrides (`TALLY_<SECTION>`).
-            .env_remove("TALLY_TEST_SECURE")
-            .env_remove("TALLY_TEST_SECURE_DIR")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -19,11 +19,12 @@ pub const SECURE_CASSANDRA: &str = "127.0.0.1:9142";
 /// password comes from its file): both ways a secret reaches a node are exercised.
 const CASSANDRA_PASSWORD_ENV: &str = "TALLY_CASSANDRA__PASSWORD";
 
-/// The folder of the secure services' certificates and passwords: `TALLY_TEST_SECURE_DIR`,
-/// or `.services/secure` of this checkout.
+/// The folder of the secure services' certificates and passwords: `secure/` in
+/// `TALLY_SERVICES_DIR`, the state folder of the checkout that started the services
+/// (docs/SERVICES.md), or in this checkout's `.services`.
 pub fn secure_dir() -> PathBuf {
-    match std::env::var_os("TALLY_TEST_SECURE_DIR") {
-        Some(dir) => PathBuf::from(dir),
+    match std::env::var_os("TALLY_SERVICES_DIR") {
+        Some(dir) => PathBuf::from(dir).join("secure"),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.services/secure"),
     }
 }
@@ -45,7 +46,7 @@ pub fn require_services() -> PathBuf {
         assert!(
             dir.join(file).is_file(),
             "{} is missing: start the secure services with `make services-secure` \
-             (or point TALLY_TEST_SECURE_DIR at their files)",
+             (or point TALLY_SERVICES_DIR at the .services of the checkout that started them)",
             dir.join(file).display()
         );
     }
