@@ -104,7 +104,7 @@ impl Replication {
 }
 
 impl CassandraConfig {
-    /// Reads the password from its file or the environment (see [`read_secret`]).
+    /// Reads the password from its file or the environment, without a final line break.
     pub fn read_secrets(&mut self) -> anyhow::Result<()> {
         self.password = read_secret(
             "cassandra.password_file",

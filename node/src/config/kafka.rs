@@ -272,7 +272,7 @@ impl KafkaConfig {
         out
     }
 
-    /// Reads the SASL password from its file or the environment (see [`read_secret`]).
+    /// Reads the SASL password from its file or the environment, without a final line break.
     pub fn read_secrets(&mut self) -> anyhow::Result<()> {
         self.sasl_password = read_secret(
             "kafka.sasl_password_file",
