@@ -21,6 +21,13 @@ mod roundtrip;
 pub const EVENT_VERSION: u32 = 1;
 /// Longest accepted id (player, channel, item, event id).
 pub const MAX_ID_LEN: usize = 128;
+/// Deepest nesting of arrays and objects in an input before it is rejected for its depth
+/// alone (`event: nesting deeper than 64 levels`). An event is one flat object, so an input
+/// nested deeper never decodes anyway: the bound gives it a reason that says so. Depth
+/// costs no stack on any path: the direct decoder takes only strings and numbers, serde
+/// stops at the first value of the wrong type (depth 2, far from serde_json's recursion
+/// limit of 128), and the body splitter skips elements without recursing.
+pub const MAX_NESTING: usize = 64;
 
 /// The wall clock in milliseconds since the epoch: ingest's "now" for the future bound.
 /// Never used in a state transition (those run on event time).
@@ -181,7 +188,8 @@ impl EventBody {
 }
 
 impl Event {
-    /// Parses and validates one JSON event. The error names the field and the reason.
+    /// Parses and validates one JSON event. The error names the field and the reason; an
+    /// input nested deeper than [`MAX_NESTING`] is rejected for that (field `event`).
     pub fn parse(bytes: &[u8]) -> Result<Event, Rejection> {
         // The plain shape every producer writes decodes directly; anything else, valid or
         // not, is serde's to judge.
@@ -191,38 +199,57 @@ impl Event {
         }
     }
 
-    /// [`Event::parse`] through serde alone.
+    /// [`Event::parse`] through serde alone. Nesting deeper than [`MAX_NESTING`] is looked
+    /// for only once decoding failed, which it always does then (every field is a number
+    /// or a string), so valid events pay no scan for it.
     fn parse_with_serde(bytes: &[u8]) -> Result<Event, Rejection> {
+        Self::decode_with_serde(bytes).map_err(|rejection| {
+            if nests_deeper_than(bytes, MAX_NESTING) {
+                Rejection::new("event", format!("nesting deeper than {MAX_NESTING} levels"))
+            } else {
+                rejection
+            }
+        })
+    }
+
+    fn decode_with_serde(bytes: &[u8]) -> Result<Event, Rejection> {
         // One UTF-8 check of the whole input is cheaper than serde_json's check of each
         // string in it, and lets `kind` be borrowed.
         let text = std::str::from_utf8(bytes)
             .map_err(|e| Rejection::new("event", format!("malformed json: not utf-8: {e}")))?;
-        let wire: Wire = match serde_json::from_str(text) {
-            Ok(w) => w,
+        let wire = match serde_json::from_str::<Object>(text) {
+            Ok(Object(w)) => w,
             Err(e) if e.is_syntax() || e.is_eof() => {
                 return Err(Rejection::new("event", format!("malformed json: {e}")))
             }
-            // Slow path, only for bad input: decode again, tracking the field's path.
-            Err(_) => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                let e = match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
-                    Ok(_) => unreachable!("decoding failed once"),
-                    Err(e) => e,
-                };
-                let path = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                let field = field_in_message(&inner).unwrap_or(path);
-                let field = if field == "." || field.is_empty() {
-                    "event".to_string()
-                } else {
-                    field
-                };
-                return Err(Rejection::new(field, inner));
+            // Its message may quote a value as long as the input: dropped before the next.
+            Err(e) => {
+                drop(e);
+                return Err(Self::name_the_field(text));
             }
         };
         let event = wire.into_event()?;
         event.validate()?;
         Ok(event)
+    }
+
+    /// The rejection of `text`, which decodes as JSON but not as an event: decoded again,
+    /// tracking the path, so the field can be named. Slow, and only for bad input.
+    fn name_the_field(text: &str) -> Rejection {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let e = match serde_path_to_error::deserialize::<_, Object>(&mut de) {
+            Ok(_) => unreachable!("decoding failed once"),
+            Err(e) => e,
+        };
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let field = field_in_message(&inner).unwrap_or(path);
+        let field = if field == "." || field.is_empty() {
+            "event".to_string()
+        } else {
+            field
+        };
+        Rejection::new(field, inner)
     }
 
     /// Rejects an event whose `ts` is more than `tolerance_ms` after `now_ms` (ingest's
@@ -342,9 +369,34 @@ impl Event {
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Wire::deserialize(d)?
+        Object::deserialize(d)?
+            .0
             .into_event()
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A [`Wire`] from a JSON object only. Serde's derived struct decoding also takes an array
+/// of the fields' values in order, which would make `[1,"e",5,"p","session_start",null,...]`
+/// an event.
+struct Object<'a>(Wire<'a>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Object<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Wire<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an event object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Wire<'de>, A::Error> {
+                Wire::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields).map(Object)
     }
 }
 
@@ -498,12 +550,45 @@ fn check_id(field: &str, value: &str, scan_chars: bool) -> Result<(), Rejection>
     Ok(())
 }
 
-/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" messages.
+/// Whether `bytes`, read as JSON, open more than `max` arrays or objects inside each other
+/// (brackets in strings do not count). Malformed input is scanned all the same.
+fn nests_deeper_than(bytes: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The field serde's message names, when it is about a field as a whole: "unknown field
+/// `x`, expected one of `v`, ..." (`x` is the input's key: any text, backticks too) or
+/// "duplicate field `v`".
 fn field_in_message(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    (msg.contains("missing field") || msg.contains("unknown field"))
-        .then(|| msg[start..end].to_string())
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        // The list of expected fields after the name is ours and has no "`, expected".
+        return rest.rfind("`, expected").map(|end| rest[..end].to_string());
+    }
+    let rest = msg.strip_prefix("duplicate field `")?;
+    rest.find('`').map(|end| rest[..end].to_string())
 }
 
 /// The JSON Schema of [`Event`], as written to docs/event.schema.json.
@@ -571,6 +656,13 @@ mod tests {
     fn names_the_field_and_reason() {
         assert_eq!(reject("{").field, "event");
         assert_eq!(reject("[1]").field, "event");
+        // The fields' values in order, as serde's derived decoding of a struct would take.
+        let r = reject(&format!(
+            r#"[1,"e",5,"p","session_start"{}]"#,
+            ",null".repeat(14)
+        ));
+        assert_eq!(r.field, "event");
+        assert!(r.reason.contains("expected an event object"), "{r}");
         assert_eq!(
             reject(r#"{"id":"e","ts":1,"player":"p","kind":"session_start"}"#).field,
             "v"
@@ -595,6 +687,16 @@ mod tests {
         assert_eq!(r.field, "player");
         let r = reject(r#"{"v":1,"id":"e","ts":1,"player":"p","kind":"session_start","extra":1}"#);
         assert_eq!(r.field, "extra");
+        let r = reject(r#"{"v":1,"id":"e","ts":1,"player":"p","kind":"session_start","a`b":1}"#);
+        assert_eq!(r.field, "a`b");
+        let r = reject(r#"{"v":1,"id":"e","ts":1,"ts":2,"player":"p","kind":"session_start"}"#);
+        assert_eq!(r.field, "ts");
+        assert!(r.reason.contains("duplicate field"), "{r}");
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let r = reject(&format!(
+            r#"{{"v":1,"id":"e","ts":1,"player":"p","kind":"level_up","level":{deep}}}"#
+        ));
+        assert_eq!(r.to_string(), "event: nesting deeper than 64 levels");
         let r = reject(r#"{"v":1,"id":"e","ts":"soon","player":"p","kind":"session_start"}"#);
         assert_eq!(r.field, "ts");
         let r = reject(
