@@ -13,6 +13,8 @@ use compact_str::CompactString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod plain;
 #[cfg(test)]
 mod roundtrip;
