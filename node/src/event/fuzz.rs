@@ -20,7 +20,7 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::TestCaseResult;
 
-use super::roundtrip::{arb_event, id_of, json_fields, json_string};
+use super::roundtrip::{arb_event, id_of, json_fields, json_string, to_json_escaped};
 use super::{nests_deeper_than, Event, EventBody, Rejection, KINDS, MAX_ID_LEN, MAX_NESTING};
 use crate::fuzz::{self, apply_byte_edits, arb_byte_edits, arb_nesting, Input, EDGE_VALUES};
 use crate::ingest::{records_for, Target};
@@ -169,6 +169,11 @@ fn plain_fields(event: &Event) -> Vec<(String, String)> {
             Err(_) => (k, v),
         })
         .collect()
+}
+
+/// Valid events of every kind, as JSON, some with their strings escaped.
+pub(crate) fn arb_valid_event() -> impl Strategy<Value = Vec<u8>> {
+    (arb_event(), 0..4usize).prop_map(|(event, every)| to_json_escaped(&event, every).into_bytes())
 }
 
 /// Inputs for the decoder, mostly near-valid events.
