@@ -21,7 +21,8 @@ use proptest::sample::{select, Index};
 use proptest::test_runner::TestCaseResult;
 
 use super::roundtrip::{arb_event, id_of, json_fields, json_string, to_json_escaped};
-use super::{nests_deeper_than, Event, EventBody, Rejection, KINDS, MAX_ID_LEN, MAX_NESTING};
+use super::wire::{self, nests_deeper_than};
+use super::{Event, EventBody, Rejection, KINDS, MAX_ID_LEN, MAX_NESTING};
 use crate::fuzz::{self, apply_byte_edits, arb_byte_edits, arb_nesting, Input, EDGE_VALUES};
 use crate::ingest::{records_for, Target};
 
@@ -203,7 +204,7 @@ pub(crate) fn check_decoder(input: &[u8]) -> TestCaseResult {
         input.len(),
         shown()
     );
-    let serde = Event::parse_with_serde(input);
+    let serde = wire::parse(input);
     prop_assert_eq!(&parsed, &serde, "the paths disagree on {}", shown());
     match parsed {
         Ok(event) => check_accepted(input, &event),
@@ -217,7 +218,7 @@ fn check_accepted(input: &[u8], event: &Event) -> TestCaseResult {
     let json = event.to_json();
     let again = Ok(event.clone());
     prop_assert_eq!(&Event::parse(&json), &again, "re-encoded {}", shown());
-    prop_assert_eq!(&Event::parse_with_serde(&json), &again);
+    prop_assert_eq!(&wire::parse(&json), &again);
     for record in records_for(event) {
         let read = Event::parse(&record.payload);
         prop_assert!(read.is_ok(), "the consumer rejected {:?}", read);
