@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use serde_json::json;
 
 mod events;
+mod head;
 mod observe;
 mod params;
 
@@ -37,7 +38,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Timeout(String),
-
+    #[error("{0}")]
+    HeadersTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -51,6 +53,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -86,6 +89,7 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
         let observed = data.get_ref().clone();
         App::new()
             .app_data(data.clone())
+            .wrap_fn(head::bound)
             .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
