@@ -24,9 +24,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseResult, TestRunner};
 
 /// Cases per target when `TALLY_FUZZ_CASES` is not set: what `make fuzz-quick` runs.
-pub const QUICK_CASES: u64 = 3000;
+pub const QUICK_CASES: u64 = 10_000;
 /// Seconds per target when `TALLY_FUZZ_SECS` is not set.
-pub const QUICK_SECS: u64 = 15;
+pub const QUICK_SECS: u64 = 20;
 
 /// How long each target runs: at most `cases` cases and at most `time`.
 struct Budget {
