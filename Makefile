@@ -103,7 +103,23 @@ outage-tests: toolchain
 
 # The dependency audit is not part of it: no advisory database is reachable from here (see
 # README, "Dependency audit"); `make audit` runs it where one is.
-test: services services-secure fmt clippy doc helm-lint ops-check unit-tests outage-tests
+test: services services-secure fmt clippy doc helm-lint ops-check fuzz-quick unit-tests outage-tests
+
+# The fuzz targets: ignored tests named fuzz_* (node/src/fuzz.rs says which and what they
+# check), each run for TALLY_FUZZ_CASES cases or TALLY_FUZZ_SECS seconds, whichever ends
+# first. The quick run takes their defaults (10,000 cases, at most 20 s each): 13 s in all
+# on this 2-core machine, busy with other builds. `--workspace` shares the unit tests' build.
+.PHONY: fuzz-quick fuzz
+FUZZ_CASES ?= 1000000
+FUZZ_SECS ?= 1200
+fuzz-quick: toolchain
+	$(CARGO) test --workspace --lib -- --ignored fuzz_ --test-threads=$(TEST_THREADS) --nocapture
+
+# Long: FUZZ_CASES cases (default 1,000,000) or FUZZ_SECS seconds (default 20 minutes) per
+# target, the targets two at a time.
+fuzz: toolchain
+	TALLY_FUZZ_CASES=$(FUZZ_CASES) TALLY_FUZZ_SECS=$(FUZZ_SECS) \
+	  $(CARGO) test --workspace --lib -- --ignored fuzz_ --test-threads=$(TEST_THREADS) --nocapture
 
 schema: toolchain
 	$(CARGO) run -q -p tally-node -- schema > docs/event.schema.json

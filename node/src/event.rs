@@ -4,23 +4,33 @@
 //! since the Unix epoch, set by the producer), the `player` they concern and a `kind` with
 //! the kind's own fields. Viewer events are player events too (the viewer is a player);
 //! the ones that change a channel also reach the channel topic, see [`Event::channel_records`].
+//! [`Event::parse`] decodes the plain shape producers write directly (`plain`) and hands
+//! anything else to serde (`wire`), which also words the rejections.
 //!
 //! Not for: state. Applying events to players and channels lives in `entity`.
 
-use std::borrow::Cow;
-
 use compact_str::CompactString;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+#[cfg(test)]
+pub(crate) mod fuzz;
 mod plain;
 #[cfg(test)]
 mod roundtrip;
+mod wire;
 
 /// The only version this build understands.
 pub const EVENT_VERSION: u32 = 1;
 /// Longest accepted id (player, channel, item, event id).
 pub const MAX_ID_LEN: usize = 128;
+/// Deepest nesting of arrays and objects in an input before it is rejected for its depth
+/// alone (`event: nesting deeper than 64 levels`). An event is one flat object, so an input
+/// nested deeper never decodes anyway: the bound gives it a reason that says so. Depth
+/// costs no stack on any path: the direct decoder takes only strings and numbers, serde
+/// stops at the first value of the wrong type (depth 2, far from serde_json's recursion
+/// limit of 128), and the body splitter skips elements without recursing.
+pub const MAX_NESTING: usize = 64;
 
 /// The wall clock in milliseconds since the epoch: ingest's "now" for the future bound.
 /// Never used in a state transition (those run on event time).
@@ -35,7 +45,7 @@ pub fn now_ms() -> i64 {
 pub type Id = CompactString;
 
 /// One event as it travels on the wire and in Kafka.
-// Decoded through the flat `Wire` form (see there); serialized and documented as below.
+// Decoded through the flat `Wire` form (see `wire`); serialized and documented as below.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Event {
@@ -181,48 +191,15 @@ impl EventBody {
 }
 
 impl Event {
-    /// Parses and validates one JSON event. The error names the field and the reason.
+    /// Parses and validates one JSON event. The error names the field and the reason; an
+    /// input nested deeper than [`MAX_NESTING`] is rejected for that (field `event`).
     pub fn parse(bytes: &[u8]) -> Result<Event, Rejection> {
         // The plain shape every producer writes decodes directly; anything else, valid or
         // not, is serde's to judge.
         match plain::decode(bytes) {
             Some((event, printable)) => event.check(!printable).map(|()| event),
-            None => Self::parse_with_serde(bytes),
+            None => wire::parse(bytes),
         }
-    }
-
-    /// [`Event::parse`] through serde alone.
-    fn parse_with_serde(bytes: &[u8]) -> Result<Event, Rejection> {
-        // One UTF-8 check of the whole input is cheaper than serde_json's check of each
-        // string in it, and lets `kind` be borrowed.
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| Rejection::new("event", format!("malformed json: not utf-8: {e}")))?;
-        let wire: Wire = match serde_json::from_str(text) {
-            Ok(w) => w,
-            Err(e) if e.is_syntax() || e.is_eof() => {
-                return Err(Rejection::new("event", format!("malformed json: {e}")))
-            }
-            // Slow path, only for bad input: decode again, tracking the field's path.
-            Err(_) => {
-                let mut de = serde_json::Deserializer::from_str(text);
-                let e = match serde_path_to_error::deserialize::<_, Wire>(&mut de) {
-                    Ok(_) => unreachable!("decoding failed once"),
-                    Err(e) => e,
-                };
-                let path = e.path().to_string();
-                let inner = e.into_inner().to_string();
-                let field = field_in_message(&inner).unwrap_or(path);
-                let field = if field == "." || field.is_empty() {
-                    "event".to_string()
-                } else {
-                    field
-                };
-                return Err(Rejection::new(field, inner));
-            }
-        };
-        let event = wire.into_event()?;
-        event.validate()?;
-        Ok(event)
     }
 
     /// Rejects an event whose `ts` is more than `tolerance_ms` after `now_ms` (ingest's
@@ -340,145 +317,6 @@ impl Event {
     }
 }
 
-impl<'de> Deserialize<'de> for Event {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Wire::deserialize(d)?
-            .into_event()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// The flat form events are decoded from: the envelope and every kind's fields, optional.
-/// A flat struct decodes several times faster than serde's flattened, internally tagged
-/// enum, and serde can then name the field of a type error. Which fields a kind requires
-/// and allows is checked in [`Wire::into_event`].
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Wire<'a> {
-    v: Option<u32>,
-    id: Option<Id>,
-    ts: Option<i64>,
-    player: Option<Id>,
-    /// Borrowed from the input unless it has escapes: only matched, never kept.
-    #[serde(borrow)]
-    kind: Option<Cow<'a, str>>,
-    match_id: Option<Id>,
-    kills: Option<u32>,
-    deaths: Option<u32>,
-    survival_secs: Option<u32>,
-    placement: Option<u32>,
-    item: Option<Id>,
-    amount: Option<u64>,
-    currency: Option<Id>,
-    level: Option<u32>,
-    achievement: Option<Id>,
-    channel: Option<Id>,
-    text: Option<String>,
-    from: Option<Id>,
-    to: Option<Id>,
-}
-
-fn required<T>(field: &str, value: Option<T>) -> Result<T, Rejection> {
-    value.ok_or_else(|| Rejection::new(field, "missing field"))
-}
-
-impl Wire<'_> {
-    fn into_event(mut self) -> Result<Event, Rejection> {
-        let v = required("v", self.v)?;
-        if v != EVENT_VERSION {
-            return Err(Rejection::new(
-                "v",
-                format!("unsupported version {v}, this node understands {EVENT_VERSION}"),
-            ));
-        }
-        let kind = required("kind", self.kind.take())?;
-        let w = &mut self;
-        let body = match kind.as_ref() {
-            "session_start" => EventBody::SessionStart {},
-            "session_end" => EventBody::SessionEnd {},
-            "match_start" => EventBody::MatchStart {
-                match_id: required("match_id", w.match_id.take())?,
-            },
-            "match_end" => EventBody::MatchEnd {
-                match_id: required("match_id", w.match_id.take())?,
-                kills: required("kills", w.kills.take())?,
-                deaths: required("deaths", w.deaths.take())?,
-                survival_secs: required("survival_secs", w.survival_secs.take())?,
-                placement: required("placement", w.placement.take())?,
-            },
-            "purchase" => EventBody::Purchase {
-                item: required("item", w.item.take())?,
-                amount: required("amount", w.amount.take())?,
-                currency: required("currency", w.currency.take())?,
-            },
-            "level_up" => EventBody::LevelUp {
-                level: required("level", w.level.take())?,
-            },
-            "achievement" => EventBody::Achievement {
-                achievement: required("achievement", w.achievement.take())?,
-            },
-            "chat_message" => EventBody::ChatMessage {
-                channel: required("channel", w.channel.take())?,
-                text: required("text", w.text.take())?,
-            },
-            "follow" => EventBody::Follow {
-                channel: required("channel", w.channel.take())?,
-            },
-            "viewer_join" => EventBody::ViewerJoin {
-                channel: required("channel", w.channel.take())?,
-            },
-            "viewer_leave" => EventBody::ViewerLeave {
-                channel: required("channel", w.channel.take())?,
-            },
-            "viewer_switch" => EventBody::ViewerSwitch {
-                from: required("from", w.from.take())?,
-                to: required("to", w.to.take())?,
-            },
-            "viewer_heartbeat" => EventBody::ViewerHeartbeat {
-                channel: required("channel", w.channel.take())?,
-            },
-            other => {
-                return Err(Rejection::new(
-                    "kind",
-                    format!(
-                        "unknown kind {other:?}, expected one of {}",
-                        KINDS.join(", ")
-                    ),
-                ))
-            }
-        };
-        let leftovers = [
-            ("match_id", w.match_id.is_some()),
-            ("kills", w.kills.is_some()),
-            ("deaths", w.deaths.is_some()),
-            ("survival_secs", w.survival_secs.is_some()),
-            ("placement", w.placement.is_some()),
-            ("item", w.item.is_some()),
-            ("amount", w.amount.is_some()),
-            ("currency", w.currency.is_some()),
-            ("level", w.level.is_some()),
-            ("achievement", w.achievement.is_some()),
-            ("channel", w.channel.is_some()),
-            ("text", w.text.is_some()),
-            ("from", w.from.is_some()),
-            ("to", w.to.is_some()),
-        ];
-        if let Some((field, _)) = leftovers.iter().find(|(_, present)| *present) {
-            return Err(Rejection::new(
-                *field,
-                format!("unknown field for kind {kind}"),
-            ));
-        }
-        Ok(Event {
-            v,
-            id: required("id", self.id)?,
-            ts: required("ts", self.ts)?,
-            player: required("player", self.player)?,
-            body,
-        })
-    }
-}
-
 fn check_id(field: &str, value: &str, scan_chars: bool) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::new(field, "must not be empty"));
@@ -496,14 +334,6 @@ fn check_id(field: &str, value: &str, scan_chars: bool) -> Result<(), Rejection>
         return Err(Rejection::new(field, "must not contain control characters"));
     }
     Ok(())
-}
-
-/// Pulls the field name out of serde's "missing field `x`" / "unknown field `x`" messages.
-fn field_in_message(msg: &str) -> Option<String> {
-    let start = msg.find('`')? + 1;
-    let end = start + msg[start..].find('`')?;
-    (msg.contains("missing field") || msg.contains("unknown field"))
-        .then(|| msg[start..end].to_string())
 }
 
 /// The JSON Schema of [`Event`], as written to docs/event.schema.json.
@@ -571,6 +401,13 @@ mod tests {
     fn names_the_field_and_reason() {
         assert_eq!(reject("{").field, "event");
         assert_eq!(reject("[1]").field, "event");
+        // The fields' values in order, as serde's derived decoding of a struct would take.
+        let r = reject(&format!(
+            r#"[1,"e",5,"p","session_start"{}]"#,
+            ",null".repeat(14)
+        ));
+        assert_eq!(r.field, "event");
+        assert!(r.reason.contains("expected an event object"), "{r}");
         assert_eq!(
             reject(r#"{"id":"e","ts":1,"player":"p","kind":"session_start"}"#).field,
             "v"
@@ -595,6 +432,16 @@ mod tests {
         assert_eq!(r.field, "player");
         let r = reject(r#"{"v":1,"id":"e","ts":1,"player":"p","kind":"session_start","extra":1}"#);
         assert_eq!(r.field, "extra");
+        let r = reject(r#"{"v":1,"id":"e","ts":1,"player":"p","kind":"session_start","a`b":1}"#);
+        assert_eq!(r.field, "a`b");
+        let r = reject(r#"{"v":1,"id":"e","ts":1,"ts":2,"player":"p","kind":"session_start"}"#);
+        assert_eq!(r.field, "ts");
+        assert!(r.reason.contains("duplicate field"), "{r}");
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let r = reject(&format!(
+            r#"{{"v":1,"id":"e","ts":1,"player":"p","kind":"level_up","level":{deep}}}"#
+        ));
+        assert_eq!(r.to_string(), "event: nesting deeper than 64 levels");
         let r = reject(r#"{"v":1,"id":"e","ts":"soon","player":"p","kind":"session_start"}"#);
         assert_eq!(r.field, "ts");
         let r = reject(

@@ -64,6 +64,8 @@ pub mod dead_letter;
 pub mod entity;
 pub mod entity_path;
 pub mod event;
+#[cfg(test)]
+mod fuzz;
 pub mod ingest;
 pub mod kind;
 mod log_limit;

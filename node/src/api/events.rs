@@ -49,29 +49,83 @@ pub struct IngestResponse {
     pub duplicates: Vec<usize>,
 }
 
+/// Why a body is refused as a whole.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// Empty, or neither a JSON array nor NDJSON: 400.
+    Malformed(Rejection),
+    /// More events than the limit per request: 413.
+    TooMany(Rejection),
+}
+
+impl Refused {
+    fn answer(self) -> (Rejection, fn(String) -> ApiError) {
+        match self {
+            Refused::Malformed(r) => (r, ApiError::BadRequest),
+            Refused::TooMany(r) => (r, ApiError::TooLarge),
+        }
+    }
+}
+
 /// Splits a body into the raw bytes of its events: a JSON array, or NDJSON.
 ///
 /// An array is parsed as a whole, so one syntax error anywhere rejects the whole body:
 /// after a broken element there is no telling where the next one starts. NDJSON lines are
 /// independent, so a broken line costs only that line (docs/API.md recommends NDJSON).
-fn split_body(body: &[u8]) -> Result<Vec<&[u8]>, Rejection> {
+/// A body of more than `max_events` events is refused; its events are counted to its end
+/// but not kept, so the split allocates for at most `max_events`, however small they are.
+fn split_body(body: &[u8], max_events: usize) -> Result<Vec<&[u8]>, Refused> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else {
-        return Err(Rejection::new(
-            "body",
-            "empty body: send a json array or ndjson",
-        ));
+        let reason = "empty body: send a json array or ndjson";
+        return Err(Refused::Malformed(Rejection::new("body", reason)));
+    };
+    let (mut items, mut count) = (Vec::new(), 0usize);
+    let mut keep = |item| {
+        count += 1;
+        if items.len() < max_events {
+            items.push(item);
+        }
     };
     if body[start] == b'[' {
-        let items: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body)
-            .map_err(|e| Rejection::new("body", format!("malformed json array: {e}")))?;
-        return Ok(items.into_iter().map(|r| r.get().as_bytes()).collect());
+        use serde::Deserializer as _;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        de.deserialize_seq(Elements(&mut keep))
+            .and_then(|()| de.end())
+            .map_err(|e| {
+                let reason = format!("malformed json array: {e}");
+                Refused::Malformed(Rejection::new("body", reason))
+            })?;
+    } else {
+        body.split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .for_each(&mut keep);
     }
-    Ok(body
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-        .collect())
+    if count > max_events {
+        let reason = format!("{count} events, more than the limit of {max_events} per request");
+        return Err(Refused::TooMany(Rejection::new("body", reason)));
+    }
+    Ok(items)
+}
+
+/// The elements of a JSON array, each handed to the closure as its raw text. Elements are
+/// skipped over, not decoded, so nesting inside one costs no stack.
+struct Elements<F>(F);
+
+impl<'de, F: FnMut(&'de [u8])> serde::de::Visitor<'de> for Elements<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a json array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            (self.0)(raw.get().as_bytes());
+        }
+        Ok(())
+    }
 }
 
 /// An event larger than `max` bytes (as it stands in the body) is rejected before it is
@@ -199,10 +253,11 @@ pub(super) async fn ingest(
             return Err(e.await);
         }
     };
-    let items = match split_within(&body, limits.max_batch_events) {
+    let items = match split_body(&body, limits.max_batch_events) {
         Ok(items) => items,
-        Err((rejection, status)) => {
+        Err(refused) => {
             budget.admit(0)?;
+            let (rejection, status) = refused.answer();
             let len = Some(body.len());
             let e = reject_body(&state, core, &body, len, rejection, deadline, status);
             return Err(e.await);
@@ -211,23 +266,6 @@ pub(super) async fn ingest(
     // Refused whole, before anything of it is written, and taking nothing of the budget.
     budget.admit(items.len())?;
     write_events(&state, core, &items, deadline).await
-}
-
-/// The rejection of a whole body, and the status it is answered with.
-type BodyRejection = (Rejection, fn(String) -> ApiError);
-
-/// The events of a body, at most `max_events` of them.
-fn split_within(body: &[u8], max_events: usize) -> Result<Vec<&[u8]>, BodyRejection> {
-    let items =
-        split_body(body).map_err(|r| (r, ApiError::BadRequest as fn(String) -> ApiError))?;
-    if items.len() <= max_events {
-        return Ok(items);
-    }
-    let reason = format!(
-        "{} events, more than the limit of {max_events} per request",
-        items.len()
-    );
-    Err((Rejection::new("body", reason), ApiError::TooLarge))
 }
 
 /// The caller's ingest budget: its key's token buckets, or none (auth off, or a peer).
@@ -379,17 +417,43 @@ fn sort_events(state: &NodeState, items: &[&[u8]]) -> Sorted {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn splits_arrays_and_ndjson() {
-        let arr = split_body(br#" [ {"a":1}, {"b":[2,3]} ] "#).unwrap();
+        let arr = split_body(br#" [ {"a":1}, {"b":[2,3]} ] "#, 10).unwrap();
         assert_eq!(arr, vec![&br#"{"a":1}"#[..], &br#"{"b":[2,3]}"#[..]]);
-        let nd = split_body(b"{\"a\":1}\r\n\n{\"b\":2}\n").unwrap();
+        let nd = split_body(b"{\"a\":1}\r\n\n{\"b\":2}\n", 10).unwrap();
         assert_eq!(nd, vec![&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
-        assert_eq!(split_body(b"  ").unwrap_err().field, "body");
-        assert_eq!(split_body(b"[{").unwrap_err().field, "body");
+        for malformed in [&b"  "[..], b"[{", b"[1,]", b"[1] [2]", b"[1]\n[2]"] {
+            let refused = split_body(malformed, 10);
+            assert!(
+                matches!(&refused, Err(Refused::Malformed(r)) if r.field == "body"),
+                "{refused:?}"
+            );
+        }
+        // An ndjson body whose first line is not an array is ndjson throughout.
+        assert_eq!(split_body(b"{}\n[1]", 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_body_over_the_event_limit_is_counted_to_its_end_but_not_kept() {
+        let ndjson = "1\n".repeat(100_000);
+        let array = format!("[{}1]", "1,".repeat(99_999));
+        for body in [ndjson, array] {
+            assert_eq!(split_body(body.as_bytes(), 100_000).unwrap().len(), 100_000);
+            let (refused, peak) = crate::fuzz::peak_allocation(|| split_body(body.as_bytes(), 10));
+            let reason = "100000 events, more than the limit of 10 per request";
+            assert_eq!(
+                refused,
+                Err(Refused::TooMany(Rejection::new("body", reason)))
+            );
+            assert!(peak < 1024, "{peak} bytes allocated for 10 events");
+        }
     }
 
     #[test]
@@ -414,10 +478,13 @@ mod tests {
 
     #[test]
     fn a_broken_ndjson_line_is_its_own_item_but_a_broken_array_is_the_whole_body() {
-        let nd = split_body(b"{\"a\":1}\n{broken\n{\"b\":2}").unwrap();
+        let nd = split_body(b"{\"a\":1}\n{broken\n{\"b\":2}", 10).unwrap();
         assert_eq!(nd.len(), 3);
         assert_eq!(nd[1], b"{broken");
-        let arr = split_body(br#"[{"a":1}, {broken}, {"b":2}]"#).unwrap_err();
+        let Err(Refused::Malformed(arr)) = split_body(br#"[{"a":1}, {broken}, {"b":2}]"#, 10)
+        else {
+            panic!("a broken array is malformed")
+        };
         assert_eq!(arr.field, "body");
         assert!(arr.reason.starts_with("malformed json array"), "{arr}");
     }

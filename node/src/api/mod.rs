@@ -16,21 +16,20 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
-use serde::Deserialize;
 use serde_json::json;
 
 mod auth;
 mod events;
+mod head;
 mod observe;
+mod params;
 
 use events::ingest;
 
 use crate::auth::rate::Refused;
 use crate::cluster::routing::{self, RouteError};
-use crate::event::MAX_ID_LEN;
 use crate::ingest::IngestError;
 use crate::kind::ShardKind;
-use crate::shard::TopBy;
 use crate::state::{Core, NodeState};
 
 /// Every way a request can fail, and its status.
@@ -54,6 +53,8 @@ pub enum ApiError {
     #[error("{0}")]
     RateLimited(String, u64),
     #[error("{0}")]
+    HeadersTooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -69,6 +70,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +131,7 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
         App::new()
             .app_data(data.clone())
             .wrap_fn(move |req, srv| auth::guard(guarded.clone(), req, srv))
+            .wrap_fn(head::bound)
             .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))
             // What each route needs is in `auth::ROUTES`: a route added here goes there too.
             .route("/healthz", web::get().to(healthz))
@@ -189,16 +192,6 @@ fn core(state: &NodeState) -> Result<&Core, ApiError> {
     })
 }
 
-fn check_path_id(what: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "{what} id: must be 1 to {MAX_ID_LEN} bytes, got {}",
-            id.len()
-        )));
-    }
-    Ok(())
-}
-
 fn answer(result: Result<routing::Answer, RouteError>) -> Result<HttpResponse, ApiError> {
     match result {
         Ok((status, body)) => Ok(HttpResponse::build(
@@ -215,7 +208,9 @@ async fn player(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lookup(&state, &req, ShardKind::Players, path.into_inner()).await
+    let id = path.into_inner();
+    params::path_id(ShardKind::Players, &id)?;
+    lookup(&state, &req, ShardKind::Players, id).await
 }
 
 async fn channel(
@@ -223,106 +218,44 @@ async fn channel(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    lookup(&state, &req, ShardKind::Channels, path.into_inner()).await
-}
-
-/// `?id=`: the form for ids a path segment cannot carry (`.`, `..`, the channel `top`).
-#[derive(Deserialize)]
-struct IdQuery {
-    id: Option<String>,
-}
-
-impl IdQuery {
-    fn id(self, kind: ShardKind) -> Result<String, ApiError> {
-        self.id.ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "id: missing: query {path}/{{id}} or {path}?id={{id}}",
-                path = kind.api_path()
-            ))
-        })
-    }
-}
-
-async fn player_by_query(
-    state: Data,
-    req: HttpRequest,
-    query: web::Query<IdQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let id = query.into_inner().id(ShardKind::Players)?;
-    lookup(&state, &req, ShardKind::Players, id).await
-}
-
-async fn channel_by_query(
-    state: Data,
-    req: HttpRequest,
-    query: web::Query<IdQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let id = query.into_inner().id(ShardKind::Channels)?;
+    let id = path.into_inner();
+    params::path_id(ShardKind::Channels, &id)?;
     lookup(&state, &req, ShardKind::Channels, id).await
 }
 
+async fn player_by_query(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let id = params::query_id(ShardKind::Players, req.query_string())?;
+    lookup(&state, &req, ShardKind::Players, id).await
+}
+
+async fn channel_by_query(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let id = params::query_id(ShardKind::Channels, req.query_string())?;
+    lookup(&state, &req, ShardKind::Channels, id).await
+}
+
+/// Answers the query of an id already checked (see `params`).
 async fn lookup(
     state: &NodeState,
     req: &HttpRequest,
     kind: ShardKind,
     id: String,
 ) -> Result<HttpResponse, ApiError> {
-    check_path_id(kind.entity_name(), &id)?;
     let core = core(state)?;
     // A peer's request is answered here: it was routed already (and is never routed twice).
     let forwarded = auth::caller(req).is_peer();
     answer(routing::lookup(state, core, kind, &id, forwarded).await)
 }
 
-#[derive(Deserialize)]
-struct TopQuery {
-    by: Option<String>,
-    limit: Option<String>,
-    /// `local=1`: only this node's shards (what nodes ask each other).
-    local: Option<String>,
-}
-
-/// Parses `by` and `limit` of a top-N query; errors name the parameter.
-fn parse_top(q: &TopQuery) -> Result<(TopBy, usize), ApiError> {
-    let by = match q.by.as_deref().unwrap_or("concurrent") {
-        "concurrent" => TopBy::Concurrent,
-        "peak" => TopBy::Peak,
-        "follows" => TopBy::Follows,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "by: unknown ordering {other:?}, expected concurrent, peak or follows"
-            )))
-        }
-    };
-    let limit = match q.limit.as_deref() {
-        None => 10,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit: expected an integer from 1 to 1000, got {s:?}"
-                )))
-            }
-        },
-    };
-    Ok((by, limit))
-}
-
-async fn top_channels(state: Data, query: web::Query<TopQuery>) -> Result<HttpResponse, ApiError> {
-    let (by, limit) = parse_top(&query)?;
-    let by_name = query.by.as_deref().unwrap_or("concurrent");
+async fn top_channels(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let top = params::top(req.query_string())?;
+    let (by, by_name, limit) = (top.by, top.by_name, top.limit);
     let core = core(&state)?;
-    let (channels, stale) = if query.local.as_deref() == Some("1") {
+    let (channels, stale) = if top.local {
         (routing::local_top(core, by, limit).await, false)
     } else {
         routing::cluster_top(&state, core, by, by_name, limit).await
     };
     Ok(HttpResponse::Ok().json(json!({ "by": by_name, "channels": channels, "stale": stale })))
-}
-
-#[derive(Deserialize)]
-struct ClusterQuery {
-    local: Option<String>,
 }
 
 /// This node's part of the cluster view: its shards with lag and checkpoint age, and its
@@ -356,9 +289,10 @@ async fn local_view(state: &Arc<NodeState>) -> serde_json::Value {
     })
 }
 
-async fn cluster(state: Data, query: web::Query<ClusterQuery>) -> Result<HttpResponse, ApiError> {
+async fn cluster(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let only_local = params::local(req.query_string())?;
     let local = local_view(&state).await;
-    if query.local.as_deref() == Some("1") {
+    if only_local {
         return Ok(HttpResponse::Ok().json(local));
     }
     let core = core(&state)?;
@@ -408,26 +342,5 @@ mod tests {
             text.starts_with("ingest: ") && text.contains("10000 ms"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn top_parameters_are_checked() {
-        let q = |by: Option<&str>, limit: Option<&str>| TopQuery {
-            by: by.map(String::from),
-            limit: limit.map(String::from),
-            local: None,
-        };
-        assert!(matches!(
-            parse_top(&q(None, None)),
-            Ok((TopBy::Concurrent, 10))
-        ));
-        assert!(matches!(
-            parse_top(&q(Some("peak"), Some("3"))),
-            Ok((TopBy::Peak, 3))
-        ));
-        let e = parse_top(&q(Some("loud"), None)).unwrap_err().to_string();
-        assert!(e.starts_with("by:"), "{e}");
-        let e = parse_top(&q(None, Some("0"))).unwrap_err().to_string();
-        assert!(e.starts_with("limit:"), "{e}");
     }
 }

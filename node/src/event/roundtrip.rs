@@ -14,7 +14,7 @@ use crate::ingest::{records_for, Target};
 
 /// Characters ids are built from: ASCII, every URL-reserved and JSON-special character,
 /// and UTF-8 of two, three and four bytes.
-const CHARS: &[char] = &[
+pub(super) const CHARS: &[char] = &[
     'a', 'Z', '7', '-', '_', '.', '~', ':', '/', '?', '#', '[', ']', '@', '!', '$', '&', '\'', '(',
     ')', '*', '+', ',', ';', '=', '%', ' ', '"', '\\', '<', '>', '{', '}', '|', '^', '`', 'é', 'ß',
     '日', '本', '€', '😀', '𝄞',
@@ -24,7 +24,7 @@ const CHARS: &[char] = &[
 const LENGTHS: &[usize] = &[1, 2, 23, 24, 25, 64, 126, 127, MAX_ID_LEN];
 
 /// An id of exactly `len` bytes: characters from `picks`, then ASCII to fill up.
-fn id_of(len: usize, picks: &[usize]) -> Id {
+pub(super) fn id_of(len: usize, picks: &[usize]) -> Id {
     let mut s = String::new();
     for &p in picks {
         let c = CHARS[p % CHARS.len()];
@@ -108,7 +108,7 @@ fn arb_body() -> impl Strategy<Value = EventBody> {
     ]
 }
 
-fn arb_event() -> impl Strategy<Value = Event> {
+pub(super) fn arb_event() -> impl Strategy<Value = Event> {
     (
         arb_id(),
         prop_oneof![
@@ -131,7 +131,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
 
 /// A JSON string literal of `s`, each character written raw (escaped where JSON needs it)
 /// or, where `as_u` says so, as `\uXXXX` (a surrogate pair beyond the BMP).
-fn json_string(s: &str, as_u: &dyn Fn(usize) -> bool) -> String {
+pub(super) fn json_string(s: &str, as_u: &dyn Fn(usize) -> bool) -> String {
     let mut out = String::from("\"");
     for (i, c) in s.chars().enumerate() {
         if as_u(i) || c.is_control() {
@@ -150,22 +150,31 @@ fn json_string(s: &str, as_u: &dyn Fn(usize) -> bool) -> String {
     out
 }
 
-/// `event` as JSON, its strings escaped per `escape_every` (0: only where needed).
-fn to_json_escaped(event: &Event, escape_every: usize) -> String {
+/// The fields of `event` as JSON text, (key, value), its strings escaped per
+/// `escape_every` (0: only where needed).
+pub(super) fn json_fields(event: &Event, escape_every: usize) -> Vec<(String, String)> {
     let as_u = move |i: usize| escape_every > 0 && i.is_multiple_of(escape_every);
     let value = serde_json::to_value(event).expect("an event serializes");
     let serde_json::Value::Object(fields) = value else {
         unreachable!("an event is an object")
     };
-    let parts: Vec<String> = fields
+    fields
         .iter()
         .map(|(k, v)| {
             let v = match v {
                 serde_json::Value::String(s) => json_string(s, &as_u),
                 other => other.to_string(),
             };
-            format!("{}:{v}", json_string(k, &|_| false))
+            (json_string(k, &|_| false), v)
         })
+        .collect()
+}
+
+/// `event` as JSON, its strings escaped per `escape_every` (0: only where needed).
+pub(super) fn to_json_escaped(event: &Event, escape_every: usize) -> String {
+    let parts: Vec<String> = json_fields(event, escape_every)
+        .into_iter()
+        .map(|(k, v)| format!("{k}:{v}"))
         .collect();
     format!("{{{}}}", parts.join(","))
 }
