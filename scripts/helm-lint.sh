@@ -23,7 +23,11 @@ render() { "$HELM" template tally "$CHART" "$@"; }
 render > "$OUT/default.yaml"
 render -f "$PRODUCTION" > "$OUT/production.yaml"
 render --set serviceMonitor.enabled=true > "$OUT/servicemonitor.yaml"
-"$K8SCHECK" "$OUT/default.yaml" "$OUT/production.yaml" "$OUT/servicemonitor.yaml"
+# Every transport secured: mutual TLS, Kafka over SASL_SSL, Cassandra with a password and TLS.
+render --set serviceMonitor.enabled=true,tls.enabled=true,tls.clientAuth=true \
+  --set kafkaSecurity.protocol=sasl_ssl,kafkaSecurity.username=tally \
+  --set cassandraSecurity.username=tally,cassandraSecurity.tls=true > "$OUT/secure.yaml"
+"$K8SCHECK" "$OUT/default.yaml" "$OUT/production.yaml" "$OUT/servicemonitor.yaml" "$OUT/secure.yaml"
 
 # must_fail WANT ARGS...: the chart renders with ARGS, and k8scheck refuses it saying WANT.
 must_fail() {

@@ -17,3 +17,30 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tally.authSecret" -}}
 {{- .Values.auth.existingSecret | default (printf "%s-auth" (include "tally.fullname" .)) -}}
 {{- end -}}
+
+{{- /* Secrets of the transport settings (not made by the chart). */}}
+{{- define "tally.tlsSecret" -}}
+{{- .Values.tls.existingSecret | default (printf "%s-tls" (include "tally.fullname" .)) -}}
+{{- end -}}
+
+{{- define "tally.kafkaSecret" -}}
+{{- .Values.kafkaSecurity.existingSecret | default (printf "%s-kafka" (include "tally.fullname" .)) -}}
+{{- end -}}
+
+{{- define "tally.cassandraSecret" -}}
+{{- .Values.cassandraSecurity.existingSecret | default (printf "%s-cassandra" (include "tally.fullname" .)) -}}
+{{- end -}}
+
+{{- /* Whether the Kafka settings need the Secret: a SASL password or a TLS CA. */}}
+{{- define "tally.kafkaSasl" -}}
+{{- if hasPrefix "sasl" .Values.kafkaSecurity.protocol }}true{{ end -}}
+{{- end -}}
+{{- define "tally.kafkaTls" -}}
+{{- if hasSuffix "ssl" .Values.kafkaSecurity.protocol }}true{{ end -}}
+{{- end -}}
+{{- define "tally.kafkaSecretUsed" -}}
+{{- if or (include "tally.kafkaSasl" .) (include "tally.kafkaTls" .) }}true{{ end -}}
+{{- end -}}
+{{- define "tally.cassandraSecretUsed" -}}
+{{- if or .Values.cassandraSecurity.username .Values.cassandraSecurity.tls }}true{{ end -}}
+{{- end -}}
