@@ -97,19 +97,24 @@ doc: toolchain
 unit-tests: toolchain $(METRICSCHECK)
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
+# The exactly-once tests again, every node against the secure services: Kafka over
+# SASL_SSL (SCRAM-SHA-512), Cassandra with a password over TLS, the API over mutual TLS.
+secure-tests: toolchain
+	TALLY_TEST_SECURE=1 $(CARGO) test -p tally-node --test exactly_once -- --test-threads=$(TEST_THREADS)
+
 # Tests that stop a shared service run alone, after everything else.
 outage-tests: toolchain
 	$(CARGO) test -p tally-node --test service_outage -- --ignored --test-threads=1
 
 # The dependency audit is not part of it: no advisory database is reachable from here (see
 # README, "Dependency audit"); `make audit` runs it where one is.
-test: services services-secure fmt clippy doc helm-lint ops-check fuzz-quick unit-tests outage-tests
+test: services services-secure fmt clippy doc helm-lint ops-check fuzz-quick unit-tests secure-tests outage-tests
 
 # The fuzz targets: ignored tests named fuzz_* (node/src/fuzz.rs says which and what they
 # check), each run for TALLY_FUZZ_CASES cases or TALLY_FUZZ_SECS seconds, whichever ends
 # first. The quick run takes their defaults (10,000 cases, at most 20 s each): 13 s in all
 # on this 2-core machine, busy with other builds. `--workspace` shares the unit tests' build.
-.PHONY: fuzz-quick fuzz
+.PHONY: fuzz-quick fuzz secure-tests
 FUZZ_CASES ?= 1000000
 FUZZ_SECS ?= 1200
 fuzz-quick: toolchain
