@@ -27,6 +27,10 @@ start_node() {
   if [ -z "$cluster" ]; then
     cluster=$(printf '[cluster]\ncluster_id = "%s"\ngossip_addr = "127.0.0.1:%s"\n' "$name" "$(free_udp)")
   fi
+  # Auth off for the benchmarks; a binary from before auth (no `keys` command, as
+  # bench-compare.sh may run) would refuse the section.
+  local auth=$'[auth]\nenabled = false'
+  "$NODE_BIN" keys --help > /dev/null 2>&1 || auth=""
   cat > "$WORK/$name.toml" <<EOT
 [node]
 id = "$name"
@@ -40,8 +44,7 @@ group_id = "$topics"
 [cassandra]
 keyspace = "$(echo "$topics" | tr -c 'a-z0-9_\n' '_')"
 $cluster
-[auth]
-enabled = false
+$auth
 ${BENCH_NODE_TOML:-}
 EOT
   launch_node "$name"
