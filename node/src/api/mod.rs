@@ -121,6 +121,9 @@ impl From<Refused> for ApiError {
 
 type Data = web::Data<Arc<NodeState>>;
 
+/// How long an idle client connection stays open (see `serve`).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(75);
+
 /// Builds the server on an already bound listener: HTTPS with `[node.tls]`, else HTTP.
 pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Server> {
     let tls = state.tls.as_ref().map(|t| t.server_config()).transpose()?;
@@ -150,6 +153,10 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
             .route("/v1/cluster", web::get().to(cluster))
     })
     .workers(2)
+    // An idle connection is kept this long. actix's default, 5 s, is shorter than clients
+    // keep theirs (reqwest and hyper: 90 s), so a client that pauses about 5 s sends its
+    // next request into a connection the node is closing and can get a bare 408.
+    .keep_alive(KEEP_ALIVE)
     .disable_signals()
     .shutdown_timeout(10);
     let server = match tls {

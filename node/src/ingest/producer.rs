@@ -415,6 +415,14 @@ impl Worker {
                 return self.abort(e, until);
             }
         }
+        // rdkafka's commit_transaction flushes first, and its flush waits in steps of
+        // 100 ms (its poll runs to the end of each step even once the delivery reports are
+        // in): a commit cost 100 ms of nothing. The delivery reports are taken here in 1 ms
+        // steps, so that flush finds nothing in flight; if time runs out first, the flush
+        // inside commit_transaction reports it as before.
+        while producer.in_flight_count() > 0 && Instant::now() < commit_by {
+            producer.poll(Duration::from_millis(1));
+        }
         let timeout = commit_by.saturating_duration_since(Instant::now());
         match producer.commit_transaction(timeout) {
             Ok(()) => {
