@@ -196,7 +196,8 @@ pub fn applied(
 ) -> SpanContext {
     use opentelemetry::trace::Span as _;
     let parent = Context::new().with_remote_span_context(parent.clone());
-    let mut span = tracer()
+    let tracer = tracer();
+    let mut span = tracer
         .span_builder("shard.apply")
         .with_kind(SpanKind::Consumer)
         .with_start_time(started)
@@ -205,7 +206,7 @@ pub fn applied(
             KeyValue::new("tally.partition", i64::from(partition)),
             KeyValue::new("tally.offset", offset),
         ])
-        .start_with_context(&tracer(), &parent);
+        .start_with_context(&tracer, &parent);
     let cx = span.span_context().clone();
     span.end();
     cx
@@ -226,7 +227,8 @@ pub fn checkpointed(
         return;
     };
     let parent = Context::new().with_remote_span_context(first.clone());
-    let mut span = tracer()
+    let tracer = tracer();
+    let mut span = tracer
         .span_builder("shard.checkpoint")
         .with_kind(SpanKind::Internal)
         .with_start_time(started)
@@ -241,7 +243,7 @@ pub fn checkpointed(
             KeyValue::new("tally.partition", i64::from(partition)),
             KeyValue::new("tally.rows", rows as i64),
         ])
-        .start_with_context(&tracer(), &parent);
+        .start_with_context(&tracer, &parent);
     if let Some(e) = error {
         span.set_status(opentelemetry::trace::Status::error(e));
     }

@@ -40,7 +40,8 @@ pub(super) struct ReasonLabel {
     pub reason: RejectReason,
 }
 
-/// Why HTTP ingest rejected an event (its `reason` label).
+/// Why HTTP ingest rejected an event (its `reason` label). Its discriminant is its place
+/// in [`RejectReason::ALL`].
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RejectReason {
     /// The whole request body: over `ingest.max_body_bytes`, more events than
@@ -140,5 +141,17 @@ impl EncodeLabelValue for ChangeKind {
 impl EncodeLabelValue for MemberStatus {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
         std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_indexes_its_place_in_all() {
+        for (i, reason) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.as_str());
+        }
     }
 }

@@ -44,8 +44,8 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub struct Metrics {
     /// Every family below, for the encoder; it holds handles to the same atomics.
     registry: Registry,
-    applied_players: Counter,
-    applied_channels: Counter,
+    /// `tally_records_applied_total`, by kind (players, channels).
+    applied: [Counter; 2],
     consumed_records: Counter,
     invalid_records: Counter,
     duplicate_records: Counter,
@@ -396,11 +396,9 @@ impl Default for Metrics {
         let shards = shard::Families::register(&mut registry);
         let times = shard_times(&mut registry);
         let cluster = cluster_metrics(&mut registry);
-        let [applied_players, applied_channels] = per_kind(&applied);
         let on = |on| source_wait.get_or_create_owned(&WaitLabel { on });
         Metrics {
-            applied_players,
-            applied_channels,
+            applied: per_kind(&applied),
             consumed_records,
             invalid_records,
             duplicate_records,
@@ -446,10 +444,7 @@ fn at(kind: ShardKind) -> usize {
 
 impl Metrics {
     pub fn add_applied(&self, kind: ShardKind, n: u64) {
-        match kind {
-            ShardKind::Players => self.applied_players.inc_by(n),
-            ShardKind::Channels => self.applied_channels.inc_by(n),
-        };
+        self.applied[at(kind)].inc_by(n);
     }
     pub fn add_consumed(&self, n: u64) {
         self.consumed_records.inc_by(n);
@@ -497,11 +492,7 @@ impl Metrics {
         self.ingest_accepted.inc_by(n);
     }
     pub fn add_ingest_rejected(&self, reason: RejectReason, n: u64) {
-        let i = RejectReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("ALL lists every reason");
-        self.ingest_rejected[i].inc_by(n);
+        self.ingest_rejected[reason as usize].inc_by(n);
     }
     pub fn add_ingest_transaction(&self) {
         self.ingest_transactions.inc();
@@ -553,7 +544,8 @@ impl Metrics {
 
     /// The series of one shard, created if they are not there yet.
     pub fn shard(&self, kind: ShardKind, partition: i32) -> ShardMetrics {
-        self.shards.of(ShardLabels { kind, partition })
+        let of_kind = self.applied[at(kind)].clone();
+        self.shards.of(ShardLabels { kind, partition }, of_kind)
     }
 
     /// Forgets a shard that moved away from this node: every per-shard series goes.
@@ -577,7 +569,7 @@ impl Metrics {
 
     /// Records applied to entities (players + channels); tests and benchmarks read it.
     pub fn applied_total(&self) -> u64 {
-        self.applied_players.get() + self.applied_channels.get()
+        self.applied.iter().map(Counter::get).sum()
     }
     pub fn checkpoint_rows(&self) -> u64 {
         self.checkpoint_rows.get()

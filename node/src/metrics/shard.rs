@@ -69,9 +69,11 @@ impl Families {
         }
     }
 
-    pub(super) fn of(&self, labels: ShardLabels) -> ShardMetrics {
+    /// The series of `labels`' shard; `of_kind` is its kind's `tally_records_applied_total`.
+    pub(super) fn of(&self, labels: ShardLabels, of_kind: Counter) -> ShardMetrics {
         ShardMetrics {
             applied: self.applied.get_or_create_owned(&labels),
+            applied_of_kind: of_kind,
             lag: self.lag.get_or_create_owned(&labels),
             last_checkpoint: self.last_checkpoint.get_or_create_owned(&labels),
             resident_entities: self.resident_entities.get_or_create_owned(&labels),
@@ -92,6 +94,8 @@ impl Families {
 #[derive(Clone)]
 pub struct ShardMetrics {
     applied: Counter,
+    /// The kind's total of the same, bumped with it.
+    applied_of_kind: Counter,
     lag: Gauge,
     last_checkpoint: Gauge<f64, AtomicU64>,
     resident_entities: Gauge,
@@ -99,8 +103,10 @@ pub struct ShardMetrics {
 }
 
 impl ShardMetrics {
+    /// Records applied: this shard's series and its kind's total.
     pub fn add_applied(&self, n: u64) {
         self.applied.inc_by(n);
+        self.applied_of_kind.inc_by(n);
     }
 
     /// After a batch: the records of the partition after it (None: not known, the lag

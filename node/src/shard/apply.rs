@@ -246,7 +246,6 @@ impl<E: Hosted> ShardState<E> {
                 }),
             }
         }
-        self.args.metrics.add_applied(E::KIND, applied);
         self.series.add_applied(applied);
         deferred
     }
@@ -311,7 +310,6 @@ impl<E: Hosted> ShardState<E> {
             );
             applied += done.expect("deferred entities were activated") as u64;
         }
-        self.args.metrics.add_applied(E::KIND, applied);
         self.series.add_applied(applied);
     }
 }
