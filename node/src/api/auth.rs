@@ -42,6 +42,9 @@ pub(super) enum Access {
 /// Every route the API serves (the patterns `api::serve` registers) and what it needs. A
 /// path that matches none of them needs a valid key of any scope (and then gets 404).
 pub(super) const ROUTES: &[(&str, Access)] = &[
+    // The dashboard's page and assets hold no data; the page asks for a key.
+    ("/", Access::Open),
+    ("/dashboard/{file}", Access::Open),
     ("/healthz", Access::Open),
     ("/readyz", Access::Open),
     ("/metrics", Access::Metrics),

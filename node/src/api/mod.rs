@@ -19,6 +19,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use serde_json::json;
 
 mod auth;
+mod dashboard;
 mod events;
 mod head;
 mod observe;
@@ -137,6 +138,8 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
             .wrap_fn(head::bound)
             .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))
             // What each route needs is in `auth::ROUTES`: a route added here goes there too.
+            .route("/", web::get().to(dashboard::index))
+            .route("/dashboard/{file}", web::get().to(dashboard::asset))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
