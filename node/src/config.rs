@@ -17,6 +17,7 @@ mod api_tls;
 mod cassandra;
 mod files;
 mod kafka;
+mod push;
 mod secret;
 #[cfg(test)]
 mod testing;
@@ -32,6 +33,7 @@ use serde::Deserialize;
 pub use api_tls::ApiTlsConfig;
 pub use cassandra::{CassandraConfig, CassandraTls, Replication};
 pub use kafka::{ClientProperties, KafkaConfig, SaslMechanism, SecurityProtocol, RESERVED};
+pub use push::PushConfig;
 pub use secret::Secret;
 
 /// Environment variables that hold secrets: read by the sections they belong to, never by
@@ -65,6 +67,9 @@ pub struct Config {
     /// API keys and the cluster secret: where they are, whether they are checked.
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// Pushed updates: coalescing interval and the limits of connections and subscriptions.
+    #[serde(default)]
+    pub push: PushConfig,
 }
 
 /// `[cluster]`
@@ -316,6 +321,7 @@ impl Config {
         self.validate_shard()?;
         self.validate_cluster()?;
         self.validate_ingest()?;
+        self.push.validate()?;
         self.telemetry.validate()
     }
 

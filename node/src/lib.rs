@@ -21,6 +21,8 @@
 //! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
 //!   order.
 //! - `cluster`: gossip membership, partition ownership, and routing any query anywhere.
+//! - [`push`]: subscriptions (WebSocket, SSE) fed from the owner's shard, relayed by any
+//!   node, following ownership.
 //! - [`entity_path`]: where a player or channel is queried, its id percent-encoded.
 //! - [`node`]: start-up order, the readiness monitor, Kafka administration, shutdown.
 //! - `state`: the state the API, the controller and the background tasks share.
@@ -72,6 +74,7 @@ mod log_limit;
 pub mod metrics;
 pub mod node;
 pub mod partitioner;
+pub mod push;
 mod retry;
 pub mod shard;
 pub mod source;

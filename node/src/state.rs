@@ -27,6 +27,7 @@ use crate::dead_letter::DeadLetters;
 use crate::ingest::Ingest;
 use crate::kind::{ChangeKind, ShardId, ShardKind};
 use crate::metrics::Metrics;
+use crate::push::Hub;
 use crate::shard::{ShardMsg, ShardStats};
 use crate::source::SourceHandle;
 use crate::store::Store;
@@ -190,8 +191,13 @@ pub struct NodeState {
     /// Forwards queries to other nodes: over HTTPS, trusting `node.tls.ca_file`, when the
     /// API serves HTTPS.
     pub http: reqwest::Client,
+    /// Follows other nodes' push streams: as `http`, with no limit on a response's length
+    /// (a stream lasts as long as its subscription), only on the silence within it.
+    pub stream_http: reqwest::Client,
     /// The API's certificate and CAs with `[node.tls]`, re-read on SIGHUP.
     pub tls: Option<Arc<ApiTls>>,
+    /// The push feeds this node runs and its push connections.
+    pub push: Hub,
     /// Events this node's ingest acknowledged recently (answering retries as such).
     pub acknowledged: Acknowledged,
     /// The root of the shutdown tree: cancelled once, when the node starts to stop; every
@@ -203,12 +209,20 @@ impl NodeState {
     pub fn new(cfg: Config, auth: Auth) -> anyhow::Result<Arc<NodeState>> {
         let tls = cfg.node.tls.as_ref().map(ApiTls::load).transpose()?;
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        // A push stream sends a keep-alive every 15 s: three missed is a dead stream.
+        let mut stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(45));
         if let Some(tls) = &tls {
             http = http.use_preconfigured_tls(tls.client_config()?);
+            stream_http = stream_http.use_preconfigured_tls(tls.client_config()?);
         }
-        let http = http
-            .build()
-            .map_err(|e| anyhow::anyhow!("build http client: {e}"))?;
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| anyhow::anyhow!("build http client: {e}"))
+        };
+        let (http, stream_http) = (build(http)?, build(stream_http)?);
+        let push = Hub::new(cfg.push.clone());
         let acknowledged = Acknowledged::new(
             Duration::from_secs(cfg.shard.dedupe_window_secs),
             ACKNOWLEDGED_KEPT,
@@ -224,7 +238,9 @@ impl NodeState {
             changes: Mutex::new(VecDeque::new()),
             runtime: tokio::runtime::Handle::current(),
             http,
+            stream_http,
             tls,
+            push,
             acknowledged,
             shutdown: CancellationToken::new(),
         }))

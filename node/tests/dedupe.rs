@@ -51,6 +51,7 @@ async fn start(
         progress,
         metrics: metrics.clone(),
         dead_letters: None,
+        push_interval: Duration::from_millis(250),
     })
     .await
     .unwrap()

@@ -54,6 +54,7 @@ async fn start_shard_of(
         progress,
         metrics: Arc::new(Metrics::default()),
         dead_letters: None,
+        push_interval: Duration::from_millis(250),
     };
     shard::spawn(args).await.unwrap()
 }
@@ -489,6 +490,7 @@ async fn undecodable_records_are_skipped_counted_and_dead_lettered_and_neighbour
         progress: None,
         metrics: metrics.clone(),
         dead_letters: Some(dead_letters.clone()),
+        push_interval: Duration::from_millis(250),
     };
     let shard = shard::spawn(args).await.unwrap();
     feed(&shard, &recs).await;

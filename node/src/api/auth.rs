@@ -55,6 +55,24 @@ pub(super) const ROUTES: &[(&str, Access)] = &[
     ("/v1/channels/top", Access::Scope(Scope::Read)),
     ("/v1/channels/{id}", Access::Scope(Scope::Read)),
     ("/v1/cluster", Access::Scope(Scope::Admin)),
+    // Push: the cluster subscription on `/v1/subscribe` needs admin too (`api::push`).
+    ("/v1/subscribe", Access::Scope(Scope::Read)),
+    ("/v1/stream", Access::Scope(Scope::Read)),
+    ("/v1/players/{id}/stream", Access::Scope(Scope::Read)),
+    ("/v1/channels/top/stream", Access::Scope(Scope::Read)),
+    ("/v1/channels/{id}/stream", Access::Scope(Scope::Read)),
+    ("/v1/cluster/stream", Access::Scope(Scope::Admin)),
+];
+
+/// The routes browsers reach with a WebSocket or an `EventSource`, which cannot send
+/// headers: they also take the key as `?access_token=<key>`.
+const TOKEN_IN_QUERY: &[&str] = &[
+    "/v1/subscribe",
+    "/v1/stream",
+    "/v1/players/{id}/stream",
+    "/v1/channels/top/stream",
+    "/v1/channels/{id}/stream",
+    "/v1/cluster/stream",
 ];
 
 /// What a request needs, once the config is applied.
@@ -134,8 +152,16 @@ fn decide(state: &NodeState, req: &ServiceRequest) -> Result<Caller, ApiError> {
     if !auth.enabled() {
         return Ok(Caller::Anyone);
     }
+    let in_query = || {
+        pattern
+            .as_deref()
+            .filter(|p| TOKEN_IN_QUERY.contains(p))
+            .and_then(|_| access_token(req.query_string()))
+    };
     let key = bearer(req)
-        .and_then(|k| auth.key(k))
+        .map(<[u8]>::to_vec)
+        .or_else(in_query)
+        .and_then(|k| auth.key(&k))
         .ok_or_else(|| ApiError::Unauthorized(NO_KEY.into()))?;
     match needs {
         Needs::Scope(scope) if !key.has(scope) => Err(ApiError::Forbidden(format!(
@@ -177,6 +203,16 @@ fn bearer(req: &ServiceRequest) -> Option<&[u8]> {
         return None;
     }
     Some(key.trim_ascii()).filter(|k| !k.is_empty())
+}
+
+/// The key of `?access_token=<key>`, percent-decoded.
+fn access_token(query: &str) -> Option<Vec<u8>> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "access_token")
+        .map(|(_, v)| percent_encoding::percent_decode_str(v).collect::<Vec<u8>>())
+        .filter(|k| !k.is_empty())
 }
 
 #[cfg(test)]

@@ -24,11 +24,13 @@ mod events;
 mod head;
 mod observe;
 mod params;
+mod push;
 
 use events::ingest;
 
 use crate::auth::rate::Refused;
 use crate::cluster::routing::{self, RouteError};
+use crate::cluster::view;
 use crate::ingest::IngestError;
 use crate::kind::ShardKind;
 use crate::state::{Core, NodeState};
@@ -148,6 +150,19 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
             // `%2F`, `%25` and `+` still encoded, so an encoded id is one segment, and
             // `top` in any encoding is the view: ids a segment cannot carry use `?id=`
             // (see `entity_path`).
+            // Push (see `push`): the stream routes come before the `{id}` routes they extend.
+            .route("/v1/subscribe", web::get().to(push::subscribe))
+            .route("/v1/stream", web::get().to(push::stream_by_query))
+            .route(
+                "/v1/players/{id}/stream",
+                web::get().to(push::player_stream),
+            )
+            .route("/v1/channels/top/stream", web::get().to(push::top_stream))
+            .route(
+                "/v1/channels/{id}/stream",
+                web::get().to(push::channel_stream),
+            )
+            .route("/v1/cluster/stream", web::get().to(push::cluster_stream))
             .route("/v1/players", web::get().to(player_by_query))
             .route("/v1/players/{id}", web::get().to(player))
             .route("/v1/channels", web::get().to(channel_by_query))
@@ -260,78 +275,23 @@ async fn top_channels(state: Data, req: HttpRequest) -> Result<HttpResponse, Api
     let top = params::top(req.query_string())?;
     let (by, by_name, limit) = (top.by, top.by_name, top.limit);
     let core = core(&state)?;
-    let (channels, stale) = if top.local {
-        (routing::local_top(core, by, limit).await, false)
+    let part = if top.local {
+        routing::local_top(core, by, limit).await
     } else {
         routing::cluster_top(&state, core, by, by_name, limit).await
     };
-    Ok(HttpResponse::Ok().json(json!({ "by": by_name, "channels": channels, "stale": stale })))
-}
-
-/// This node's part of the cluster view: its shards with lag and checkpoint age, and its
-/// recent ownership changes.
-async fn local_view(state: &Arc<NodeState>) -> serde_json::Value {
-    let shards = state.shard_stats().await;
-    // A broker round trip per partition: keep it off the actix worker.
-    let st = state.clone();
-    let lag: Vec<(String, i32, i64)> =
-        web::block(move || st.core.get().map(|c| c.source.lag()).unwrap_or_default())
-            .await
-            .unwrap_or_default();
-    let shards: Vec<serde_json::Value> = shards
-        .into_iter()
-        .map(|s| {
-            let topic = state.topic(s.kind);
-            let lag = lag
-                .iter()
-                .find(|(t, p, _)| t == topic && *p == s.partition)
-                .map(|l| l.2);
-            let mut v = serde_json::to_value(&s).unwrap_or_default();
-            v["lag"] = json!(lag);
-            v
-        })
-        .collect();
-    json!({
-        "node_id": state.cfg.node.id,
-        "ready": state.readiness().ready,
-        "shards": shards,
-        "recent_changes": state.recent_changes(),
-    })
+    Ok(HttpResponse::Ok().json(json!({
+        "by": by_name, "channels": part.channels, "stale": part.stale, "offsets": part.offsets,
+    })))
 }
 
 async fn cluster(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let only_local = params::local(req.query_string())?;
-    let local = local_view(&state).await;
     if only_local {
-        return Ok(HttpResponse::Ok().json(local));
+        return Ok(HttpResponse::Ok().json(view::local_view(&state).await));
     }
     let core = core(&state)?;
-    let members = core.membership.members();
-    let mut nodes = vec![local];
-    for m in members.iter().filter(|m| m.node_id != state.cfg.node.id) {
-        let Some(addr) = &m.api_addr else { continue };
-        match routing::get_remote(&state, addr, "/v1/cluster?local=1").await {
-            Ok((200, body)) => nodes.push(body),
-            Ok((status, _)) => {
-                nodes.push(json!({ "node_id": m.node_id, "error": format!("status {status}") }))
-            }
-            Err(e) => nodes.push(json!({ "node_id": m.node_id, "error": e })),
-        }
-    }
-    let mut partitions = serde_json::Map::new();
-    for m in &members {
-        for (kind, p) in &m.owned {
-            let key = format!("{}/{p}", kind.label());
-            partitions.insert(key, json!(m.node_id));
-        }
-    }
-    Ok(HttpResponse::Ok().json(json!({
-        "members": members,
-        "partitions": partitions,
-        "nodes": nodes,
-        // Kept for single-node tools: the shards of the node that answered.
-        "shards": nodes[0]["shards"],
-    })))
+    Ok(HttpResponse::Ok().json(view::cluster_view(&state, core).await))
 }
 
 #[cfg(test)]

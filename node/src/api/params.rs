@@ -137,6 +137,22 @@ pub(super) fn top(query: &str) -> Result<Top, ApiError> {
     })
 }
 
+/// The entity of `GET /v1/stream`: `?player=<id>` or `?channel=<id>`, exactly one.
+pub(super) fn stream_target(query: &str) -> Result<(ShardKind, String), ApiError> {
+    let player = param(query, "player")?;
+    let channel = param(query, "channel")?;
+    let (kind, name, id) = match (player, channel) {
+        (Some(id), None) => (ShardKind::Players, "player", id),
+        (None, Some(id)) => (ShardKind::Channels, "channel", id),
+        (Some(_), Some(_)) => {
+            return Err(bad("player", "give player or channel, not both"));
+        }
+        (None, None) => return Err(bad("player", "missing: give ?player=<id> or ?channel=<id>")),
+    };
+    check_id(name, &id)?;
+    Ok((kind, id))
+}
+
 /// `local=1` of the cluster and top-N views; any other value is the whole cluster.
 pub(super) fn local(query: &str) -> Result<bool, ApiError> {
     Ok(param(query, "local")?.as_deref() == Some("1"))
@@ -149,6 +165,34 @@ mod tests {
     use proptest::prelude::*;
     use proptest::sample::select;
     use proptest::test_runner::TestCaseResult;
+
+    #[test]
+    fn a_stream_names_one_entity_by_query() {
+        let of = |q: &str| stream_target(q).map_err(|e| e.to_string());
+        assert_eq!(
+            of("player=a%2Fb+c"),
+            Ok((ShardKind::Players, "a/b c".into()))
+        );
+        assert_eq!(of("channel=top"), Ok((ShardKind::Channels, "top".into())));
+        assert_eq!(of("channel=.."), Ok((ShardKind::Channels, "..".into())));
+        assert_eq!(
+            of("player=a&channel=b"),
+            Err("player: give player or channel, not both".into())
+        );
+        assert!(of("").unwrap_err().starts_with("player: missing"));
+        assert!(of("player=")
+            .unwrap_err()
+            .starts_with("player: must be 1 to 128 bytes"));
+        let long = format!("channel={}", "x".repeat(129));
+        assert_eq!(
+            of(&long),
+            Err("channel: must be 1 to 128 bytes, got 129".into())
+        );
+        assert_eq!(
+            of("player=a&player=b"),
+            Err("player: given more than once".into())
+        );
+    }
 
     #[test]
     fn top_parameters_are_checked_and_named() {

@@ -7,6 +7,7 @@
 //!   owners over the live, serving members; checkpointed handover; takeover after failure.
 //! - [`routing`]: a query goes to the local shard, is forwarded to the owner, or is
 //!   answered from Cassandra (stale); cluster-wide top-N.
+//! - [`view`]: the cluster view of `GET /v1/cluster` and the `cluster` subscription.
 //! - `sandbox` (tests only): three memberships over the in-memory transport, each with the
 //!   real controller over recorded shards: handover, failover and cut links in seconds.
 //!
@@ -17,3 +18,4 @@ pub mod ownership;
 pub mod routing;
 #[cfg(test)]
 mod sandbox;
+pub mod view;

@@ -308,6 +308,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
         progress,
         metrics: state.metrics.clone(),
         dead_letters: Some(core.dead_letters.clone()),
+        push_interval: state.cfg.push.interval(),
     };
     let actor = match shard::spawn(args).await {
         Ok(a) => a,

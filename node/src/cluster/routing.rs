@@ -14,7 +14,7 @@
 //!
 //! Not for: deciding ownership (see `ownership`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -82,28 +82,34 @@ pub async fn get_remote(state: &NodeState, addr: &str, path: &str) -> Result<Ans
     get_url(state, url).await
 }
 
-/// GET `url` on another node, signed, on the main runtime; returns status and JSON body.
-async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
-    let http = state.http.clone();
-    // The owner's request span continues this one's trace.
-    let traceparent = telemetry::current_traceparent();
-    let signature = state.auth.peer().map(|secret| {
+/// `request` to `url` on another node, marked forwarded and signed with the cluster secret,
+/// continuing the current trace.
+pub fn signed(
+    state: &NodeState,
+    request: reqwest::RequestBuilder,
+    url: &Url,
+) -> reqwest::RequestBuilder {
+    let mut request = request.header(FORWARDED, "1");
+    if let Some(secret) = state.auth.peer() {
         let path = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        secret.sign("GET", &path, crate::event::now_ms())
-    });
+        request = request.header(PEER_AUTH, secret.sign("GET", &path, crate::event::now_ms()));
+    }
+    // The owner's request span continues this one's trace.
+    if let Some(tp) = telemetry::current_traceparent() {
+        request = request.header(telemetry::TRACEPARENT, tp);
+    }
+    request
+}
+
+/// GET `url` on another node, signed, on the main runtime; returns status and JSON body.
+async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
+    let request = signed(state, state.http.get(url.clone()), &url);
     state
         .runtime
         .spawn(async move {
-            let mut request = http.get(url.clone()).header(FORWARDED, "1");
-            if let Some(signature) = signature {
-                request = request.header(PEER_AUTH, signature);
-            }
-            if let Some(tp) = traceparent {
-                request = request.header(telemetry::TRACEPARENT, tp);
-            }
             let r = request.send().await.map_err(|e| format!("{url}: {e}"))?;
             let status = r.status().as_u16();
             let body = r.json::<Value>().await.map_err(|e| format!("{url}: {e}"))?;
@@ -228,29 +234,44 @@ async fn from_storage(
     ))
 }
 
+/// A part of a top-N view: the entries and the next offset of each partition they reflect
+/// (`channels/<partition>`).
+#[derive(Debug, Default)]
+pub struct TopPart {
+    pub channels: Vec<TopEntry>,
+    pub offsets: BTreeMap<String, i64>,
+    /// Whether any part came from stored summaries (partitions nobody serves).
+    pub stale: bool,
+}
+
 /// Top-N of the local channel shards.
-pub async fn local_top(core: &Core, by: TopBy, limit: usize) -> Vec<TopEntry> {
-    let mut all = Vec::new();
+pub async fn local_top(core: &Core, by: TopBy, limit: usize) -> TopPart {
+    let mut part = TopPart::default();
     for shard in core.shards_of(ShardKind::Channels) {
-        if let Ok(part) = ractor::call_t!(shard, ShardMsg::Top, 10_000, by, limit) {
-            all.extend(part);
+        if let Ok(entries) = ractor::call_t!(shard, ShardMsg::Top, 10_000, by, limit) {
+            part.channels.extend(entries);
+        }
+        if let Ok(stats) = ractor::call_t!(shard, ShardMsg::Stats, 10_000) {
+            part.offsets.insert(
+                format!("{}/{}", stats.kind.label(), stats.partition),
+                stats.next_offset,
+            );
         }
     }
-    sort_top(&mut all, by);
-    all.truncate(limit);
-    all
+    sort_top(&mut part.channels, by);
+    part.channels.truncate(limit);
+    part
 }
 
 /// Top-N over the whole cluster: every serving member's local top-N, merged; partitions
-/// nobody serves right now come from their stored summaries. Returns the entries and
-/// whether any part was stale.
+/// nobody serves right now come from their stored summaries (and make the answer stale).
 pub async fn cluster_top(
     state: &NodeState,
     core: &Core,
     by: TopBy,
     by_name: &str,
     limit: usize,
-) -> (Vec<TopEntry>, bool) {
+) -> TopPart {
     let mut all = local_top(core, by, limit).await;
     let me = core.membership.node_id().to_string();
     let mut covered: BTreeSet<ShardId> = core.shard_ids();
@@ -275,24 +296,30 @@ pub async fn cluster_top(
     .await;
     for (member, body) in answers.into_iter().flatten() {
         if let Ok(entries) = serde_json::from_value::<Vec<TopEntry>>(body["channels"].clone()) {
-            all.extend(entries);
+            all.channels.extend(entries);
             covered.extend(member.owned.iter().copied());
+            if let Ok(offsets) =
+                serde_json::from_value::<BTreeMap<String, i64>>(body["offsets"].clone())
+            {
+                all.offsets.extend(offsets);
+            }
         }
     }
-    let mut stale = false;
     for p in 0..core.channel_partitions {
         if covered.contains(&(ShardKind::Channels, p)) {
             continue;
         }
-        stale = true;
+        all.stale = true;
         match core.store.channel_summaries(p).await {
-            Ok(summaries) => all.extend(summaries.iter().map(TopEntry::from_summary)),
+            Ok(summaries) => all
+                .channels
+                .extend(summaries.iter().map(TopEntry::from_summary)),
             Err(e) => {
                 warn!(partition = p, error = %format!("{e:#}"), "top-N: cannot read stored summaries")
             }
         }
     }
-    sort_top(&mut all, by);
-    all.truncate(limit);
-    (all, stale)
+    sort_top(&mut all.channels, by);
+    all.channels.truncate(limit);
+    all
 }

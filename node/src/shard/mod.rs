@@ -25,6 +25,7 @@ pub mod dedupe;
 pub mod hosted;
 pub mod query;
 pub mod resident;
+mod watch;
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
@@ -46,10 +47,12 @@ use crate::store::{Progress, Store};
 pub use batch::{Record, RecordRef, Records, RecordsPool};
 pub use hosted::{EventClock, Hosted, View};
 pub use query::{sort_top, Freshness, ShardStats, TopBy, TopEntry};
+pub use watch::{EntityState, StateFeed};
 
 use apply::Deferred;
 use dedupe::DedupeWindow;
 use resident::Resident;
+use watch::Watchers;
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,10 @@ pub enum ShardMsg {
     Query(String, QueryReply),
     Top(TopBy, usize, RpcReplyPort<Vec<TopEntry>>),
     Stats(RpcReplyPort<ShardStats>),
+    /// Watch one entity for pushed updates (see `watch`).
+    Watch(String, RpcReplyPort<Result<StateFeed, QueryError>>),
+    /// Periodic: publish the watched entities that changed.
+    PushTick,
     /// Write everything, wait for it, reply with the durable progress (shutdown, handover).
     Flush(RpcReplyPort<Result<Progress, CheckpointError>>),
 }
@@ -101,6 +108,8 @@ pub struct ShardArgs {
     pub metrics: Arc<Metrics>,
     /// Where records that are not applied go (None: only counted, as in tests).
     pub dead_letters: Option<Arc<DeadLetters>>,
+    /// How often watched entities that changed are published (`push.interval_ms`).
+    pub push_interval: std::time::Duration,
 }
 
 /// Starts the shard of `args.kind` for `args.partition`.
@@ -159,6 +168,8 @@ pub struct ShardState<E: Hosted> {
     /// Apply spans of traced records since the last checkpoint snapshot (at most
     /// `telemetry::MAX_LINKS`), for the checkpoint span's links.
     traced: Vec<opentelemetry::trace::SpanContext>,
+    /// Entities watched for pushed updates.
+    watchers: Watchers,
 }
 
 impl<E: Hosted> ShardState<E> {
@@ -194,6 +205,7 @@ impl<E: Hosted> Actor for Shard<E> {
         });
         let extra = E::prepare(&args.store, args.partition, args.progress.is_some()).await?;
         myself.send_interval(args.cfg.checkpoint_interval(), || ShardMsg::Tick);
+        myself.send_interval(args.push_interval, || ShardMsg::PushTick);
         info!(topic = %args.topic, partition = args.partition, resume_offset = durable.resume_offset, "shard started");
         Ok(ShardState {
             entities: Resident::default(),
@@ -214,6 +226,7 @@ impl<E: Hosted> Actor for Shard<E> {
             started: Instant::now(),
             series: args.metrics.shard(E::KIND, args.partition),
             traced: Vec::new(),
+            watchers: Watchers::default(),
             args,
         })
     }
@@ -231,6 +244,8 @@ impl<E: Hosted> Actor for Shard<E> {
             ShardMsg::Query(id, reply) => _ = reply.send(state.query(&id).await),
             ShardMsg::Top(by, limit, reply) => _ = reply.send(E::top(state, by, limit).await),
             ShardMsg::Stats(reply) => _ = reply.send(state.stats()),
+            ShardMsg::Watch(id, reply) => _ = reply.send(state.watch(&id).await),
+            ShardMsg::PushTick => state.push_tick(),
             ShardMsg::Flush(reply) => state.flush(&myself, reply),
         }
         Ok(())
