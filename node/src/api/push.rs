@@ -22,10 +22,12 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamMap;
+use tracing::warn;
 
 use super::{auth, core, params, ApiError, Data};
 use crate::auth::{Caller, Scope};
 use crate::kind::ShardKind;
+use crate::log_limit::LogLimit;
 use crate::partitioner::partition_for;
 use crate::push::protocol::{self, Command, Malformed, Target, TopByName};
 use crate::push::{Connection, Feed, FeedKey, Frame};
@@ -38,6 +40,10 @@ const SILENT: Duration = Duration::from_secs(75);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Close code of a client that stopped reading.
 const SLOW_CLIENT: u16 = 4008;
+/// How long the close frame to a slow client may wait.
+const CLOSE_SLOW: Duration = Duration::from_millis(100);
+
+static SLOW_LOG: LogLimit = LogLimit::new(Duration::from_secs(10));
 
 fn refused(e: crate::push::PushError) -> ApiError {
     ApiError::Unavailable(e.to_string())
@@ -140,8 +146,14 @@ impl SessionState {
             }
         };
         if let End::Close(reason) = end {
-            let blocked = cfg.blocked_timeout();
-            let _ = tokio::time::timeout(blocked, self.session.close(Some(reason))).await;
+            // A slow client's socket is blocked already: a close frame gets a moment only.
+            let slow = reason.code == CloseCode::Other(SLOW_CLIENT);
+            let wait = if slow {
+                CLOSE_SLOW
+            } else {
+                cfg.blocked_timeout()
+            };
+            let _ = tokio::time::timeout(wait, self.session.close(Some(reason))).await;
         }
     }
 
@@ -269,13 +281,21 @@ impl SessionState {
         match tokio::time::timeout(blocked, send(&mut self.session)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(close(
-                CloseCode::Other(SLOW_CLIENT),
-                format!(
-                    "slow client: blocked for more than {} ms",
-                    blocked.as_millis()
-                ),
-            )),
+            Err(_) => {
+                if let Some(suppressed) = SLOW_LOG.allow() {
+                    warn!(
+                        blocked_ms = blocked.as_millis() as u64,
+                        suppressed, "push: closed a slow client (its socket stayed blocked)"
+                    );
+                }
+                Err(close(
+                    CloseCode::Other(SLOW_CLIENT),
+                    format!(
+                        "slow client: blocked for more than {} ms",
+                        blocked.as_millis()
+                    ),
+                ))
+            }
         }
     }
 }
