@@ -222,7 +222,8 @@ impl NodeState {
                 .map_err(|e| anyhow::anyhow!("build http client: {e}"))
         };
         let (http, stream_http) = (build(http)?, build(stream_http)?);
-        let push = Hub::new(cfg.push.clone());
+        let metrics = Arc::new(Metrics::default());
+        let push = Hub::new(cfg.push.clone(), metrics.push.clone());
         let acknowledged = Acknowledged::new(
             Duration::from_secs(cfg.shard.dedupe_window_secs),
             ACKNOWLEDGED_KEPT,
@@ -230,7 +231,7 @@ impl NodeState {
         Ok(Arc::new(NodeState {
             cfg,
             auth,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             core: OnceLock::new(),
             health: Mutex::new(HealthStatus::default()),
             session: OnceLock::new(),

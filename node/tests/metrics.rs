@@ -137,6 +137,10 @@ tally_ingest_failed_transactions_total counter 1
 tally_ingest_transactions_total counter 1
 tally_node_ready gauge 1
 tally_ownership_changes_total counter 1
+tally_push_connections gauge 1
+tally_push_feeds gauge 1
+tally_push_frames_sent_total counter 1
+tally_push_slow_clients_closed_total counter 1
 tally_queries_forwarded_total counter 2
 tally_records_applied_total counter 2
 tally_records_consumed_total counter 1

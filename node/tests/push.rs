@@ -398,12 +398,14 @@ async fn every_limit_gets_its_answer_and_a_client_that_stops_reading_is_closed()
         );
     };
     eprintln!("deaf client closed after {closed:?}");
+    assert_eq!(node.metric("tally_push_slow_clients_closed_total").await, 1);
     // Its session has ended once its close frame had its moment (100 ms).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Connections per node: 1 open (ws), the deaf one gone; two more fit, the next is refused.
     let _second = connect(&node).await;
     let _third = connect(&node).await;
+    assert_eq!(node.metric("tally_push_connections").await, 3);
     let url = node.url("/v1/subscribe").replacen("http", "ws", 1);
     match tokio_tungstenite::connect_async(url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {

@@ -265,7 +265,9 @@ impl SessionState {
 
     async fn send(&mut self, text: ByteString) -> Result<(), End> {
         self.send_bytes(move |s| Box::pin(async move { s.text(text).await }))
-            .await
+            .await?;
+        self.state.push.metrics().frame_sent();
+        Ok(())
     }
 
     /// Runs one send on the session within `push.blocked_timeout_ms`.
@@ -282,6 +284,7 @@ impl SessionState {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
+                self.state.push.metrics().slow_client_closed();
                 if let Some(suppressed) = SLOW_LOG.allow() {
                     warn!(
                         blocked_ms = blocked.as_millis() as u64,
@@ -307,6 +310,7 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
         first: bool,
         keep_alive: tokio::time::Interval,
         shutdown: tokio_util::sync::CancellationToken,
+        metrics: crate::metrics::PushMetrics,
         _connection: Connection,
     }
     let open = Open {
@@ -314,6 +318,7 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
         first: true,
         keep_alive: tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE),
         shutdown: state.shutdown.clone(),
+        metrics: state.push.metrics().clone(),
         _connection: connection,
     };
     let body = futures::stream::unfold(open, |mut open| async move {
@@ -330,6 +335,7 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
                         };
                         open.first = false;
                         let event = Bytes::from(format!("event: {kind}\ndata: {text}\n\n"));
+                        open.metrics.frame_sent();
                         return Some((Ok::<_, Infallible>(event), open));
                     }
                 },

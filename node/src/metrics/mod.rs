@@ -28,6 +28,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::kind::{ChangeKind, MemberStatus, ShardId, ShardKind};
 
 mod labels;
+mod push;
 mod shard;
 
 pub use labels::RejectReason;
@@ -35,6 +36,7 @@ use labels::{
     ChangeLabels, HttpLabels, KindLabel, ReasonLabel, RouteLabel, ShardLabels, StatusLabel,
     WaitLabel, WaitedOn,
 };
+pub use push::PushMetrics;
 pub use shard::ShardMetrics;
 
 /// The `Content-Type` of [`Metrics::render`]'s text, for the HTTP response.
@@ -72,6 +74,8 @@ pub struct Metrics {
     durable: Mutex<BTreeMap<ShardId, i64>>,
     /// The per-shard families (see [`ShardMetrics`]).
     shards: shard::Families,
+    /// The push path's series.
+    pub push: PushMetrics,
     /// Per-batch apply time and checkpoint time, by kind (players, channels).
     apply_seconds: [Histogram; 2],
     checkpoint_seconds: [Histogram; 2],
@@ -396,6 +400,7 @@ impl Default for Metrics {
         let shards = shard::Families::register(&mut registry);
         let times = shard_times(&mut registry);
         let cluster = cluster_metrics(&mut registry);
+        let push = PushMetrics::register(&mut registry);
         let on = |on| source_wait.get_or_create_owned(&WaitLabel { on });
         Metrics {
             applied: per_kind(&applied),
@@ -419,6 +424,7 @@ impl Default for Metrics {
             durable_gauge,
             durable: Mutex::default(),
             shards,
+            push,
             apply_seconds: times.apply_seconds,
             checkpoint_seconds: times.checkpoint_seconds,
             checkpoint_bytes: times.checkpoint_bytes,

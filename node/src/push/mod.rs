@@ -29,6 +29,7 @@ pub use frame::Frame;
 pub use protocol::Target;
 
 use crate::config::PushConfig;
+use crate::metrics::PushMetrics;
 use crate::state::NodeState;
 
 /// What a client reads: the latest frame of a feed (None until the first arrives). The
@@ -57,24 +58,31 @@ pub struct Hub {
     feeds: Mutex<HashMap<FeedKey, FeedSender>>,
     connections: Arc<AtomicUsize>,
     cfg: PushConfig,
+    metrics: PushMetrics,
 }
 
 /// A push connection counted against `push.max_connections`; uncounted when dropped.
-pub struct Connection(Arc<AtomicUsize>);
+pub struct Connection(Arc<AtomicUsize>, PushMetrics);
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.connection_closed();
     }
 }
 
 impl Hub {
-    pub fn new(cfg: PushConfig) -> Hub {
+    pub fn new(cfg: PushConfig, metrics: PushMetrics) -> Hub {
         Hub {
             feeds: Mutex::new(HashMap::new()),
             connections: Arc::new(AtomicUsize::new(0)),
             cfg,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &PushMetrics {
+        &self.metrics
     }
 
     pub fn cfg(&self) -> &PushConfig {
@@ -89,9 +97,9 @@ impl Hub {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 (n < max).then_some(n + 1)
             });
-        counted
-            .map(|_| Connection(self.connections.clone()))
-            .map_err(|_| PushError::TooManyConnections(max))
+        counted.map_err(|_| PushError::TooManyConnections(max))?;
+        self.metrics.connection_opened();
+        Ok(Connection(self.connections.clone(), self.metrics.clone()))
     }
 
     /// Push connections open now.
@@ -113,6 +121,7 @@ impl Hub {
         let (tx, rx) = watch::channel(None);
         let tx = Arc::new(tx);
         feeds.insert(key.clone(), tx.clone());
+        self.metrics.set_feeds(feeds.len());
         state.runtime.spawn(relay::run(state.clone(), key, tx));
         rx
     }
@@ -126,6 +135,7 @@ impl Hub {
         }
         if feeds.get(key).is_some_and(|t| Arc::ptr_eq(t, tx)) {
             feeds.remove(key);
+            self.metrics.set_feeds(feeds.len());
         }
         true
     }
