@@ -4,8 +4,8 @@
 //!
 //! The targets, each next to the code it attacks: `event::fuzz` (the event decoder, its
 //! direct and serde paths), `api::events::fuzz` (the splitter of request bodies) and the
-//! tests of `api::params` (query parameters and ids). There are no subscription messages
-//! to fuzz yet: the API has no WebSocket or other subscription endpoint.
+//! tests of `api::params` (query parameters and ids) and of `push::protocol` (the messages a
+//! WebSocket client sends).
 //!
 //! Each target is an ignored test named `fuzz_*`: `make fuzz-quick` (part of `make test`)
 //! runs them briefly, `make fuzz` for long. `TALLY_FUZZ_CASES` (default

@@ -226,8 +226,102 @@ fn top(field: &str, value: &Value) -> Result<Target, Malformed> {
 }
 
 #[cfg(test)]
+use serde_json::json;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzz;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use proptest::test_runner::TestCaseResult;
+
+    /// Messages near the valid ones: every verb, target and field, ids at and around the
+    /// bounds with every awkward character, numbers at and beyond the limits, wrong types,
+    /// and bytes that are not JSON at all.
+    fn arb_message() -> impl Strategy<Value = String> {
+        let id = prop_oneof![
+            "[a-z0-9]{1,8}",
+            "[/?#%+&= .~é€\\\"\\u{0}\\u{7}\\u{1F600}]{0,12}",
+            (120usize..=132).prop_map(|n| "x".repeat(n)),
+            (40usize..=45).prop_map(|n| "€".repeat(n)),
+            Just(String::new()),
+        ];
+        let number = prop_oneof![
+            Just(json!(0)),
+            Just(json!(1)),
+            Just(json!(1000)),
+            Just(json!(1001)),
+            Just(json!(-1)),
+            Just(json!(2.5)),
+            Just(json!(u64::MAX)),
+            Just(json!(i64::MIN)),
+            Just(json!(1e300)),
+            Just(json!("10")),
+            Just(json!(null)),
+        ];
+        let by = select(vec![
+            json!("concurrent"),
+            json!("peak"),
+            json!("follows"),
+            json!("views"),
+            json!(7),
+            json!(null),
+        ]);
+        let target = prop_oneof![
+            id.clone().prop_map(|i| json!({"player": i})),
+            id.prop_map(|i| json!({"channel": i})),
+            (by, number).prop_map(|(b, l)| json!({"top": {"by": b, "limit": l}})),
+            Just(json!("cluster")),
+            Just(json!({"team": "x"})),
+            Just(json!({"player": 1})),
+            Just(json!([1, 2])),
+            Just(json!({"player": "a", "channel": "b"})),
+        ];
+        let verb = select(vec!["subscribe", "unsubscribe", "Subscribe", "sub", ""]);
+        prop_oneof![
+            4 => (verb, target).prop_map(|(v, t)| json!({ v: t }).to_string()),
+            1 => "\\PC{0,64}",
+            1 => proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    /// Parsing never panics; a command's ids are valid; an error names a field of the
+    /// message, and its text starts with that field.
+    fn check_message(text: &str) -> TestCaseResult {
+        match parse(text) {
+            Ok(Command::Subscribe(t)) | Ok(Command::Unsubscribe(t)) => match t {
+                Target::Player(id) | Target::Channel(id) => {
+                    prop_assert!(check_id("id", &id).is_ok(), "{id:?}");
+                }
+                Target::Top { limit, .. } => prop_assert!((1..=MAX_TOP_LIMIT).contains(&limit)),
+                Target::Cluster => {}
+            },
+            Err(e) => {
+                let known = ["message", "subscribe", "unsubscribe"];
+                let root = e.field.split('.').next().unwrap_or_default();
+                prop_assert!(known.contains(&root), "{e}");
+                prop_assert!(e.to_string().starts_with(&e.field), "{e}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "a fuzz target: make fuzz-quick (part of make test), or make fuzz"]
+    fn fuzz_subscription_messages() {
+        fuzz::run("fuzz_subscription_messages", arb_message(), |m| {
+            check_message(&m)
+        });
+    }
+
+    proptest! {
+        #[test]
+        fn subscription_messages_parse_or_name_their_field(m in arb_message()) {
+            check_message(&m)?;
+        }
+    }
 
     #[test]
     fn each_documented_message_parses() {
