@@ -74,6 +74,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         },
         ingest: IngestConfig::default(),
         telemetry: Default::default(),
+        push: Default::default(),
         auth: tally_node::auth::AuthConfig {
             keys_file: Some(keys_file.clone()),
             ..Default::default()
