@@ -280,9 +280,11 @@ impl PollLoop {
                 }
             }
         });
+        let read_ms = crate::event::now_ms();
         for ((topic, partition), records) in &mut batches {
             let (high, position) = self.reader.cached_progress(topic, *partition);
             records.set_progress(high, position);
+            records.set_read_ms(read_ms);
         }
         self.metrics.add_consumed(n as u64);
         (batches, waited)

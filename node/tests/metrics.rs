@@ -134,6 +134,7 @@ tally_http_requests_total counter 2
 tally_ingest_events_accepted_total counter 1
 tally_ingest_events_rejected_total counter 4
 tally_ingest_failed_transactions_total counter 1
+tally_ingest_stage_duration_seconds histogram 3
 tally_ingest_transactions_total counter 1
 tally_node_ready gauge 1
 tally_ownership_changes_total counter 1
@@ -142,6 +143,7 @@ tally_push_feeds gauge 1
 tally_push_frames_sent_total counter 1
 tally_push_slow_clients_closed_total counter 1
 tally_queries_forwarded_total counter 2
+tally_record_stage_duration_seconds histogram 4
 tally_records_applied_total counter 2
 tally_records_consumed_total counter 1
 tally_records_duplicate_total counter 1

@@ -161,6 +161,24 @@ async fn traffic_shows_in_the_shard_ingest_http_and_cluster_series() {
             >= Some(1.0)
     );
 
+    // Each stage of the request and of its records was timed: one request, three stages;
+    // at least one batch of player records, read and applied.
+    for stage in ["queued", "produce", "commit"] {
+        let series = format!("tally_ingest_stage_duration_seconds_count{{stage=\"{stage}\"}}");
+        assert_eq!(value(&node, &series).await, Some(1.0), "{series}");
+    }
+    for stage in ["appended_to_read", "read_to_applied"] {
+        let series = format!(
+            "tally_record_stage_duration_seconds_count{{kind=\"players\",stage=\"{stage}\"}}"
+        );
+        assert!(value(&node, &series).await >= Some(1.0), "{series}");
+        // Well under the histogram's top: these records were read and applied at once.
+        let sum = format!(
+            "tally_record_stage_duration_seconds_sum{{kind=\"players\",stage=\"{stage}\"}}"
+        );
+        assert!(value(&node, &sum).await < Some(30.0), "{sum}");
+    }
+
     // The cluster as the node sees it: alone, serving, ready, holding all 4 partitions.
     assert_eq!(
         value(&node, "tally_cluster_members{status=\"serving\"}").await,

@@ -93,6 +93,8 @@ const ABANDONED: u8 = 2;
 
 struct Job {
     records: Vec<OutRecord>,
+    /// When the request handed its records to the producer.
+    queued_at: Instant,
     /// When the request stops waiting.
     deadline: Instant,
     claim: Arc<AtomicU8>,
@@ -209,6 +211,7 @@ impl Ingest {
         let claim = Arc::new(AtomicU8::new(QUEUED));
         let job = Job {
             records,
+            queued_at: Instant::now(),
             deadline,
             claim: claim.clone(),
             reply,

@@ -94,6 +94,7 @@ pub(super) fn start(setup: Setup<'_>) -> anyhow::Result<mpsc::Sender<Job>> {
         retired: Vec::new(),
         client,
         fenced: None,
+        stages: None,
         topics: [
             kafka.player_topic.clone(),
             kafka.channel_topic.clone(),
@@ -206,6 +207,8 @@ struct Worker {
     timeout_ms: u64,
     metrics: Arc<Metrics>,
     health: HealthTracker,
+    /// When the last attempt began, had every delivery report, and committed.
+    stages: Option<(Instant, Instant, Instant)>,
 }
 
 impl Drop for Worker {
@@ -311,6 +314,16 @@ impl Worker {
             match self.attempt(&part.jobs, until) {
                 Attempt::Committed => {
                     self.metrics.add_ingest_transaction();
+                    if let Some((began, appended, committed)) = self.stages.take() {
+                        for job in &part.jobs {
+                            let queued = began.saturating_duration_since(job.queued_at);
+                            self.metrics.stages.observe_ingest(
+                                queued,
+                                appended - began,
+                                committed - appended,
+                            );
+                        }
+                    }
                     outcome.committed = true;
                     self.health.committed();
                     part.jobs.into_iter().for_each(|j| j.answer(Ok(())));
@@ -403,6 +416,7 @@ impl Worker {
             }
         }
         let producer = self.producer.as_ref().expect("producer created above");
+        let began = Instant::now();
         if let Err(e) = producer.begin_transaction() {
             return self.not_written(e, "begin the transaction");
         }
@@ -423,9 +437,11 @@ impl Worker {
         while producer.in_flight_count() > 0 && Instant::now() < commit_by {
             producer.poll(Duration::from_millis(1));
         }
-        let timeout = commit_by.saturating_duration_since(Instant::now());
+        let appended = Instant::now();
+        let timeout = commit_by.saturating_duration_since(appended);
         match producer.commit_transaction(timeout) {
             Ok(()) => {
+                self.stages = Some((began, appended, Instant::now()));
                 producer.poll(Duration::ZERO);
                 Attempt::Committed
             }

@@ -30,6 +30,7 @@ use crate::kind::{ChangeKind, MemberStatus, ShardId, ShardKind};
 mod labels;
 mod push;
 mod shard;
+mod stages;
 
 pub use labels::RejectReason;
 use labels::{
@@ -38,6 +39,7 @@ use labels::{
 };
 pub use push::PushMetrics;
 pub use shard::ShardMetrics;
+pub use stages::StageMetrics;
 
 /// The `Content-Type` of [`Metrics::render`]'s text, for the HTTP response.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -76,6 +78,8 @@ pub struct Metrics {
     shards: shard::Families,
     /// The push path's series.
     pub push: PushMetrics,
+    /// Where an event's time goes, stage by stage.
+    pub stages: StageMetrics,
     /// Per-batch apply time and checkpoint time, by kind (players, channels).
     apply_seconds: [Histogram; 2],
     checkpoint_seconds: [Histogram; 2],
@@ -401,6 +405,7 @@ impl Default for Metrics {
         let times = shard_times(&mut registry);
         let cluster = cluster_metrics(&mut registry);
         let push = PushMetrics::register(&mut registry);
+        let stages = StageMetrics::register(&mut registry);
         let on = |on| source_wait.get_or_create_owned(&WaitLabel { on });
         Metrics {
             applied: per_kind(&applied),
@@ -425,6 +430,7 @@ impl Default for Metrics {
             durable: Mutex::default(),
             shards,
             push,
+            stages,
             apply_seconds: times.apply_seconds,
             checkpoint_seconds: times.checkpoint_seconds,
             checkpoint_bytes: times.checkpoint_bytes,

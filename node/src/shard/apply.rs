@@ -90,6 +90,7 @@ impl<E: Hosted> ShardState<E> {
             self.last_full_batch = Some(started);
         }
         let lag = records.records_after();
+        let (read_ms, oldest_ms) = records.read_times();
         let mut deferred = self.apply_resident(&records);
         drop(records);
         if !deferred.is_empty() {
@@ -114,6 +115,9 @@ impl<E: Hosted> ShardState<E> {
         drop(permit);
         self.series.set_lag(lag);
         self.args.metrics.observe_apply(E::KIND, started.elapsed());
+        let applied_ms = crate::event::now_ms();
+        let stages = &self.args.metrics.stages;
+        stages.observe_record(E::KIND, oldest_ms, read_ms, applied_ms);
         for (offset, parent) in traces {
             let kind = E::KIND.label();
             let span = telemetry::applied(&parent, kind, self.args.partition, offset, started_at);

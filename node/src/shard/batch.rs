@@ -50,6 +50,8 @@ pub struct Records {
     position: Option<i64>,
     /// The sampled trace contexts records carried, by offset (empty unless tracing is on).
     traces: Vec<(i64, opentelemetry::trace::SpanContext)>,
+    /// When the source read these records, milliseconds since the epoch (0: not known).
+    read_ms: i64,
 }
 
 /// Emptied [`Records`] buffers waiting to be reused by the poll loop.
@@ -89,6 +91,7 @@ impl RecordsPool {
             high_watermark: None,
             position: None,
             traces: Vec::new(),
+            read_ms: 0,
         }
     }
 }
@@ -159,6 +162,16 @@ impl Records {
     pub fn set_progress(&mut self, high_watermark: Option<i64>, position: Option<i64>) {
         self.high_watermark = high_watermark;
         self.position = position;
+    }
+
+    /// Notes when the source read these records (milliseconds since the epoch).
+    pub fn set_read_ms(&mut self, read_ms: i64) {
+        self.read_ms = read_ms;
+    }
+
+    /// When the source read these records, and the oldest one's Kafka timestamp (-1: none).
+    pub fn read_times(&self) -> (i64, i64) {
+        (self.read_ms, self.items.first().map_or(-1, |i| i.1))
     }
 
     pub fn is_empty(&self) -> bool {
