@@ -251,7 +251,7 @@ impl Default for IngestConfig {
             max_batch_events: 20_000,
             max_event_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
-            linger_ms: 5,
+            linger_ms: 1,
             max_transaction_records: 50_000,
         }
     }

@@ -131,8 +131,9 @@ pub fn consumer_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         // The broker answers a fetch once fetch_min_bytes are waiting or fetch_wait_max_ms
-        // have passed: under load, fewer and larger fetches (less work for broker, client
-        // and shards, which get fuller batches); when quiet, bounded added latency.
+        // have passed. Under a backlog every fetch is full either way; once caught up, a
+        // fetch_min_bytes above one small write's size makes every write wait out
+        // fetch_wait_max_ms (the default, 1, does not).
         .set("fetch.min.bytes", kafka.fetch_min_bytes.to_string())
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         // Prefetch is bounded by bytes (16 MiB), not by count. librdkafka compares both

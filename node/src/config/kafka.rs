@@ -43,7 +43,8 @@ pub struct KafkaConfig {
     /// Consumer group under which durable offsets are committed (for lag tools only:
     /// Tally assigns partitions itself and resumes from Cassandra).
     pub group_id: String,
-    /// The broker answers a fetch once this many bytes are waiting...
+    /// The broker answers a fetch once this many bytes are waiting (1: any committed
+    /// record)...
     pub fetch_min_bytes: u32,
     /// ...or once this many milliseconds have passed: the most a quiet stream waits.
     /// Larger batches cost the node less CPU per record; the wait adds to latency.
@@ -87,7 +88,11 @@ impl Default for KafkaConfig {
             partitions: 8,
             replication_factor: 1,
             group_id: "tally".into(),
-            fetch_min_bytes: 32 * 1024,
+            // 1: the broker answers as soon as committed records wait. A larger value made
+            // a caught-up consumer wait out fetch_wait_max_ms for every small write (50 ms
+            // of visibility) and saved no measurable CPU (docs/ARCHITECTURE.md, "Latency,
+            // stage by stage").
+            fetch_min_bytes: 1,
             fetch_wait_max_ms: 50,
             security_protocol: None,
             sasl_mechanism: None,
