@@ -32,7 +32,7 @@ K8SCHECK := .services/bin/k8scheck
 IMAGE ?= tally-node:$(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' helm/tally/Chart.yaml)
 
 .PHONY: help helm-lint services services-down services-status build build-release demo demo-down \
-        test check fmt clippy unit-tests integration-tests outage-tests bench soak schema toolchain doc \
+        test check fmt clippy unit-tests browser-test integration-tests outage-tests bench soak schema toolchain doc \
         metricscheck audit ops-check
 
 help:
@@ -47,6 +47,7 @@ help:
 	@echo "make helm-lint       lint, render and check the Helm chart (builds helm and k8scheck with Go once)"
 	@echo "make image           build the tally-node container image (needs docker or podman)"
 	@echo "make ops-check       check the alert rules and run their tests; check the Grafana dashboard"
+	@echo "make browser-test    the web dashboard in headless Chromium against a 3-node cluster"
 
 services:
 	@$(SERVICES) up
@@ -97,6 +98,16 @@ doc: toolchain
 unit-tests: toolchain $(METRICSCHECK)
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
+# The dashboard in headless Chromium against a 3-node cluster of the debug binary, with
+# events sent through ingest and a node killed (tests/browser/run.sh says what it checks).
+# The binary is built as `unit-tests` builds it, so after them this builds nothing: `cargo
+# build -p tally-node` would resolve other features for shared crates (no dev-dependencies,
+# no loadtest) and compile a second set of them. Chromium (Debian's package) and
+# puppeteer-core (npm ci, tests/browser/package-lock.json) are installed when missing.
+browser-test: toolchain
+	$(CARGO) test --workspace --no-run
+	tests/browser/run.sh
+
 # The exactly-once tests again, every node against the secure services: Kafka over
 # SASL_SSL (SCRAM-SHA-512), Cassandra with a password over TLS, the API over mutual TLS.
 secure-tests: toolchain
@@ -108,7 +119,7 @@ outage-tests: toolchain
 
 # The dependency audit is not part of it: no advisory database is reachable from here (see
 # README, "Dependency audit"); `make audit` runs it where one is.
-test: services services-secure fmt clippy doc helm-lint ops-check fuzz-quick unit-tests secure-tests outage-tests
+test: services services-secure fmt clippy doc helm-lint ops-check fuzz-quick unit-tests browser-test secure-tests outage-tests
 
 # The fuzz targets: ignored tests named fuzz_* (node/src/fuzz.rs says which and what they
 # check), each run for TALLY_FUZZ_CASES cases or TALLY_FUZZ_SECS seconds, whichever ends
