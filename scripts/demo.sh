@@ -84,6 +84,8 @@ cat <<EOT
 
 Tally is running: 3 nodes (APIs on ports 8081, 8082, 8083; any node answers any query).
 Look at:
+  $API/                      the dashboard: cluster, top channels, channel and player pages
+  $API/#/channel/$RUN-channel-1
   $API/readyz
   $API/v1/players/$RUN-player-1
   $API/v1/channels/$RUN-channel-1

@@ -1,7 +1,10 @@
 //! The live dashboard: a page and its assets, compiled into the binary, served at `/`.
 //!
-//! The page needs no network access beyond the node itself: it reads the cluster view and
-//! subscribes to pushed updates (`/v1/subscribe`) with the key the user gives it.
+//! The page needs no network access beyond the node itself: it subscribes to pushed updates
+//! (`/v1/subscribe`), polling the REST queries while the socket cannot be opened, with the
+//! key the user gives it. The files are plain JavaScript, CSS and HTML, with no build step;
+//! `app.js` says how the page is put together, README ("The dashboard") what it shows, and
+//! `tests/browser/` checks it in a real browser.
 //!
 //! Not for: data; the page only calls the public API.
 

@@ -4,9 +4,10 @@
  * this file, index.html and style.css as they are, compiled into its binary
  * (node/src/api/dashboard.rs), and the page loads nothing from anywhere but that node.
  *
- * Charts are hand-written SVG, not an npm charting library: the two the page needs (a line
- * of concurrent viewers over time, bars of watch time) take a few dozen lines each, which is
- * smaller and clearer than a library, and keeps the assets free of a bundling step.
+ * Charts are hand-written SVG, not an npm charting library (where STYLE.md would reach for
+ * a maintained one): the two the page needs, a line of concurrent viewers over time and bars
+ * of watch time, take a few dozen lines each, which is smaller and clearer than a library,
+ * and keeps the assets free of a bundling step.
  *
  * Data comes from pushed frames: the WebSocket GET /v1/subscribe (docs/API.md, "Push").
  * While the socket cannot be opened (a node without it, a proxy refusing the upgrade), every
