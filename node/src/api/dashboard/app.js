@@ -444,15 +444,19 @@
     const line = h("p", { class: "freshness muted" },
       "served by ", f.served_by, " · partition ", f.partition, " · offset ", f.offset,
       " · partition offset ", f.partition_offset, " ", f.flags);
+    // A gap is marked on one frame only; the page keeps saying when the last one was.
+    let lastGap = null;
     const update = (frame) => {
+      if (frame.gap) lastGap = new Date();
       show(f.served_by, frame.served_by, fmt.text(frame.served_by));
       show(f.partition, frame.partition);
       show(f.offset, frame.offset);
       show(f.partition_offset, frame.partition_offset);
       fill(f.flags,
-        frame.polled ? h("span", { class: "badge" }, "polled") : null,
+        frame.polled ? h("span", { class: "badge", "data-field": "polled" }, "polled") : null,
         frame.stale || (frame.data && frame.data.stale) ? h("span", { class: "badge warn", "data-field": "stale" }, "stale") : null,
-        frame.gap ? h("span", { class: "badge warn", "data-field": "gap" }, "gap: the feed was lost and found again") : null,
+        lastGap ? h("span", { class: "badge warn", "data-field": "gap", "data-value": String(lastGap.getTime()) },
+          `the feed was lost and found again at ${lastGap.toLocaleTimeString("en-GB", { hour12: false })}`) : null,
       );
     };
     return { line, update };
@@ -524,7 +528,18 @@
       d += ` H${x(now).toFixed(1)}`;
       const area = `${d} V${y(0).toFixed(1)} H${x(shown[0].t).toFixed(1)} Z`;
       parts.push(s("path", { class: "area", d: area }));
-      parts.push(s("path", { class: "line", d, "data-field": "chart-line", "data-samples": String(samples.length) }));
+      // Where the samples begin (the page opened less than an hour ago): nothing is known before.
+      if (samples[0].t >= t0) {
+        const x0 = x(samples[0].t).toFixed(1);
+        parts.push(s("line", { class: "since", x1: x0, x2: x0, y1: T, y2: H - B }));
+        parts.push(s("text", { class: "tick", x: Number(x0) - 4, y: H - B - 6, "text-anchor": "end" }, "page opened"));
+      }
+      parts.push(s("path", { class: "line", d, "data-field": "chart-line", "data-samples": String(samples.length),
+        "data-value": String(shown[shown.length - 1].v) }));
+      const last = shown[shown.length - 1];
+      parts.push(s("circle", { class: "point", cx: x(now).toFixed(1), cy: y(last.v).toFixed(1), r: 4 },
+        s("title", {}, `now: ${fmt.int(last.v)}`)));
+      parts.push(s("text", { class: "tick", x: x(now) - 8, y: y(last.v) + 4, "text-anchor": "end" }, fmt.int(last.v)));
     } else {
       parts.push(s("text", { class: "tick", x: W / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
     }
