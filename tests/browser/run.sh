@@ -6,7 +6,8 @@
 # so it runs beside any other test; then dashboard.test.mjs opens the dashboard of one node
 # in headless Chromium (Debian's package, scripts/install-chromium.sh installs it when
 # missing) through puppeteer-core, sends events through POST /v1/events and checks what the
-# page shows, kills one node with kill -9 and checks the page again. Screenshots go to
+# page shows, kills one node with kill -9 and checks the page again (dashboard.test.mjs
+# lists the steps). Screenshots go to
 # $SCREENSHOTS (default target/browser-screenshots/, git-ignored).
 #
 # Every wait is bounded; the nodes are stopped on any exit. The test fails if a node logged
