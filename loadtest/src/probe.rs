@@ -19,6 +19,7 @@ use crate::drive::{post_batch, Progress, Via};
 pub struct Latency {
     pub samples: u64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
@@ -31,6 +32,7 @@ impl Latency {
         Latency {
             samples: h.len(),
             p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),

@@ -120,6 +120,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         lanes: 1,
         pipeline: 4,
         api_key: None,
+        stamp_send_time: false,
     };
     drive::drive(
         PlayersGen::new(spec),
