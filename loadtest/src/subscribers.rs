@@ -40,8 +40,10 @@ use tokio_util::sync::CancellationToken;
 use crate::players::Expected;
 use crate::probe::Latency;
 
-/// Connection attempts per client over a whole run (the first one included).
-const MAX_ATTEMPTS: u32 = 6;
+/// Connection attempts per client over a whole run (the first one included), with pauses
+/// growing to `MAX_PAUSE`: a node restarting for up to about a minute is waited for.
+const MAX_ATTEMPTS: u32 = 30;
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// A handshake and its snapshot must arrive within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Closing every socket at the end may take this long; then the rest are dropped.
@@ -435,6 +437,46 @@ pub fn want(
     }
 }
 
+/// What each target must show at the end ([`want`]), fetching the node's top-N answers
+/// (once per view) now that the cluster has drained; and the notes on top-N views.
+pub async fn final_states(
+    targets: &[Target],
+    expected: &Expected,
+    prefix: &str,
+    nodes: &[String],
+    client: &reqwest::Client,
+) -> anyhow::Result<(Vec<Want>, Vec<String>)> {
+    let mut answers: Vec<(String, Value)> = Vec::new();
+    for t in targets {
+        let Target::Top { by, limit } = t else {
+            continue;
+        };
+        let name = t.subscription();
+        if answers.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let path = format!("/v1/channels/top?by={}&limit={limit}", by_name(*by));
+        let answer = crate::verify::fetch(client, nodes, 0, &path)
+            .await
+            .map_err(|e| anyhow::anyhow!("top-N for the final check: {e}"))?;
+        answers.push((name, answer["channels"].clone()));
+    }
+    let mut notes = Vec::new();
+    let wants = targets
+        .iter()
+        .map(|t| {
+            let name = t.subscription();
+            let answer = answers.iter().find(|(n, _)| *n == name).map(|(_, a)| a);
+            let (want, note) = want(t, expected, prefix, answer);
+            if let Some(note) = note.filter(|n| !notes.contains(n)) {
+                notes.push(note);
+            }
+            want
+        })
+        .collect();
+    Ok((wants, notes))
+}
+
 /// Differences between what a subscriber saw last and what it must show.
 pub fn compare(target: &Target, want: &Want, watch: &Watch) -> Vec<String> {
     let name = target.subscription();
@@ -771,7 +813,8 @@ async fn client(
 ) {
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
-            let pause = Duration::from_millis(250 * 2u64.pow(attempt - 1));
+            let pause =
+                (Duration::from_millis(250) * 2u32.saturating_pow(attempt - 1)).min(MAX_PAUSE);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}

@@ -649,42 +649,8 @@ async fn check_subscribers(
             .await);
     }
     let client = tally_loadtest::http_client(Duration::from_secs(10), c.api_key.as_deref())?;
-    // The node's own top-N answers, once per view, now that it has drained.
-    let mut answers: Vec<(String, Option<serde_json::Value>)> = Vec::new();
-    for t in subs.targets() {
-        let subscribers::Target::Top { by, limit } = t else {
-            continue;
-        };
-        let name = t.subscription();
-        if answers.iter().any(|(n, _)| *n == name) {
-            continue;
-        }
-        let path = format!(
-            "/v1/channels/top?by={}&limit={limit}",
-            subscribers::by_name(*by)
-        );
-        let answer = verify::fetch(&client, &c.nodes, 0, &path)
-            .await
-            .map_err(|e| anyhow::anyhow!("top-N for the final check: {e}"))?;
-        answers.push((name, Some(answer["channels"].clone())));
-    }
-    let mut notes = Vec::new();
-    let wants: Vec<subscribers::Want> = subs
-        .targets()
-        .iter()
-        .map(|t| {
-            let name = t.subscription();
-            let answer = answers
-                .iter()
-                .find(|(n, _)| *n == name)
-                .and_then(|(_, a)| a.as_ref());
-            let (want, note) = subscribers::want(t, expected, prefix, answer);
-            if let Some(note) = note.filter(|n| !notes.contains(n)) {
-                notes.push(note);
-            }
-            want
-        })
-        .collect();
+    let (wants, notes) =
+        subscribers::final_states(subs.targets(), expected, prefix, &c.nodes, &client).await?;
     eprintln!(
         "tally-loadtest: subscribers: checking the last frame of {} subscriptions",
         wants.len()
