@@ -109,6 +109,16 @@ impl FromStr for Mix {
     }
 }
 
+impl std::fmt::Display for Mix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "players={},channels={},top={}",
+            self.players, self.channels, self.top
+        )
+    }
+}
+
 impl Mix {
     fn total(&self) -> u64 {
         self.players as u64 + self.channels as u64 + self.top as u64
@@ -1082,6 +1092,7 @@ mod tests {
     fn a_mix_is_read_and_checked() {
         let mix: Mix = "players=60,channels=35,top=5".parse().unwrap();
         assert_eq!((mix.players, mix.channels, mix.top), (60, 35, 5));
+        assert_eq!(mix.to_string().parse::<Mix>(), Ok(mix));
         let only: Mix = "channels=1".parse().unwrap();
         assert_eq!((only.players, only.channels, only.top), (0, 1, 0));
         for (bad, error) in [

@@ -609,7 +609,7 @@ async fn connect_subscribers(
         .with_context(|| format!("--subscribers {n}"))?;
     let targets = subscribers::plan(n, s.subscribe_mix, c.seed, population);
     eprintln!(
-        "tally-loadtest: subscribers: connecting {n} ({:?}) at {} a second (open files: {limit})",
+        "tally-loadtest: subscribers: connecting {n} ({}) at {} a second (open files: {limit})",
         s.subscribe_mix, s.connect_rate
     );
     let before = node_sample(c.node_pid)?;
@@ -644,9 +644,11 @@ async fn check_subscribers(
     interrupted: bool,
 ) -> anyhow::Result<subscribers::SubscribersReport> {
     if interrupted {
-        return Ok(subs
+        let mut r = subs
             .finish(Vec::new(), vec!["interrupted: not checked".into()])
-            .await);
+            .await;
+        r.checked = 0;
+        return Ok(r);
     }
     let client = tally_loadtest::http_client(Duration::from_secs(10), c.api_key.as_deref())?;
     let (wants, notes) =
