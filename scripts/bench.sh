@@ -257,13 +257,14 @@ PY
 
 # N WebSocket subscribers on one node while it consumes a steady stream. The same load
 # (players at BENCH_SUBS_RATE events/s for BENCH_SUBS_SECS s, each event stamped with its
-# send time) runs twice on one node: without subscribers, then with N of them, connected
-# and idle for 10 s before the load starts. The load tester reads the node's CPU and
-# memory from /proc at those phases (--node-pid): CPU per event in each run, RSS per idle
-# subscriber (with them idle minus just before they connected). Push latency (event time to
-# the frame that shows it) is compared with the event-to-visible latency of the probes in
-# the same run. Small batches (500 events, 40 a second at 20,000 events/s), so a batch's
-# arrival does not beat in step with the node's push interval.
+# send time) runs twice on one node: first with N subscribers, connected to the fresh node
+# and idle for 10 s before the load starts, then without them. The load tester reads the
+# node's CPU and memory from /proc at those phases (--node-pid): CPU per event in each run;
+# RSS per idle subscriber, with them idle minus just before they connected (on the fresh
+# node, so no memory freed by an earlier run is reused and hides their cost). Push latency
+# (event time to the frame that shows it) is compared with the event-to-visible latency of
+# the probes in the same run. Small batches (500 events, 40 a second at 20,000 events/s),
+# so batches do not arrive in step with the node's push interval.
 bench_subscribers() {
   local n=$1 rate=${BENCH_SUBS_RATE:-20000} secs=${BENCH_SUBS_SECS:-30}
   local players=${BENCH_SUBS_PLAYERS:-100000} channels=${BENCH_SUBS_CHANNELS:-1000}
@@ -279,13 +280,13 @@ bench_subscribers() {
   local load=(players --players "$players" --channels "$channels" --events $((rate * secs)) --rate "$rate"
     --seed 7 --batch 500 --stamp-send-time --nodes "$addr" --probe-interval-ms 100 --verify --sample 5000
     --node-pid "$pid" --player-topic "$name.players" --channel-topic "$name.channels")
-  log "subscribers: $rate events/s for $secs s on one node, no subscribers"
-  "$LT" "${load[@]}" --id-prefix "$name-a-" --json "$OUT/subscribers-none.json" > /dev/null ||
-    { stop_node "$pid"; return 1; }
-  wait_checkpoints "$addr"
-  log "subscribers: the same load with $n subscribers"
-  "$LT" "${load[@]}" --id-prefix "$name-b-" --subscribers "$n" --subscribers-idle-secs 10 \
+  log "subscribers: $rate events/s for $secs s on one node, with $n subscribers"
+  "$LT" "${load[@]}" --id-prefix "$name-a-" --subscribers "$n" --subscribers-idle-secs 10 \
     --json "$OUT/subscribers-$n.json" > /dev/null || { stop_node "$pid"; return 1; }
+  wait_checkpoints "$addr"
+  log "subscribers: the same load without subscribers"
+  "$LT" "${load[@]}" --id-prefix "$name-b-" --json "$OUT/subscribers-none.json" > /dev/null ||
+    { stop_node "$pid"; return 1; }
   stop_node "$pid"
   python3 - "$OUT" "$n" "$rate" "$secs" "$MACHINE" <<'PY'
 import json, sys
