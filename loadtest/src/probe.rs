@@ -41,6 +41,11 @@ impl Latency {
     }
 }
 
+/// The player the probes of a run whose ids start with `prefix` level up.
+pub fn probe_player(prefix: &str) -> String {
+    format!("{prefix}probe")
+}
+
 /// Runs probes every `interval` until `progress.stop` is set; returns the histogram (µs).
 /// `api_key` (scopes `ingest` and `read`) goes with every request, if given.
 pub async fn run(
@@ -71,7 +76,7 @@ pub async fn run(
         },
         Via::Http(_) | Via::Discard => None,
     };
-    let player = format!("{prefix}probe");
+    let player = probe_player(&prefix);
     let mut level = 0u32;
     while !progress.stop.load(Ordering::Relaxed) {
         level += 1;

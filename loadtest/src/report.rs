@@ -114,6 +114,15 @@ pub fn table(r: &RunReport) -> String {
                 s.latency.samples
             ),
         );
+        if let Some(p) = &s.probe_latency {
+            row(
+                "probe events pushed",
+                format!(
+                    "p50/p90/p99/max {:.1} / {:.1} / {:.1} / {:.1} ms ({} samples)",
+                    p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.samples
+                ),
+            );
+        }
         row(
             "frames",
             format!(

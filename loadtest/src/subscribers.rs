@@ -512,6 +512,10 @@ pub struct SubscribersOpts {
     pub connect_timeout: Duration,
     /// The nodes' `push.interval_ms`: the final check waits a few.
     pub push_interval: Duration,
+    /// One more subscriber, to the latency probes' player (see `probe`): its push latency
+    /// is that of the very events whose event-to-visible latency the probes measure. Its
+    /// state is not part of the expected model: it is not checked at the end.
+    pub probe: Option<Target>,
 }
 
 /// Counters of every client together.
@@ -537,8 +541,9 @@ struct Counters {
 /// What every client shares.
 struct Shared {
     counters: Counters,
-    /// Push latency, microseconds.
+    /// Push latency, microseconds: of the checked subscribers, and of the probe's.
     latency: Mutex<Histogram<u64>>,
+    probe_latency: Mutex<Histogram<u64>>,
     problems: Mutex<Vec<String>>,
     handshakes: Semaphore,
     config: WebSocketConfig,
@@ -580,6 +585,8 @@ pub struct SubscribersReport {
     pub gave_up: u64,
     /// Push latency: event time to the first frame that shows it.
     pub latency: Latency,
+    /// The same for the probe events alone (`SubscribersOpts::probe`), if subscribed.
+    pub probe_latency: Option<Latency>,
     /// Subscriptions compared with the final state, and the differences.
     pub checked: usize,
     pub mismatches: Vec<String>,
@@ -598,7 +605,10 @@ impl SubscribersReport {
 
 /// The running clients.
 pub struct Subscribers {
+    /// The checked targets, then the probe's if any.
     targets: Arc<[Target]>,
+    /// How many of `targets` are checked.
+    checked: usize,
     watches: Arc<[Mutex<Watch>]>,
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -620,12 +630,16 @@ impl Subscribers {
                 opts.connect_rate
             );
         }
+        let checked = targets.len();
+        let mut targets = targets;
+        targets.extend(opts.probe.clone());
         let n = targets.len();
+        let histogram =
+            || Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"));
         let shared = Arc::new(Shared {
             counters: Counters::default(),
-            latency: Mutex::new(
-                Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds"),
-            ),
+            latency: histogram(),
+            probe_latency: histogram(),
             problems: Mutex::new(Vec::new()),
             handshakes: Semaphore::new(opts.connect_concurrency.max(1)),
             // Small buffers: thousands of sockets, each reading small frames.
@@ -639,6 +653,7 @@ impl Subscribers {
         let mut subs = Subscribers {
             watches: (0..n).map(|_| Mutex::new(Watch::default())).collect(),
             targets: targets.into(),
+            checked,
             shared,
             stop: CancellationToken::new(),
             tasks: tokio::task::JoinSet::new(),
@@ -697,22 +712,24 @@ impl Subscribers {
             self.shared.clone(),
             self.stop.clone(),
         );
+        let probe = i >= self.checked;
         self.tasks
-            .spawn(async move { client(i, &targets[i], &watches[i], &shared, &stop).await });
+            .spawn(async move { client(i, &targets[i], &watches[i], &shared, &stop, probe).await });
     }
 
+    /// The targets checked at the end (the probe's is not).
     pub fn targets(&self) -> &[Target] {
-        &self.targets
+        &self.targets[..self.checked]
     }
 
     /// Waits a few push intervals, then compares every subscriber's last frame with what
     /// its target must show (`wants[i]` for target i), again each push interval for the
     /// ones that differ, until all match or `timeout` passed. Returns the differences left.
     pub async fn check_final(&self, wants: &[Want], timeout: Duration) -> Vec<String> {
-        assert_eq!(wants.len(), self.targets.len(), "a want per target");
+        assert_eq!(wants.len(), self.checked, "a want per checked target");
         let started = Instant::now();
         tokio::time::sleep(self.push_interval * 4).await;
-        let mut pending: Vec<usize> = (0..self.targets.len()).collect();
+        let mut pending: Vec<usize> = (0..self.checked).collect();
         loop {
             let mut failing = Vec::new();
             for &i in &pending {
@@ -745,10 +762,10 @@ impl Subscribers {
     ) -> SubscribersReport {
         self.close_all().await;
         let c = &self.shared.counters;
-        let count = |f: fn(&Target) -> bool| self.targets.iter().filter(|t| f(t)).count();
+        let count = |f: fn(&Target) -> bool| self.targets().iter().filter(|t| f(t)).count();
         let latency = self.shared.latency.lock().expect("latency lock");
         SubscribersReport {
-            clients: self.targets.len(),
+            clients: self.checked,
             players: count(|t| matches!(t, Target::Player(_))),
             channels: count(|t| matches!(t, Target::Channel(_))),
             top: count(|t| matches!(t, Target::Top { .. })),
@@ -765,7 +782,11 @@ impl Subscribers {
             going_away_closes: c.going_away_closes.load(Ordering::Relaxed),
             gave_up: c.gave_up.load(Ordering::Relaxed),
             latency: Latency::from_histogram(&latency, 0),
-            checked: self.targets.len(),
+            probe_latency: (self.targets.len() > self.checked).then(|| {
+                let h = self.shared.probe_latency.lock().expect("latency lock");
+                Latency::from_histogram(&h, 0)
+            }),
+            checked: self.checked,
             mismatches,
             notes,
             problems: self.shared.problems.lock().expect("problems lock").clone(),
@@ -810,7 +831,13 @@ async fn client(
     watch: &Mutex<Watch>,
     shared: &Shared,
     stop: &CancellationToken,
+    probe: bool,
 ) {
+    let latency = if probe {
+        &shared.probe_latency
+    } else {
+        &shared.latency
+    };
     for attempt in 0..MAX_ATTEMPTS {
         if attempt > 0 {
             let pause =
@@ -824,7 +851,7 @@ async fn client(
             return;
         }
         let node = &shared.nodes[(i + attempt as usize) % shared.nodes.len()];
-        match session(node, target, watch, shared, stop).await {
+        match session(node, target, watch, shared, stop, latency).await {
             Ended::Stopped => return,
             Ended::Lost(why) => {
                 let mut w = watch.lock().expect("watch lock");
@@ -853,6 +880,7 @@ async fn session(
     watch: &Mutex<Watch>,
     shared: &Shared,
     stop: &CancellationToken,
+    latency: &Mutex<Histogram<u64>>,
 ) -> Ended {
     let c = &shared.counters;
     let permit = tokio::select! {
@@ -889,7 +917,7 @@ async fn session(
         }
     };
     c.open.fetch_add(1, Ordering::Relaxed);
-    let ended = subscribed(&mut ws, target, watch, shared, stop, &mut permit).await;
+    let ended = subscribed(&mut ws, target, watch, shared, stop, &mut permit, latency).await;
     c.open.fetch_sub(1, Ordering::Relaxed);
     if let Ended::Stopped = ended {
         let normal = CloseFrame {
@@ -943,6 +971,7 @@ async fn subscribed(
     shared: &Shared,
     stop: &CancellationToken,
     permit: &mut Option<tokio::sync::SemaphorePermit<'_>>,
+    histogram: &Mutex<Histogram<u64>>,
 ) -> Ended {
     let c = &shared.counters;
     let name = target.subscription();
@@ -1017,7 +1046,7 @@ async fn subscribed(
                 // Subscribed: the next client's handshake may start.
                 permit.take();
                 if let Some(us) = latency {
-                    let mut h = shared.latency.lock().expect("latency lock");
+                    let mut h = histogram.lock().expect("latency lock");
                     h.saturating_record(us.max(1) as u64);
                 }
             }

@@ -48,6 +48,7 @@ async fn subscribers_see_every_update_and_end_on_the_final_state() {
             connect_concurrency: 16,
             connect_timeout: Duration::from_secs(30),
             push_interval: Duration::from_millis(50),
+            probe: None,
         },
     )
     .await

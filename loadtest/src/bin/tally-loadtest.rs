@@ -475,7 +475,7 @@ async fn run(
     });
     let subs = match c.subscribe.subscribers {
         0 => None,
-        n => Some(connect_subscribers(c, n, population, usage.as_mut()).await?),
+        n => Some(connect_subscribers(c, n, population, prefix, usage.as_mut()).await?),
     };
     let progress = Arc::new(Progress::default());
     let ctrl_c = {
@@ -602,6 +602,7 @@ async fn connect_subscribers(
     c: &Common,
     n: usize,
     population: &Population<'_>,
+    prefix: &str,
     usage: Option<&mut NodeUsage>,
 ) -> anyhow::Result<Subscribers> {
     let s = &c.subscribe;
@@ -622,6 +623,9 @@ async fn connect_subscribers(
             connect_concurrency: s.connect_concurrency,
             connect_timeout: Duration::from_secs(s.connect_timeout),
             push_interval: Duration::from_millis(s.push_interval_ms),
+            // The probes' own events, pushed: compared with their event-to-visible latency.
+            probe: (c.probe_interval_ms > 0)
+                .then(|| subscribers::Target::Player(probe::probe_player(prefix))),
         },
     )
     .await?;
