@@ -8,9 +8,11 @@
 //!   ([`plan`]), the subscribe message and subscription name of a target, frames
 //!   ([`parse_frame`]), what a frame tells about latency ([`Watch::take`]), the wanted final
 //!   state ([`want`], [`model_top`]) and the comparison ([`compare`]).
-//! - [`Subscribers`]: the clients. Connections are spread out (at most `connect_rate` a
-//!   second, at most `connect_concurrency` handshakes in flight), a dropped socket is
-//!   reconnected a bounded number of times, and every wait has a deadline.
+//! - [`Subscribers`]: the clients, and optionally one more on the latency probes' player,
+//!   whose push latency is that of the very events the probes time. Connections are
+//!   spread out (at most `connect_rate` a second, at most `connect_concurrency`
+//!   handshakes in flight), a dropped socket is reconnected a bounded number of times,
+//!   and every wait has a deadline.
 //!
 //! Not for: Server-Sent Events (curl reads those), the `cluster` view, or measuring the
 //! node itself ([`crate::node_usage`]).
@@ -563,12 +565,14 @@ impl Shared {
 /// What the subscribers measured.
 #[derive(Debug, Default, Serialize)]
 pub struct SubscribersReport {
+    /// Checked subscribers, by kind (the probe's, if any, not among them).
     pub clients: usize,
     pub players: usize,
     pub channels: usize,
     pub top: usize,
     /// Seconds until every client had its snapshot.
     pub connect_secs: f64,
+    /// Frames of every client, the probe's included.
     pub frames: u64,
     pub snapshots: u64,
     pub updates: u64,
