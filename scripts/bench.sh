@@ -268,7 +268,8 @@ PY
 bench_subscribers() {
   local n=$1 rate=${BENCH_SUBS_RATE:-20000} secs=${BENCH_SUBS_SECS:-30}
   local players=${BENCH_SUBS_PLAYERS:-100000} channels=${BENCH_SUBS_CHANNELS:-1000}
-  local name="bench_subs_$(date +%s)" need=$((n + 1000))
+  local name need=$((n + 1000))
+  name="bench_subs_$(date +%s)"
   # The node holds a socket per subscriber too, and inherits this shell's limit.
   if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need" ]; then
     log "subscribers: $n subscribers need $need open files per process; the hard limit is $(ulimit -Hn)"
