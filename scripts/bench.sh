@@ -18,6 +18,11 @@
 #            CPU of the nodes, of Kafka + Cassandra and of the load tester; verified exact.
 #   idle     the 3-node cluster at rest: CPU of gossip, ticks and timers alone.
 #   generator  the load tester alone (--via none): its ceiling in events/s.
+#   subscribers  one node consuming BENCH_SUBS_RATE events/s (default 20,000), twice: without
+#            and with BENCH_SUBSCRIBERS WebSocket subscribers (default 10,000; 60% players,
+#            35% channels, 5% top-N): push latency against the event-to-visible latency of
+#            the same run, node CPU per event in both runs, node memory per idle
+#            subscriber; every subscriber's last frame verified exact.
 #   dedupe   one binary with and without the dedupe window on one pre-filled topic: the
 #            window's memory per record and its cost in records/s (bench-compare.sh).
 #   table    only rebuild the table (bench/results/table.md and README.md).
@@ -250,12 +255,71 @@ print(f"idle: the 3 nodes at rest used {d['cluster_cpu_cores_avg']:.3f} cores on
 PY
 }
 
+# N WebSocket subscribers on one node while it consumes a steady stream. The same load
+# (players at BENCH_SUBS_RATE events/s for BENCH_SUBS_SECS s, each event stamped with its
+# send time) runs twice on one node: first with N subscribers, connected to the fresh node
+# and idle for 10 s before the load starts, then without them. The load tester reads the
+# node's CPU and memory from /proc at those phases (--node-pid): CPU per event in each run;
+# RSS per idle subscriber, with them idle minus just before they connected (on the fresh
+# node, so no memory freed by an earlier run is reused and hides their cost). Push latency
+# (event time to the frame that shows it) is compared with the event-to-visible latency of
+# the probes in the same run. Small batches (500 events, 40 a second at 20,000 events/s),
+# so batches do not arrive in step with the node's push interval.
+bench_subscribers() {
+  local n=$1 rate=${BENCH_SUBS_RATE:-20000} secs=${BENCH_SUBS_SECS:-30}
+  local players=${BENCH_SUBS_PLAYERS:-100000} channels=${BENCH_SUBS_CHANNELS:-1000}
+  local name need=$((n + 1000))
+  name="bench_subs_$(date +%s)"
+  # The node holds a socket per subscriber too, and inherits this shell's limit.
+  if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$need" ]; then
+    log "subscribers: $n subscribers need $need open files per process; the hard limit is $(ulimit -Hn)"
+    return 1
+  fi
+  ulimit -Sn "$(ulimit -Hn)"
+  start_node "$name"
+  local pid=$NODE_PID addr=$NODE_ADDR
+  local load=(players --players "$players" --channels "$channels" --events $((rate * secs)) --rate "$rate"
+    --seed 7 --batch 500 --stamp-send-time --nodes "$addr" --probe-interval-ms 100 --verify --sample 5000
+    --node-pid "$pid" --player-topic "$name.players" --channel-topic "$name.channels")
+  log "subscribers: $rate events/s for $secs s on one node, with $n subscribers"
+  "$LT" "${load[@]}" --id-prefix "$name-a-" --subscribers "$n" --subscribers-idle-secs 10 \
+    --json "$OUT/subscribers-$n.json" > /dev/null || { stop_node "$pid"; return 1; }
+  wait_checkpoints "$addr"
+  log "subscribers: the same load without subscribers"
+  "$LT" "${load[@]}" --id-prefix "$name-b-" --json "$OUT/subscribers-none.json" > /dev/null ||
+    { stop_node "$pid"; return 1; }
+  stop_node "$pid"
+  python3 - "$OUT" "$n" "$rate" "$secs" "$MACHINE" <<'PY'
+import json, sys
+out, n, rate, secs, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+p = f"{out}/subscribers-{n}.json"
+d = json.load(open(p))
+none = json.load(open(f"{out}/subscribers-none.json"))
+d["machine"] = machine
+d["without_subscribers"] = {k: none[k] for k in ("events_per_sec", "latency", "node")}
+with_cpu, without_cpu = d["node"]["cpu_us_per_event"], none["node"]["cpu_us_per_event"]
+d["cpu_per_event_increase"] = with_cpu / without_cpu - 1
+d["push_p99_over_visible_p99_ms"] = d["subscribers"]["latency"]["p99_ms"] - d["latency"]["p99_ms"]
+d["command"] = (f"BENCH_SUBSCRIBERS={n} scripts/bench.sh subscribers" if (rate, secs) == ("20000", "30")
+                else f"BENCH_SUBSCRIBERS={n} BENCH_SUBS_RATE={rate} BENCH_SUBS_SECS={secs} scripts/bench.sh subscribers")
+json.dump(d, open(p, "w"), indent=2)
+s, u = d["subscribers"], d["node"]
+print(f"subscribers: {n} on one node at {d['events_per_sec']:.0f} events/s: push latency p50/p90/p99/max "
+      f"{s['latency']['p50_ms']:.1f}/{s['latency']['p90_ms']:.1f}/{s['latency']['p99_ms']:.1f}/{s['latency']['max_ms']:.1f} ms "
+      f"({s['latency']['samples']} samples, {s['frames']} frames); event-to-visible p50/p99 "
+      f"{d['latency']['p50_ms']:.1f}/{d['latency']['p99_ms']:.1f} ms; node CPU per event {with_cpu:.2f} us vs "
+      f"{without_cpu:.2f} us without ({100 * d['cpu_per_event_increase']:+.1f}%); "
+      f"{u['bytes_per_idle_subscriber'] / 1024:.1f} KiB per idle subscriber; {len(s['mismatches'])} mismatches")
+PY
+}
+
 case "${1:-all}" in
   node) bench_node ;;
   idle) bench_idle ;;
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
   viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" "${BENCH_VIEWERS_SPEEDUP:-1}" ;;
   generator) bench_generator ;;
+  subscribers) bench_subscribers "${BENCH_SUBSCRIBERS:-10000}" ;;
   # The dedupe window's cost: the same binary with and without it on one pre-filled topic.
   dedupe) scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0" ;;
   table) ;;
@@ -265,9 +329,10 @@ case "${1:-all}" in
     bench_viewers 500000 300 1
     bench_idle
     bench_generator
+    bench_subscribers 10000
     scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0"
     ;;
-  *) echo "usage: $0 [node|cluster|viewers|idle|generator|dedupe|table|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|table|all]" >&2; exit 2 ;;
 esac
 # The table of everything measured so far, into README.md's Performance section.
 python3 scripts/bench_table.py "$OUT" README.md

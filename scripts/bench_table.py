@@ -106,6 +106,31 @@ for name in ("generator-players.json", "generator-viewers.json"):
         rows.append((f"Load tester alone ({d['scenario']}, --via none: every record built and encoded, then dropped)",
                      f"{d['events_per_sec']:,.0f} events/s", d.get("command", "scripts/bench.sh generator")))
 
+for n, d in by_size("subscribers-*.json"):
+    if "without_subscribers" not in d:
+        continue
+    cmd = d.get("command", f"BENCH_SUBSCRIBERS={n} scripts/bench.sh subscribers")
+    s, u, u0 = d["subscribers"], d["node"], d["without_subscribers"]["node"]
+    lat, push = d["latency"], s["latency"]
+    mix = f"{s['players']:,} players, {s['channels']:,} channels, {s['top']:,} top-N"
+    pp = s.get("probe_latency")
+    probe = (f"; the probe events themselves pushed after {pp['p50_ms']:.0f} / {pp['p99_ms']:.0f} / {pp['max_ms']:.0f} ms"
+             if pp and pp.get("samples") else "")
+    exact = "every subscriber's last frame exact" if not s["mismatches"] else f"{len(s['mismatches']):,} MISMATCHES"
+    rows += [
+        (f"{n:,} WebSocket subscribers on one node ({mix}) while it consumes {d['events_per_sec']:,.0f} events/s",
+         f"push latency p50 / p99 / max {push['p50_ms']:.0f} / {push['p99_ms']:.0f} / {push['max_ms']:.0f} ms; "
+         f"event-to-visible in the same run {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} / {lat['max_ms']:.0f} ms "
+         f"(push p99 {d['push_p99_over_visible_p99_ms']:+.0f} ms){probe}; {s['frames']:,} frames, {exact}", cmd),
+        (f"Node CPU per event at that load, with {n:,} subscribers and without",
+         f"{u['cpu_us_per_event']:.1f} µs and {u0['cpu_us_per_event']:.1f} µs "
+         f"({100 * d['cpu_per_event_increase']:+.0f}%; {u['load_cpu_cores']:.2f} and {u0['load_cpu_cores']:.2f} cores)", cmd),
+        (f"Node memory per idle subscriber ({n:,} connected)",
+         f"{u['bytes_per_idle_subscriber'] / 1024:.1f} KiB (RSS {u['rss_kib_before_subscribers'] / 1024:,.0f} to "
+         f"{u['rss_kib_idle_subscribers'] / 1024:,.0f} MiB); connecting them took {u['connect_cpu_secs']:.1f} CPU-s in "
+         f"{s['connect_secs']:.0f} s, idle they cost {u['idle_cpu_cores_with_subscribers']:.3f} cores", cmd),
+    ]
+
 if not rows:
     sys.exit(f"bench_table: no results in {out}")
 

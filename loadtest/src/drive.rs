@@ -55,6 +55,28 @@ pub struct DriveOpts {
     pub pipeline: usize,
     /// The API key for HTTP ingest (scope `ingest`), if the cluster checks keys.
     pub api_key: Option<String>,
+    /// Stamp every event with the wall-clock time its batch is sent (instead of the
+    /// generated time), so that how long an event took to reach a subscriber is the
+    /// receive time minus the event's own time. The expected state is built from the
+    /// stamped events, so it stays exact.
+    pub stamp_send_time: bool,
+}
+
+/// Stamps batches with the time they are sent, in milliseconds since the epoch, never
+/// earlier than a batch before (an entity's events stay in time order if the clock steps
+/// back).
+#[derive(Default)]
+struct Stamper {
+    last_ms: i64,
+}
+
+impl Stamper {
+    fn stamp(&mut self, events: &mut [Event]) {
+        self.last_ms = self.last_ms.max(crate::unix_micros() / 1000);
+        for e in events {
+            e.ts = self.last_ms;
+        }
+    }
 }
 
 /// Paces sending to a target rate, or to event time.
@@ -119,16 +141,20 @@ async fn drive_discard(
     progress: &Progress,
 ) {
     let pacer = Pacer::new(opts);
+    let mut stamper = Stamper::default();
     let mut events = events.peekable();
     let mut queued = 0u64;
     while !progress.stop.load(Ordering::Relaxed) {
-        let batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
+        let mut batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
         if batch.is_empty() {
             break;
         }
         pacer.wait(queued, batch[0].ts, &progress.stop).await;
         if progress.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if opts.stamp_send_time {
+            stamper.stamp(&mut batch);
         }
         queued += batch.len() as u64;
         let records: Vec<_> = batch.iter().flat_map(records_for).collect();
@@ -162,6 +188,7 @@ async fn drive_kafka(
     let partitions = crate::topic_partitions(kafka).await?;
     let ingest = kafka_producer(kafka, partitions)?;
     let pacer = Pacer::new(opts);
+    let mut stamper = Stamper::default();
     let mut inflight: VecDeque<(Vec<Event>, _)> = VecDeque::new();
     let mut events = events.peekable();
     let mut queued = 0u64;
@@ -169,12 +196,15 @@ async fn drive_kafka(
         if progress.stop.load(Ordering::Relaxed) {
             break;
         }
-        let batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
+        let mut batch: Vec<Event> = events.by_ref().take(opts.batch).collect();
         let done = batch.is_empty();
         if !done {
             pacer.wait(queued, batch[0].ts, &progress.stop).await;
             if progress.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if opts.stamp_send_time {
+                stamper.stamp(&mut batch);
             }
             queued += batch.len() as u64;
             let records = batch.iter().flat_map(records_for).collect();
@@ -311,6 +341,7 @@ async fn drive_http(
     let client = crate::http_client(Duration::from_secs(60), opts.api_key.as_deref())?;
     let lanes = opts.lanes.max(1);
     let pacer = Pacer::new(opts);
+    let mut stamper = Stamper::default();
     let mut events = events.peekable();
     let mut queued = 0u64;
     while events.peek().is_some() && !progress.stop.load(Ordering::Relaxed) {
@@ -329,6 +360,9 @@ async fn drive_http(
         pacer.wait(queued, first_ts, &progress.stop).await;
         if progress.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if opts.stamp_send_time {
+            per_lane.iter_mut().for_each(|b| stamper.stamp(b));
         }
         queued += per_lane.iter().map(|b| b.len() as u64).sum::<u64>();
         let results: Vec<(Vec<Event>, Result<(), String>)> =
@@ -356,4 +390,35 @@ async fn drive_http(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_node::event::EventBody;
+
+    fn event(ts: i64) -> Event {
+        Event {
+            v: 1,
+            id: format!("e{ts}").into(),
+            ts,
+            player: "p".into(),
+            body: EventBody::LevelUp { level: 1 },
+        }
+    }
+
+    #[test]
+    fn stamps_are_the_send_time_and_never_go_back() {
+        let mut stamper = Stamper::default();
+        let mut batch = vec![event(1), event(2)];
+        let before = crate::unix_micros() / 1000;
+        stamper.stamp(&mut batch);
+        let after = crate::unix_micros() / 1000;
+        assert!(batch.iter().all(|e| (before..=after).contains(&e.ts)));
+        // A clock that stepped back does not date a later batch earlier.
+        stamper.last_ms = i64::MAX - 1;
+        let mut later = vec![event(3)];
+        stamper.stamp(&mut later);
+        assert_eq!(later[0].ts, i64::MAX - 1);
+    }
 }

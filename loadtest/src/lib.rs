@@ -5,6 +5,9 @@
 //! - [`drive`]: sending into Kafka or HTTP ingest at a rate, keeping order and exactness.
 //! - [`probe`]: end-to-end latency probes (event created -> visible in the owner's state).
 //! - [`verify`]: comparing every entity with the expected state, with retries and failover.
+//! - [`subscribers`]: WebSocket clients subscribed while the load runs: push latency, and
+//!   their last frames against the verified final state.
+//! - [`node_usage`]: a node process's CPU and memory from /proc (benchmarks on one machine).
 //! - [`cluster_bench`]: failover time after kill -9; query latency on owner vs. non-owner.
 //! - [`baseline`]: a plain rdkafka consume-and-discard, the yardstick for node throughput.
 //! - [`report`]: live progress, the final table, JSON output.
@@ -12,13 +15,15 @@
 pub mod baseline;
 pub mod cluster_bench;
 pub mod drive;
+pub mod node_usage;
 pub mod players;
 pub mod probe;
 pub mod report;
+pub mod subscribers;
 pub mod verify;
 pub mod viewers;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use tally_node::config::KafkaConfig;
@@ -62,4 +67,12 @@ pub fn baseline_config(brokers: &str) -> rdkafka::ClientConfig {
         ..Default::default()
     };
     tally_node::source::consumer_config(&kafka, "tally-baseline")
+}
+
+/// Wall-clock time in microseconds since the epoch (0 before it): event times and push
+/// latencies are measured on this clock, shared by every process of the machine.
+pub fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

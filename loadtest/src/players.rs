@@ -47,12 +47,22 @@ impl PlayersGen {
     }
 
     pub fn player_id(&self, n: u64) -> String {
-        format!("{}p{n}", self.spec.id_prefix)
+        player_id(&self.spec.id_prefix, n)
     }
 
     pub fn channel_id(&self, n: u64) -> String {
-        format!("{}c{n}", self.spec.id_prefix)
+        channel_id(&self.spec.id_prefix, n)
     }
+}
+
+/// Player `n` of the run whose ids start with `prefix`.
+pub fn player_id(prefix: &str, n: u64) -> String {
+    format!("{prefix}p{n}")
+}
+
+/// Channel `n` of the run whose ids start with `prefix` (both scenarios name them so).
+pub fn channel_id(prefix: &str, n: u64) -> String {
+    format!("{prefix}c{n}")
 }
 
 impl Iterator for PlayersGen {

@@ -19,6 +19,7 @@ use crate::drive::{post_batch, Progress, Via};
 pub struct Latency {
     pub samples: u64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
@@ -31,12 +32,18 @@ impl Latency {
         Latency {
             samples: h.len(),
             p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             p999_ms: ms(h.value_at_quantile(0.999)),
             max_ms: ms(h.max()),
             timeouts,
         }
     }
+}
+
+/// The player the probes of a run whose ids start with `prefix` level up.
+pub fn probe_player(prefix: &str) -> String {
+    format!("{prefix}probe")
 }
 
 /// Runs probes every `interval` until `progress.stop` is set; returns the histogram (µs).
@@ -69,7 +76,7 @@ pub async fn run(
         },
         Via::Http(_) | Via::Discard => None,
     };
-    let player = format!("{prefix}probe");
+    let player = probe_player(&prefix);
     let mut level = 0u32;
     while !progress.stop.load(Ordering::Relaxed) {
         level += 1;

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::drive::Progress;
+use crate::node_usage::NodeUsage;
 use crate::probe::Latency;
+use crate::subscribers::SubscribersReport;
 use crate::verify::VerifyReport;
 
 /// Everything a run measured.
@@ -24,6 +26,10 @@ pub struct RunReport {
     pub per_second: Vec<u64>,
     pub latency: Latency,
     pub verify: Option<VerifyReport>,
+    /// WebSocket subscribers held during the run (`--subscribers`).
+    pub subscribers: Option<SubscribersReport>,
+    /// The node process's CPU and memory (`--node-pid`).
+    pub node: Option<NodeUsage>,
     pub interrupted: bool,
 }
 
@@ -88,6 +94,81 @@ pub fn table(r: &RunReport) -> String {
                 format!("{} MISMATCHES", v.mismatches.len())
             },
         );
+    }
+    if let Some(s) = &r.subscribers {
+        row(
+            "subscribers",
+            format!(
+                "{} ({} players, {} channels, {} top-N), all subscribed in {:.1} s",
+                s.clients, s.players, s.channels, s.top, s.connect_secs
+            ),
+        );
+        row(
+            "push latency p50/p90/p99/max",
+            format!(
+                "{:.1} / {:.1} / {:.1} / {:.1} ms ({} samples)",
+                s.latency.p50_ms,
+                s.latency.p90_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                s.latency.samples
+            ),
+        );
+        if let Some(p) = &s.probe_latency {
+            row(
+                "probe events pushed",
+                format!(
+                    "p50/p90/p99/max {:.1} / {:.1} / {:.1} / {:.1} ms ({} samples)",
+                    p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.samples
+                ),
+            );
+        }
+        row(
+            "frames",
+            format!(
+                "{} ({} snapshots, {} updates, {} gaps)",
+                s.frames, s.snapshots, s.updates, s.gaps
+            ),
+        );
+        row(
+            "socket trouble",
+            format!(
+                "{} error frames, {} unreadable, {} connect failures, {} reconnects, {} slow-client closes, {} gave up",
+                s.error_frames, s.protocol_errors, s.connect_failures, s.reconnects, s.slow_closes, s.gave_up
+            ),
+        );
+        row(
+            "last frames",
+            if s.mismatches.is_empty() {
+                format!("exact: {} subscriptions", s.checked)
+            } else {
+                format!(
+                    "{} MISMATCHES of {} subscriptions",
+                    s.mismatches.len(),
+                    s.checked
+                )
+            },
+        );
+    }
+    if let Some(n) = &r.node {
+        row(
+            "node CPU for the load",
+            format!(
+                "{:.2} µs per event ({:.2} cores over {:.1} s)",
+                n.cpu_us_per_event, n.load_cpu_cores, n.load_wall_secs
+            ),
+        );
+        if let Some(b) = n.bytes_per_idle_subscriber {
+            row(
+                "node memory per subscriber",
+                format!(
+                    "{:.0} bytes idle (RSS {} -> {} KiB)",
+                    b,
+                    n.rss_kib_before_subscribers.unwrap_or(0),
+                    n.rss_kib_idle_subscribers.unwrap_or(0)
+                ),
+            );
+        }
     }
     if r.interrupted {
         row("note", "interrupted by Ctrl-C: partial results".into());

@@ -44,7 +44,8 @@ enum Target {
     Channel(String),
 }
 
-async fn fetch(
+/// GETs `path` from the first of `nodes` (starting at `start`) that answers 2xx.
+pub async fn fetch(
     client: &reqwest::Client,
     nodes: &[String],
     start: usize,
@@ -78,6 +79,21 @@ pub fn diff(what: &str, want: &Value, got: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The view a query of `kind`/`id` must answer after the run: the player or channel view
+/// the expected state gives (a channel's concurrent viewers at its partition's
+/// watermark), or None for an entity that saw no event of the run.
+pub fn expected_view(expected: &Expected, kind: ShardKind, id: &str) -> Option<Value> {
+    let view = match kind {
+        ShardKind::Players => serde_json::to_value(expected.players.get(id)?.view(id)),
+        ShardKind::Channels => serde_json::to_value(expected.channels.get(id)?.view(
+            id,
+            expected.channel_watermark(id),
+            expected.viewer_timeout_ms,
+        )),
+    };
+    Some(view.expect("view serializes"))
+}
+
 async fn check(
     client: &reqwest::Client,
     expected: &Expected,
@@ -85,26 +101,12 @@ async fn check(
     i: usize,
     t: &Target,
 ) -> Vec<String> {
-    let (path, key, want, what) = match t {
-        Target::Player(id) => (
-            entity_path(ShardKind::Players, id),
-            "player",
-            serde_json::to_value(expected.players[id].view(id)).expect("view serializes"),
-            format!("player {id}"),
-        ),
-        Target::Channel(id) => (
-            entity_path(ShardKind::Channels, id),
-            "channel",
-            serde_json::to_value(expected.channels[id].view(
-                id,
-                expected.channel_watermark(id),
-                expected.viewer_timeout_ms,
-            ))
-            .expect("view serializes"),
-            format!("channel {id}"),
-        ),
+    let (kind, id, key, what) = match t {
+        Target::Player(id) => (ShardKind::Players, id, "player", format!("player {id}")),
+        Target::Channel(id) => (ShardKind::Channels, id, "channel", format!("channel {id}")),
     };
-    match fetch(client, nodes, i, &path).await {
+    let want = expected_view(expected, kind, id).expect("only expected entities are checked");
+    match fetch(client, nodes, i, &entity_path(kind, id)).await {
         Ok(v) => diff(&what, &want, &v[key]),
         Err(e) => vec![format!("{what}: {e}")],
     }

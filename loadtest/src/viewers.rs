@@ -139,7 +139,7 @@ impl ViewersGen {
     }
 
     fn channel(&self, c: u32) -> String {
-        format!("{}c{c}", self.spec.id_prefix)
+        crate::players::channel_id(&self.spec.id_prefix, c as u64)
     }
 }
 
@@ -202,10 +202,15 @@ impl Iterator for ViewersGen {
             v: 1,
             id: format!("{}v{}", self.spec.id_prefix, self.seq).into(),
             ts: self.spec.start_ts + t,
-            player: format!("{}v{v}", self.spec.id_prefix).into(),
+            player: viewer_id(&self.spec.id_prefix, v as u64).into(),
             body,
         })
     }
+}
+
+/// Viewer `v` (a player id) of the run whose ids start with `prefix`.
+pub fn viewer_id(prefix: &str, v: u64) -> String {
+    format!("{prefix}v{v}")
 }
 
 /// Viewers watching at the end of a generated run: what `concurrent_viewers` must sum to.

@@ -2,106 +2,19 @@
 //! players run verifies exact (querying with an API key: the node has auth on), and a
 //! deliberately wrong expected counter is reported.
 
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
 use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
 use tally_loadtest::verify::{verify, VerifyOpts};
-use tally_node::auth::keys::{entry_toml, new_key};
-use tally_node::auth::rate::IngestLimits;
-use tally_node::auth::Scope;
-use tally_node::config::{
-    CassandraConfig, ClusterConfig, Config, IngestConfig, KafkaConfig, NodeConfig, ShardConfig,
-};
 
-fn require_services() {
-    for (name, addr) in [("kafka", "127.0.0.1:9092"), ("cassandra", "127.0.0.1:9042")] {
-        assert!(
-            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok(),
-            "{name} is not serving on {addr}: start the services with `make services`"
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
-    require_services();
     let id = format!("ltverify_{}_{}", std::process::id(), rand::random::<u32>());
-    let port = free_port();
-    let kafka = KafkaConfig {
-        player_topic: format!("{id}.players"),
-        channel_topic: format!("{id}.channels"),
-        dlq_topic: format!("{id}.dlq"),
-        partitions: 3,
-        group_id: id.clone(),
-        ..Default::default()
-    };
-    // One key that may read: the verifier's queries carry it.
-    let read_key = new_key();
-    let keys_file = std::env::temp_dir().join(format!("{id}-keys.toml"));
-    let entry = entry_toml(
-        "verifier",
-        &read_key,
-        &[Scope::Read],
-        &IngestLimits::default(),
-    );
-    std::fs::write(&keys_file, entry).unwrap();
-    let cfg = Config {
-        node: NodeConfig {
-            id: "lt-node".into(),
-            api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            advertise_api_addr: None,
-            shutdown_grace_secs: 30,
-            tls: None,
-        },
-        kafka: kafka.clone(),
-        cassandra: CassandraConfig {
-            keyspace: id.clone(),
-            ..Default::default()
-        },
-        shard: ShardConfig {
-            checkpoint_interval_ms: 200,
-            ..Default::default()
-        },
-        ingest: IngestConfig::default(),
-        telemetry: Default::default(),
-        push: Default::default(),
-        auth: tally_node::auth::AuthConfig {
-            keys_file: Some(keys_file.clone()),
-            ..Default::default()
-        },
-        cluster: ClusterConfig {
-            cluster_id: id.clone(),
-            gossip_addr: std::net::UdpSocket::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap(),
-            ..Default::default()
-        },
-    };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let node = tokio::spawn(tally_node::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
-    let base = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://{base}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "node not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let node = common::TestNode::start(&id, 3, Default::default()).await;
+    let (base, kafka, read_key) = (node.addr.clone(), node.kafka.clone(), node.read_key.clone());
 
     let spec = PlayersSpec {
         players: 300,
@@ -120,6 +33,7 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         lanes: 1,
         pipeline: 4,
         api_key: None,
+        stamp_send_time: false,
     };
     drive::drive(
         PlayersGen::new(spec),
@@ -174,7 +88,5 @@ async fn players_run_verifies_exact_and_a_wrong_counter_is_reported() {
         "{:?}",
         report.mismatches
     );
-    let _ = stop_tx.send(());
-    node.await.unwrap().unwrap();
-    let _ = std::fs::remove_file(&keys_file);
+    node.stop().await;
 }

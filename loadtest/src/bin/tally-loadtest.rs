@@ -7,10 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tally_loadtest::drive::{self, DriveOpts, Progress, Via};
-use tally_loadtest::players::{Expected, PlayersGen, PlayersSpec};
+use tally_loadtest::node_usage::{NodeUsage, Sample};
+use tally_loadtest::players::{self, Expected, PlayersGen, PlayersSpec};
 use tally_loadtest::report::{self, RunReport};
+use tally_loadtest::subscribers::{self, Mix, Population, Subscribers, SubscribersOpts};
 use tally_loadtest::verify::{self, VerifyOpts};
-use tally_loadtest::viewers::{ViewersGen, ViewersSpec};
+use tally_loadtest::viewers::{self, ViewersGen, ViewersSpec};
 use tally_loadtest::{baseline, probe};
 use tally_node::config::KafkaConfig;
 
@@ -161,6 +163,48 @@ struct Common {
     /// Milliseconds between latency probes (0 = no probes).
     #[arg(long, default_value_t = 100)]
     probe_interval_ms: u64,
+    /// Stamp every event with the time its batch is sent instead of the generated time
+    /// (implied by --subscribers; give it to a run without them to send the same load).
+    #[arg(long)]
+    stamp_send_time: bool,
+    /// Process id of the one node, on this machine: its CPU per event and (with
+    /// --subscribers) its memory per idle subscriber are measured from /proc.
+    #[arg(long)]
+    node_pid: Option<u32>,
+    #[command(flatten)]
+    subscribe: SubscribeArgs,
+}
+
+#[derive(Args)]
+#[command(next_help_heading = "Subscribers (WebSocket push, while the load runs)")]
+struct SubscribeArgs {
+    /// WebSocket clients on the nodes' /v1/subscribe, one subscription each (0: none).
+    /// They measure push latency and, with --verify, their last frames must equal the
+    /// verified final state.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Shares of the subscribers: players of the run, channels of the run, top-N views
+    /// (by concurrent, peak and follows in turn, 10 channels each).
+    #[arg(long, default_value = "players=60,channels=35,top=5")]
+    subscribe_mix: Mix,
+    /// New connections per second, at most.
+    #[arg(long, default_value_t = 500.0)]
+    connect_rate: f64,
+    /// Handshakes (up to the snapshot) in flight, at most.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Every subscriber must have its snapshot within this many seconds.
+    #[arg(long, default_value_t = 120)]
+    connect_timeout: u64,
+    /// Seconds the subscribers stay idle once all are subscribed, before the load starts.
+    #[arg(long, default_value_t = 0)]
+    subscribers_idle_secs: u64,
+    /// The nodes' push.interval_ms: the final check waits a few of these.
+    #[arg(long, default_value_t = 250)]
+    push_interval_ms: u64,
+    /// How long the final check retries subscriptions whose last frame differs, seconds.
+    #[arg(long, default_value_t = 15)]
+    final_check_secs: u64,
 }
 
 #[derive(Args)]
@@ -268,6 +312,15 @@ fn check_common(c: &Common) -> anyhow::Result<()> {
             "--nodes: name at least one Tally API address (host:port) for --verify or --via http"
         );
     }
+    let s = &c.subscribe;
+    if s.subscribers > 0 {
+        if c.nodes.is_empty() || !c.verify || c.via == ViaArg::None {
+            bail!("--subscribers: needs --nodes to subscribe to, --verify for the final check, and a --via that reaches the cluster");
+        }
+        if !(s.connect_rate > 0.0 && s.connect_rate.is_finite()) || s.connect_concurrency == 0 {
+            bail!("--connect-rate and --connect-concurrency must be above 0");
+        }
+    }
     Ok(())
 }
 
@@ -304,6 +357,15 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
         lanes: c.lanes,
         pipeline: 8,
         api_key: c.api_key.clone(),
+        stamp_send_time: stamps(c),
+    };
+    let player = |n| players::player_id(&prefix, n);
+    let channel = |n| players::channel_id(&prefix, n);
+    let population = Population {
+        players: args.players,
+        channels: args.channels,
+        player_id: &player,
+        channel_id: &channel,
     };
     run(
         "players",
@@ -312,8 +374,15 @@ async fn players(args: PlayersArgs) -> anyhow::Result<bool> {
         args.events,
         PlayersGen::new(spec),
         opts,
+        &population,
     )
     .await
+}
+
+/// Events carry their send time with --stamp-send-time, and always with subscribers
+/// (push latency is measured from it).
+fn stamps(c: &Common) -> bool {
+    c.stamp_send_time || c.subscribe.subscribers > 0
 }
 
 async fn viewers(args: ViewersArgs) -> anyhow::Result<bool> {
@@ -359,11 +428,22 @@ async fn viewers(args: ViewersArgs) -> anyhow::Result<bool> {
         lanes: 1,
         pipeline: 8,
         api_key: c.api_key.clone(),
+        stamp_send_time: stamps(c),
     };
-    run("viewers", c, &prefix, total, ViewersGen::new(spec), opts).await
+    let viewer = |n| viewers::viewer_id(&prefix, n);
+    let channel = |n| players::channel_id(&prefix, n);
+    let population = Population {
+        players: args.viewers,
+        channels: args.channels,
+        player_id: &viewer,
+        channel_id: &channel,
+    };
+    let events = ViewersGen::new(spec);
+    run("viewers", c, &prefix, total, events, opts, &population).await
 }
 
-/// Sends a scenario's events, measures, verifies, reports.
+/// Sends a scenario's events, measures, verifies, reports; with subscribers, connects them
+/// first and checks their last frames after the verification.
 async fn run(
     scenario: &str,
     c: &Common,
@@ -371,6 +451,7 @@ async fn run(
     total: u64,
     events: impl Iterator<Item = tally_node::event::Event>,
     opts: DriveOpts,
+    population: &Population<'_>,
 ) -> anyhow::Result<bool> {
     let kafka = c.kafka.config();
     let channel_partitions = match tally_loadtest::topic_partitions(&kafka).await {
@@ -388,6 +469,14 @@ async fn run(
         ViaArg::Http => Via::Http(c.nodes.clone()),
         ViaArg::None => Via::Discard,
     });
+    let mut usage = c.node_pid.map(|pid| NodeUsage {
+        pid,
+        ..Default::default()
+    });
+    let subs = match c.subscribe.subscribers {
+        0 => None,
+        n => Some(connect_subscribers(c, n, population, prefix, usage.as_mut()).await?),
+    };
     let progress = Arc::new(Progress::default());
     let ctrl_c = {
         let progress = progress.clone();
@@ -409,9 +498,11 @@ async fn run(
             progress.clone(),
         ))
     });
+    let load_start = node_sample(c.node_pid)?;
     let started = Instant::now();
     let sent = drive::drive(events, &via, &opts, &mut expected, &progress).await;
     let secs = started.elapsed().as_secs_f64();
+    let load_end = Instant::now();
     let interrupted = progress.stop.swap(true, Ordering::SeqCst);
     ctrl_c.abort();
     let per_second = ticker.await.unwrap_or_default();
@@ -423,6 +514,14 @@ async fn run(
     };
     sent?;
     let events_sent = progress.sent.load(Ordering::Relaxed);
+    if let (Some(usage), Some(start)) = (usage.as_mut(), load_start) {
+        // The node's CPU for the load: until it has applied what was sent (it keeps up at
+        // the rates measured; the window is the same with and without subscribers).
+        tokio::time::sleep_until((load_end + LOAD_SETTLE).into()).await;
+        let end = Sample::read(usage.pid)?;
+        usage.rss_kib_at_start = start.rss_kib;
+        usage.load(&start, &end, events_sent);
+    }
     let mut report = RunReport {
         scenario: scenario.into(),
         seed: c.seed,
@@ -439,6 +538,8 @@ async fn run(
         per_second,
         latency: probe::Latency::from_histogram(&hist, timeouts),
         verify: None,
+        subscribers: None,
+        node: None,
         interrupted,
     };
     if c.verify && !interrupted {
@@ -464,13 +565,106 @@ async fn run(
         }
         report.verify = Some(v);
     }
+    if let Some(subs) = subs {
+        let r = check_subscribers(c, subs, &expected, prefix, interrupted).await?;
+        for m in r.mismatches.iter().take(50) {
+            eprintln!("SUBSCRIBER MISMATCH {m}");
+        }
+        for p in &r.problems {
+            eprintln!("tally-loadtest: subscribers: {p}");
+        }
+        report.subscribers = Some(r);
+    }
+    report.node = usage;
     println!("{}", report::table(&report));
     write_json(&c.json, &report)?;
     let exact = report
         .verify
         .as_ref()
-        .is_none_or(|v| v.mismatches.is_empty());
+        .is_none_or(|v| v.mismatches.is_empty())
+        && report.subscribers.as_ref().is_none_or(|s| s.exact());
     Ok(exact && report.errors == 0)
+}
+
+/// How long after the last batch the node's CPU for the load is read (`--node-pid`).
+const LOAD_SETTLE: Duration = Duration::from_secs(2);
+/// Sockets of the process besides the subscribers' (Kafka, HTTP clients, probes).
+const OTHER_FILES: u64 = 1_000;
+
+fn node_sample(pid: Option<u32>) -> anyhow::Result<Option<Sample>> {
+    pid.map(Sample::read).transpose()
+}
+
+/// Raises the open-file limit, connects `n` subscribers to targets of the run and waits
+/// until each has its snapshot; with `--node-pid`, measures the node's memory before and
+/// with them (idle for `--subscribers-idle-secs`).
+async fn connect_subscribers(
+    c: &Common,
+    n: usize,
+    population: &Population<'_>,
+    prefix: &str,
+    usage: Option<&mut NodeUsage>,
+) -> anyhow::Result<Subscribers> {
+    let s = &c.subscribe;
+    let limit = subscribers::raise_open_files(n as u64 + OTHER_FILES)
+        .with_context(|| format!("--subscribers {n}"))?;
+    let targets = subscribers::plan(n, s.subscribe_mix, c.seed, population);
+    eprintln!(
+        "tally-loadtest: subscribers: connecting {n} ({}) at {} a second (open files: {limit})",
+        s.subscribe_mix, s.connect_rate
+    );
+    let before = node_sample(c.node_pid)?;
+    let subs = Subscribers::connect(
+        targets,
+        SubscribersOpts {
+            nodes: c.nodes.clone(),
+            api_key: c.api_key.clone(),
+            connect_rate: s.connect_rate,
+            connect_concurrency: s.connect_concurrency,
+            connect_timeout: Duration::from_secs(s.connect_timeout),
+            push_interval: Duration::from_millis(s.push_interval_ms),
+            // The probes' own events, pushed: compared with their event-to-visible latency.
+            probe: (c.probe_interval_ms > 0)
+                .then(|| subscribers::Target::Player(probe::probe_player(prefix))),
+        },
+    )
+    .await?;
+    let connected = node_sample(c.node_pid)?;
+    tokio::time::sleep(Duration::from_secs(s.subscribers_idle_secs)).await;
+    let idle = node_sample(c.node_pid)?;
+    if let (Some(u), Some(b), Some(cn), Some(i)) = (usage, before, connected, idle) {
+        u.subscribers(&b, &cn, &i, n);
+    }
+    Ok(subs)
+}
+
+/// After the verification: each subscriber's last frame against the final state, then the
+/// sockets closed and the report.
+async fn check_subscribers(
+    c: &Common,
+    subs: Subscribers,
+    expected: &Expected,
+    prefix: &str,
+    interrupted: bool,
+) -> anyhow::Result<subscribers::SubscribersReport> {
+    if interrupted {
+        let mut r = subs
+            .finish(Vec::new(), vec!["interrupted: not checked".into()])
+            .await;
+        r.checked = 0;
+        return Ok(r);
+    }
+    let client = tally_loadtest::http_client(Duration::from_secs(10), c.api_key.as_deref())?;
+    let (wants, notes) =
+        subscribers::final_states(subs.targets(), expected, prefix, &c.nodes, &client).await?;
+    eprintln!(
+        "tally-loadtest: subscribers: checking the last frame of {} subscriptions",
+        wants.len()
+    );
+    let mismatches = subs
+        .check_final(&wants, Duration::from_secs(c.subscribe.final_check_secs))
+        .await;
+    Ok(subs.finish(mismatches, notes).await)
 }
 
 async fn consume_rate(args: ConsumeRateArgs) -> anyhow::Result<bool> {
