@@ -204,7 +204,7 @@ impl SessionState {
             let frame = feed.borrow().clone();
             if let Some(frame) = frame {
                 *sent = true;
-                return self.send(frame.snapshot.clone()).await;
+                return self.send(frame.snapshot()).await;
             }
             return Ok(());
         }
@@ -249,7 +249,7 @@ impl SessionState {
         let text = if *sent {
             frame.update.clone()
         } else {
-            frame.snapshot.clone()
+            frame.snapshot()
         };
         *sent = true;
         self.send(text).await
@@ -329,9 +329,9 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
                     Some(None) => continue,
                     Some(Some(frame)) => {
                         let (kind, text) = if open.first {
-                            ("snapshot", &frame.snapshot)
+                            ("snapshot", frame.snapshot())
                         } else {
-                            ("update", &frame.update)
+                            ("update", frame.update.clone())
                         };
                         open.first = false;
                         let event = Bytes::from(format!("event: {kind}\ndata: {text}\n\n"));

@@ -1,8 +1,8 @@
 //! What a subscription receives: the state a source publishes, the frame a client gets,
 //! and the rule that keeps a subscription's offsets from going backwards.
 //!
-//! A frame is rendered once, for every client of the feed: its snapshot and update forms
-//! differ only in `type`.
+//! A frame is rendered once, for every client of the feed, as an update; its snapshot form
+//! (only `type` differs) is made from that the first time a new client needs it.
 //!
 //! Not for: where states come from (see `relay`) or how they are sent (see `api::push`).
 
@@ -76,10 +76,15 @@ pub struct Frame {
     pub offsets: Offsets,
     pub gap: bool,
     pub served_by: String,
-    /// `{"type": "snapshot", ...}` and `{"type": "update", ...}`.
-    pub snapshot: ByteString,
+    /// `{"type": "update", ...}`.
     pub update: ByteString,
+    /// `{"type": "snapshot", ...}`, made from `update` when first asked for.
+    snapshot: std::sync::OnceLock<ByteString>,
 }
+
+/// How a rendered frame begins (`type` is the first field), in each form.
+const UPDATE_PREFIX: &str = r#"{"type":"update""#;
+const SNAPSHOT_PREFIX: &str = r#"{"type":"snapshot""#;
 
 #[derive(Serialize)]
 struct Rendered<'a> {
@@ -134,16 +139,25 @@ impl Frame {
             // Serializing a Value with string keys cannot fail.
             ByteString::from(serde_json::to_string(&r).unwrap_or_default())
         };
-        let snapshot = render("snapshot");
         let update = render("update");
         Arc::new(Frame {
             data,
             offsets,
             gap,
             served_by,
-            snapshot,
             update,
+            snapshot: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The frame as a new client's first: `"type": "snapshot"`.
+    pub fn snapshot(&self) -> ByteString {
+        self.snapshot
+            .get_or_init(|| {
+                let rest = self.update.strip_prefix(UPDATE_PREFIX).unwrap_or_default();
+                ByteString::from(format!("{SNAPSHOT_PREFIX}{rest}"))
+            })
+            .clone()
     }
 
     /// The frame of an entity's state.
@@ -222,7 +236,7 @@ mod tests {
             "n1".into(),
         )
         .unwrap();
-        let frame: Value = serde_json::from_str(&first.snapshot).unwrap();
+        let frame: Value = serde_json::from_str(&first.snapshot()).unwrap();
         assert_eq!(
             frame,
             json!({"type": "snapshot", "subscription": "player:a", "served_by": "n1",

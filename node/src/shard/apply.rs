@@ -113,6 +113,7 @@ impl<E: Hosted> ShardState<E> {
         deferred.shrink_to(SPARE_DEFERRED);
         self.spare_deferred = deferred;
         drop(permit);
+        self.push_changed();
         self.series.set_lag(lag);
         self.args.metrics.observe_apply(E::KIND, started.elapsed());
         let applied_ms = crate::event::now_ms();
@@ -241,7 +242,12 @@ impl<E: Hosted> ShardState<E> {
                 (watermark, timeout, touched),
             );
             match done {
-                Some(changed) => applied += changed as u64,
+                Some(changed) => {
+                    applied += changed as u64;
+                    if changed {
+                        self.watchers.note(key);
+                    }
+                }
                 None => deferred.push(Deferred {
                     key: key.into(),
                     offset: rec.offset,
@@ -312,7 +318,11 @@ impl<E: Hosted> ShardState<E> {
                 &d.event,
                 (d.watermark, timeout, touched),
             );
-            applied += done.expect("deferred entities were activated") as u64;
+            let changed = done.expect("deferred entities were activated");
+            applied += changed as u64;
+            if changed {
+                self.watchers.note(&d.key);
+            }
         }
         self.series.add_applied(applied);
     }

@@ -205,7 +205,11 @@ impl<E: Hosted> Actor for Shard<E> {
         });
         let extra = E::prepare(&args.store, args.partition, args.progress.is_some()).await?;
         myself.send_interval(args.cfg.checkpoint_interval(), || ShardMsg::Tick);
-        myself.send_interval(args.push_interval, || ShardMsg::PushTick);
+        // Five ticks per push interval: a change waits at most a fifth of it past its turn.
+        let push_tick = (args.push_interval / 5)
+            .max(std::time::Duration::from_millis(10))
+            .min(args.push_interval);
+        myself.send_interval(push_tick, || ShardMsg::PushTick);
         info!(topic = %args.topic, partition = args.partition, resume_offset = durable.resume_offset, "shard started");
         Ok(ShardState {
             entities: Resident::default(),
