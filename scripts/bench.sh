@@ -26,7 +26,8 @@
 #   dedupe   one binary with and without the dedupe window on one pre-filled topic: the
 #            window's memory per record and its cost in records/s (bench-compare.sh).
 #   table    only rebuild the table (bench/results/table.md and README.md).
-# Every run ends by rebuilding the README's Performance table from all results present.
+# Every run ends by putting its rows into the README's Performance table, in place of the rows of
+# the same command; rows of benchmarks not run in this checkout stay as they were.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

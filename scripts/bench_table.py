@@ -3,9 +3,12 @@
 
 Usage: scripts/bench_table.py [RESULTS_DIR] [README]
 
-Each row says what was measured, the result and the command that reproduces it. Rows
-whose results are missing are left out; the README keeps everything outside the markers
-<!-- bench:start --> and <!-- bench:end -->.
+Each row says what was measured, the result and the command that reproduces it. In the
+README, rows of this run replace the rows of the same command, in their place; rows of
+commands whose results are not in RESULTS_DIR (not run in this checkout) are kept as they
+were, so running one benchmark changes only its own rows. table.md holds this run's rows
+only. The README keeps everything outside the markers <!-- bench:start --> and
+<!-- bench:end -->.
 """
 import glob
 import json
@@ -145,12 +148,45 @@ table = "\n".join(lines) + "\n"
 open(os.path.join(out, "table.md"), "w").write(table)
 print(table)
 
+def merged(old_table, rows):
+    """The README's table with this run's rows in place of the rows of the same command."""
+    new_by_command = {}
+    for w, r, c in rows:
+        new_by_command.setdefault(c, []).append(f"| {w} | {r} | `{c}` |")
+    head, body, emitted = [], [], set()
+    for line in old_table.splitlines():
+        m = re.match(r"^\|.*\| `([^`]*)` \|$", line)
+        if not m:
+            if line.startswith("Machine: ") and machine:
+                continue
+            if not line.startswith("|"):
+                head.append(line)
+            continue
+        command = m.group(1)
+        if command in new_by_command:
+            if command not in emitted:
+                body.extend(new_by_command[command])
+                emitted.add(command)
+        else:
+            body.append(line)
+    body += [l for c, ls in new_by_command.items() if c not in emitted for l in ls]
+    if machine:
+        head = [f"Machine: {machine}. Every row is one run of the command beside it; the machine also "
+                "runs Kafka, Cassandra and the load tester.", ""] + [h for h in head if h.strip()]
+    while head and not head[-1].strip():
+        head.pop()
+    while head and not head[0].strip():
+        head.pop(0)
+    out_lines = head + ([""] if head else []) + ["| what | result | command |", "|---|---|---|"] + body
+    return "\n".join(out_lines) + "\n"
+
+
 text = open(readme).read()
 start, end = "<!-- bench:start -->", "<!-- bench:end -->"
 if start in text and end in text:
     head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    open(readme, "w").write(f"{head}{start}\n{table}{end}{tail}")
+    old_table, tail = rest.split(end, 1)
+    open(readme, "w").write(f"{head}{start}\n{merged(old_table, rows)}{end}{tail}")
     print(f"bench_table: updated {readme}")
 else:
     print(f"bench_table: {readme} has no {start} / {end} markers; table left in {out}/table.md")
