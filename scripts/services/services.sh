@@ -924,6 +924,15 @@ stop_one() {  # stop_one <service>
     kill -KILL "$pid" 2>/dev/null || true
     sleep 1
   fi
+  # A JVM whose main thread has exited reads as a zombie while its other threads still
+  # shut down and hold its ports (an `up` right after once found JMX's 7199 taken): it
+  # has stopped once none of its ports accepts connections any more.
+  local port
+  for port in $(service_ports "$service"); do
+    while port_open "$port" && (($(now) - started < STOP_TIMEOUT)); do
+      sleep 0.5
+    done
+  done
   rm -f "$RUN_DIR/$service.pid" "$RUN_DIR/$service.config"
   say "$service stopped (pid $pid, in $(($(now) - started)) s)"
 }
