@@ -47,6 +47,16 @@ pub async fn kill_9_at_random_points(env: &TestEnv) -> NodeProcess {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
     });
+    // The first kill comes once the node has applied something: on a cold start (fresh
+    // services, a first transaction) the stream can take longer than the first pause.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while node.metric("tally_records_applied_total").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node applied nothing within 60 s of the stream's start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let mut kills = 0;
     while !stream.is_finished() && kills < 6 {
