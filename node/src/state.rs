@@ -27,7 +27,6 @@ use crate::dead_letter::DeadLetters;
 use crate::ingest::Ingest;
 use crate::kind::{ChangeKind, ShardId, ShardKind};
 use crate::metrics::Metrics;
-use crate::push::Hub;
 use crate::shard::{ShardMsg, ShardStats};
 use crate::source::SourceHandle;
 use crate::store::Store;
@@ -196,8 +195,6 @@ pub struct NodeState {
     pub stream_http: reqwest::Client,
     /// The API's certificate and CAs with `[node.tls]`, re-read on SIGHUP.
     pub tls: Option<Arc<ApiTls>>,
-    /// The push feeds this node runs and its push connections.
-    pub push: Hub,
     /// Events this node's ingest acknowledged recently (answering retries as such).
     pub acknowledged: Acknowledged,
     /// The root of the shutdown tree: cancelled once, when the node starts to stop; every
@@ -222,8 +219,7 @@ impl NodeState {
                 .map_err(|e| anyhow::anyhow!("build http client: {e}"))
         };
         let (http, stream_http) = (build(http)?, build(stream_http)?);
-        let metrics = Arc::new(Metrics::default());
-        let push = Hub::new(cfg.push.clone(), metrics.push.clone());
+
         let acknowledged = Acknowledged::new(
             Duration::from_secs(cfg.shard.dedupe_window_secs),
             ACKNOWLEDGED_KEPT,
@@ -231,7 +227,7 @@ impl NodeState {
         Ok(Arc::new(NodeState {
             cfg,
             auth,
-            metrics,
+            metrics: Arc::new(Metrics::default()),
             core: OnceLock::new(),
             health: Mutex::new(HealthStatus::default()),
             session: OnceLock::new(),
@@ -241,7 +237,6 @@ impl NodeState {
             http,
             stream_http,
             tls,
-            push,
             acknowledged,
             shutdown: CancellationToken::new(),
         }))

@@ -130,12 +130,18 @@ const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(75);
 /// Builds the server on an already bound listener: HTTPS with `[node.tls]`, else HTTP.
 pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Server> {
     let tls = state.tls.as_ref().map(|t| t.server_config()).transpose()?;
+    // The push feeds and connections (`push::Hub`), one per node, shared by the workers.
+    let hub = web::Data::new(Arc::new(crate::push::Hub::new(
+        state.cfg.push.clone(),
+        state.metrics.push.clone(),
+    )));
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         let observed = data.get_ref().clone();
         let guarded = data.get_ref().clone();
         App::new()
             .app_data(data.clone())
+            .app_data(hub.clone())
             .wrap_fn(move |req, srv| auth::guard(guarded.clone(), req, srv))
             .wrap_fn(head::bound)
             .wrap_fn(move |req, srv| observe::observe(observed.clone(), req, srv))

@@ -30,7 +30,7 @@ use crate::kind::ShardKind;
 use crate::log_limit::LogLimit;
 use crate::partitioner::partition_for;
 use crate::push::protocol::{self, Command, Malformed, Target, TopByName};
-use crate::push::{Connection, Feed, FeedKey, Frame};
+use crate::push::{Connection, Feed, FeedKey, Frame, Hub};
 use crate::state::NodeState;
 
 /// A ping this often; a client silent for [`SILENT`] is gone.
@@ -59,19 +59,23 @@ fn allowed(caller: &Caller, target: &Target) -> bool {
 }
 
 /// `GET /v1/subscribe`: upgrades to a WebSocket session.
+/// The node's push feeds, as the handlers get them.
+type PushHub = web::Data<Arc<Hub>>;
+
 pub(super) async fn subscribe(
     state: Data,
+    hub: PushHub,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     core(&state)?;
-    let connection = state.push.connect().map_err(refused)?;
+    let connection = hub.connect().map_err(refused)?;
     let (response, session, messages) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::BadRequest(format!(
             "websocket: {e}: /v1/subscribe takes a WebSocket upgrade"
         ))
     })?;
-    let max = state.push.cfg().max_message_bytes;
+    let max = hub.cfg().max_message_bytes;
     let messages = messages
         .max_frame_size(max)
         .aggregate_continuations()
@@ -79,6 +83,7 @@ pub(super) async fn subscribe(
     let caller = auth::caller(&req);
     let session_state = SessionState {
         state: state.get_ref().clone(),
+        hub: hub.get_ref().clone(),
         session,
         caller,
         feeds: StreamMap::new(),
@@ -92,6 +97,7 @@ pub(super) async fn subscribe(
 /// One WebSocket session.
 struct SessionState {
     state: Arc<NodeState>,
+    hub: Arc<Hub>,
     session: Session,
     caller: Caller,
     /// The feeds followed, by subscription name.
@@ -118,7 +124,7 @@ fn close(code: CloseCode, description: impl Into<String>) -> End {
 
 impl SessionState {
     async fn run(mut self, mut messages: AggregatedMessageStream) {
-        let cfg = self.state.push.cfg().clone();
+        let cfg = self.hub.cfg().clone();
         let shutdown = self.state.shutdown.clone();
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
@@ -208,7 +214,7 @@ impl SessionState {
             }
             return Ok(());
         }
-        let max = self.state.push.cfg().max_subscriptions;
+        let max = self.hub.cfg().max_subscriptions;
         if self.current.len() >= max {
             let e = Malformed {
                 field: "subscribe".into(),
@@ -220,7 +226,7 @@ impl SessionState {
             target,
             local_only: false,
         };
-        let feed = self.state.push.subscribe(&self.state, key);
+        let feed = self.hub.subscribe(&self.state, key);
         self.feeds
             .insert(name.clone(), WatchStream::new(feed.clone()));
         self.current.insert(name, (feed, false));
@@ -266,7 +272,7 @@ impl SessionState {
     async fn send(&mut self, text: ByteString) -> Result<(), End> {
         self.send_bytes(move |s| Box::pin(async move { s.text(text).await }))
             .await?;
-        self.state.push.metrics().frame_sent();
+        self.hub.metrics().frame_sent();
         Ok(())
     }
 
@@ -279,12 +285,12 @@ impl SessionState {
             Box<dyn std::future::Future<Output = Result<(), actix_ws::Closed>> + 'a>,
         >,
     {
-        let blocked = self.state.push.cfg().blocked_timeout();
+        let blocked = self.hub.cfg().blocked_timeout();
         match tokio::time::timeout(blocked, send(&mut self.session)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => {
-                self.state.push.metrics().slow_client_closed();
+                self.hub.metrics().slow_client_closed();
                 if let Some(suppressed) = SLOW_LOG.allow() {
                     warn!(
                         blocked_ms = blocked.as_millis() as u64,
@@ -304,7 +310,7 @@ impl SessionState {
 }
 
 /// An SSE response following `feed` until it ends or the node shuts down.
-fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpResponse {
+fn event_stream(state: &NodeState, hub: &Hub, feed: Feed, connection: Connection) -> HttpResponse {
     struct Open {
         frames: WatchStream<Option<Arc<Frame>>>,
         first: bool,
@@ -318,7 +324,7 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
         first: true,
         keep_alive: tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE),
         shutdown: state.shutdown.clone(),
-        metrics: state.push.metrics().clone(),
+        metrics: hub.metrics().clone(),
         _connection: connection,
     };
     let body = futures::stream::unfold(open, |mut open| async move {
@@ -352,10 +358,18 @@ fn event_stream(state: &NodeState, feed: Feed, connection: Connection) -> HttpRe
         .streaming(body)
 }
 
+/// The SSE stream of `key`'s feed, counted against the connection limit.
+fn follow(state: &Data, hub: &PushHub, key: FeedKey) -> Result<HttpResponse, ApiError> {
+    let connection = hub.connect().map_err(refused)?;
+    let feed = hub.subscribe(state, key);
+    Ok(event_stream(state, hub, feed, connection))
+}
+
 /// The stream of one player or channel. Asked by another node's relay, it is served only
 /// from this node's own shard (503 if it does not own the entity), so relays never chain.
 async fn entity_stream(
     state: &Data,
+    hub: &PushHub,
     req: &HttpRequest,
     kind: ShardKind,
     id: String,
@@ -371,45 +385,59 @@ async fn entity_stream(
             )));
         }
     }
-    let connection = state.push.connect().map_err(refused)?;
     let target = match kind {
         ShardKind::Players => Target::Player(id),
         ShardKind::Channels => Target::Channel(id),
     };
-    let feed = state.push.subscribe(state, FeedKey { target, local_only });
-    Ok(event_stream(state, feed, connection))
+    follow(state, hub, FeedKey { target, local_only })
+}
+
+/// `GET /v1/players/{id}/stream` and `GET /v1/channels/{id}/stream`.
+async fn path_stream(
+    state: Data,
+    hub: PushHub,
+    req: HttpRequest,
+    path: web::Path<String>,
+    kind: ShardKind,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    params::path_id(kind, &id)?;
+    entity_stream(&state, &hub, &req, kind, id).await
 }
 
 pub(super) async fn player_stream(
     state: Data,
+    hub: PushHub,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    params::path_id(ShardKind::Players, &id)?;
-    entity_stream(&state, &req, ShardKind::Players, id).await
+    path_stream(state, hub, req, path, ShardKind::Players).await
 }
 
 pub(super) async fn channel_stream(
     state: Data,
+    hub: PushHub,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = path.into_inner();
-    params::path_id(ShardKind::Channels, &id)?;
-    entity_stream(&state, &req, ShardKind::Channels, id).await
+    path_stream(state, hub, req, path, ShardKind::Channels).await
 }
 
 /// `GET /v1/stream?player=<id>` or `?channel=<id>`: every id, also those a path cannot carry.
 pub(super) async fn stream_by_query(
     state: Data,
+    hub: PushHub,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (kind, id) = params::stream_target(req.query_string())?;
-    entity_stream(&state, &req, kind, id).await
+    entity_stream(&state, &hub, &req, kind, id).await
 }
 
-pub(super) async fn top_stream(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(super) async fn top_stream(
+    state: Data,
+    hub: PushHub,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let top = params::top(req.query_string())?;
     core(&state)?;
     let by = TopByName::parse(top.by_name).unwrap_or(TopByName::Concurrent);
@@ -417,24 +445,18 @@ pub(super) async fn top_stream(state: Data, req: HttpRequest) -> Result<HttpResp
         by,
         limit: top.limit,
     };
-    let connection = state.push.connect().map_err(refused)?;
-    let feed = state.push.subscribe(
-        &state,
-        FeedKey {
-            target,
-            local_only: false,
-        },
-    );
-    Ok(event_stream(&state, feed, connection))
+    let key = FeedKey {
+        target,
+        local_only: false,
+    };
+    follow(&state, &hub, key)
 }
 
-pub(super) async fn cluster_stream(state: Data) -> Result<HttpResponse, ApiError> {
+pub(super) async fn cluster_stream(state: Data, hub: PushHub) -> Result<HttpResponse, ApiError> {
     core(&state)?;
-    let connection = state.push.connect().map_err(refused)?;
     let key = FeedKey {
         target: Target::Cluster,
         local_only: false,
     };
-    let feed = state.push.subscribe(&state, key);
-    Ok(event_stream(&state, feed, connection))
+    follow(&state, &hub, key)
 }

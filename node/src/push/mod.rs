@@ -113,7 +113,7 @@ impl Hub {
     }
 
     /// The feed of `key`, started if none runs.
-    pub fn subscribe(&self, state: &Arc<NodeState>, key: FeedKey) -> Feed {
+    pub fn subscribe(self: &Arc<Self>, state: &Arc<NodeState>, key: FeedKey) -> Feed {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = feeds.get(&key) {
             return tx.subscribe();
@@ -122,7 +122,9 @@ impl Hub {
         let tx = Arc::new(tx);
         feeds.insert(key.clone(), tx.clone());
         self.metrics.set_feeds(feeds.len());
-        state.runtime.spawn(relay::run(state.clone(), key, tx));
+        state
+            .runtime
+            .spawn(relay::run(state.clone(), self.clone(), key, tx));
         rx
     }
 

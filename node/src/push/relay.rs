@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use tracing::debug;
 
 use super::frame::{next_frame, EntityState, Offsets};
-use super::protocol::Target;
-use super::{FeedKey, FeedSender};
+use super::protocol::{Target, TopByName};
+use super::{FeedKey, FeedSender, Hub};
 use crate::cluster::{routing, view};
 use crate::kind::ShardKind;
 use crate::partitioner::partition_for;
@@ -35,8 +35,9 @@ const CLUSTER_EVERY: Duration = Duration::from_secs(1);
 
 /// Fills the feed of `key` until nobody reads it (or, for a local-only feed, until this
 /// node stops owning the entity).
-pub(super) async fn run(state: Arc<NodeState>, key: FeedKey, tx: FeedSender) {
+pub(super) async fn run(state: Arc<NodeState>, hub: Arc<Hub>, key: FeedKey, tx: FeedSender) {
     let name = key.target.name();
+    let interval = hub.cfg().interval();
     loop {
         match &key.target {
             Target::Player(id) => {
@@ -45,11 +46,17 @@ pub(super) async fn run(state: Arc<NodeState>, key: FeedKey, tx: FeedSender) {
             Target::Channel(id) => {
                 entity(&state, &tx, ShardKind::Channels, id, &name, key.local_only).await
             }
-            Target::Top { by, limit } => top(&state, &tx, &name, *by, *limit).await,
-            Target::Cluster => cluster(&state, &tx, &name).await,
+            Target::Top { by, limit } => {
+                let (by, limit) = (*by, *limit);
+                gathered(&state, &tx, &name, interval, |s| top(s, by, limit)).await
+            }
+            Target::Cluster => {
+                let every = interval.max(CLUSTER_EVERY);
+                gathered(&state, &tx, &name, every, cluster).await
+            }
         }
         // A local-only feed ends with its shard; any other ends when nobody reads it.
-        if state.push.release(&key, &tx, key.local_only) {
+        if hub.release(&key, &tx, key.local_only) {
             debug!(subscription = %name, "feed ended");
             return;
         }
@@ -218,55 +225,45 @@ fn parse_event(event: &str) -> Option<(EntityState, String)> {
     Some((state, frame["served_by"].as_str()?.to_string()))
 }
 
-/// The cluster-wide top-N, gathered every push interval.
-async fn top(
+/// A view gathered every `every` (the cluster-wide top-N, the cluster view) until nobody
+/// reads the feed: `gather` answers the view and the partition offsets it reflects.
+async fn gathered<F, Fut>(
     state: &Arc<NodeState>,
     tx: &FeedSender,
     name: &str,
-    by: super::protocol::TopByName,
-    limit: usize,
-) {
-    let mut every = tokio::time::interval(state.push.cfg().interval());
+    every: Duration,
+    gather: F,
+) where
+    F: Fn(Arc<NodeState>) -> Fut,
+    Fut: std::future::Future<Output = Option<(Value, Offsets)>>,
+{
+    let mut every = tokio::time::interval(every);
     let mut gap = false;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = tx.closed() => return,
         }
-        let Some(core) = state.core.get() else {
-            continue;
-        };
-        let part = routing::cluster_top(state, core, by.by(), by.name(), limit).await;
-        let data = json!({ "by": by.name(), "channels": part.channels, "stale": part.stale });
-        let me = state.cfg.node.id.as_str();
-        publish(
-            tx,
-            name,
-            data,
-            Offsets::Partitions(part.offsets),
-            &mut gap,
-            me,
-        );
+        if let Some((data, offsets)) = gather(state.clone()).await {
+            publish(tx, name, data, offsets, &mut gap, &state.cfg.node.id);
+        }
     }
 }
 
-/// The cluster view, gathered every push interval, at most once a second.
-async fn cluster(state: &Arc<NodeState>, tx: &FeedSender, name: &str) {
-    let mut every = tokio::time::interval(state.push.cfg().interval().max(CLUSTER_EVERY));
-    let mut gap = false;
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = tx.closed() => return,
-        }
-        let Some(core) = state.core.get() else {
-            continue;
-        };
-        let data = view::cluster_view(state, core).await;
-        let offsets = Offsets::Partitions(view::offsets(&data));
-        let me = state.cfg.node.id.as_str();
-        publish(tx, name, data, offsets, &mut gap, me);
-    }
+/// The cluster-wide top-N.
+async fn top(state: Arc<NodeState>, by: TopByName, limit: usize) -> Option<(Value, Offsets)> {
+    let core = state.core.get()?;
+    let part = routing::cluster_top(&state, core, by.by(), by.name(), limit).await;
+    let data = json!({ "by": by.name(), "channels": part.channels, "stale": part.stale });
+    Some((data, Offsets::Partitions(part.offsets)))
+}
+
+/// The cluster view.
+async fn cluster(state: Arc<NodeState>) -> Option<(Value, Offsets)> {
+    let core = state.core.get()?;
+    let data = view::cluster_view(&state, core).await;
+    let offsets = Offsets::Partitions(view::offsets(&data));
+    Some((data, offsets))
 }
 
 #[cfg(test)]
