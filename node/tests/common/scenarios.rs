@@ -47,29 +47,20 @@ pub async fn kill_9_at_random_points(env: &TestEnv) -> NodeProcess {
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
     });
-    // The first kill comes once the node has applied something: on a cold start (fresh
-    // services, a first transaction) the stream can take longer than the first pause.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while node.metric("tally_records_applied_total").await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node applied nothing within 60 s of the stream's start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let mut kills = 0;
     while !stream.is_finished() && kills < 6 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..1500))).await;
-        let applied_before_kill = node.metric("tally_records_applied_total").await;
+        // The first kill waits until the node has applied something: on a cold start
+        // (fresh services, a first transaction) the stream can reach it after the first
+        // pause.
+        if kills == 0 && node.metric("tally_records_applied_total").await == 0 {
+            continue;
+        }
         node.kill9();
         kills += 1;
         node.restart();
         node.wait_ready(Duration::from_secs(60)).await;
-        assert!(
-            applied_before_kill > 0 || kills > 1,
-            "the node was killed before doing any work"
-        );
     }
     stream.await.unwrap();
     assert!(
