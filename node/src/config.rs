@@ -16,6 +16,7 @@
 mod api_tls;
 mod cassandra;
 mod files;
+mod history;
 mod kafka;
 mod push;
 mod secret;
@@ -32,6 +33,7 @@ use serde::Deserialize;
 
 pub use api_tls::ApiTlsConfig;
 pub use cassandra::{CassandraConfig, CassandraTls, Replication};
+pub use history::HistoryConfig;
 pub use kafka::{ClientProperties, KafkaConfig, SaslMechanism, SecurityProtocol, RESERVED};
 pub use push::PushConfig;
 pub use secret::Secret;
@@ -70,6 +72,9 @@ pub struct Config {
     /// Pushed updates: coalescing interval and the limits of connections and subscriptions.
     #[serde(default)]
     pub push: PushConfig,
+    /// History buckets: on or off, retention per step, query limits.
+    #[serde(default)]
+    pub history: HistoryConfig,
 }
 
 /// `[cluster]`
@@ -322,6 +327,7 @@ impl Config {
         self.validate_cluster()?;
         self.validate_ingest()?;
         self.push.validate()?;
+        self.history.validate()?;
         self.telemetry.validate()
     }
 

@@ -68,6 +68,7 @@ pub mod entity_path;
 pub mod event;
 #[cfg(test)]
 mod fuzz;
+pub mod history;
 pub mod ingest;
 pub mod kind;
 mod log_limit;

@@ -52,6 +52,7 @@ async fn start(
         metrics: metrics.clone(),
         dead_letters: None,
         push_interval: Duration::from_millis(250),
+        history: Default::default(),
     })
     .await
     .unwrap()

@@ -55,6 +55,7 @@ async fn start_shard_of(
         metrics: Arc::new(Metrics::default()),
         dead_letters: None,
         push_interval: Duration::from_millis(250),
+        history: Default::default(),
     };
     shard::spawn(args).await.unwrap()
 }
@@ -491,6 +492,7 @@ async fn undecodable_records_are_skipped_counted_and_dead_lettered_and_neighbour
         metrics: metrics.clone(),
         dead_letters: Some(dead_letters.clone()),
         push_interval: Duration::from_millis(250),
+        history: Default::default(),
     };
     let shard = shard::spawn(args).await.unwrap();
     feed(&shard, &recs).await;

@@ -97,6 +97,7 @@ impl TestNode {
                 ..Default::default()
             },
             push,
+            history: Default::default(),
         };
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(tally_node::run(cfg, async {

@@ -55,6 +55,10 @@ pub(super) const ROUTES: &[(&str, Access)] = &[
     ("/v1/channels/top", Access::Scope(Scope::Read)),
     ("/v1/channels/{id}", Access::Scope(Scope::Read)),
     ("/v1/cluster", Access::Scope(Scope::Admin)),
+    ("/v1/players/{id}/history", Access::Scope(Scope::Read)),
+    ("/v1/players/{id}/records", Access::Scope(Scope::Read)),
+    ("/v1/channels/{id}/history", Access::Scope(Scope::Read)),
+    ("/v1/stats", Access::Scope(Scope::Read)),
     // Push: the cluster subscription on `/v1/subscribe` needs admin too (`api::push`).
     ("/v1/subscribe", Access::Scope(Scope::Read)),
     ("/v1/stream", Access::Scope(Scope::Read)),

@@ -22,6 +22,7 @@ mod auth;
 mod dashboard;
 mod events;
 mod head;
+mod history;
 mod observe;
 mod params;
 mod push;
@@ -169,6 +170,20 @@ pub fn serve(listener: TcpListener, state: Arc<NodeState>) -> anyhow::Result<Ser
                 web::get().to(push::channel_stream),
             )
             .route("/v1/cluster/stream", web::get().to(push::cluster_stream))
+            // History (see `history`): before the `{id}` routes they extend.
+            .route(
+                "/v1/players/{id}/history",
+                web::get().to(history::player_history),
+            )
+            .route(
+                "/v1/players/{id}/records",
+                web::get().to(history::player_records),
+            )
+            .route(
+                "/v1/channels/{id}/history",
+                web::get().to(history::channel_history),
+            )
+            .route("/v1/stats", web::get().to(history::stats))
             .route("/v1/players", web::get().to(player_by_query))
             .route("/v1/players/{id}", web::get().to(player))
             .route("/v1/channels", web::get().to(channel_by_query))

@@ -29,12 +29,12 @@ pub const MAX_TOP_LIMIT: usize = 1000;
 const DEFAULT_TOP_LIMIT: usize = 10;
 
 /// A 400 whose message names `param`.
-fn bad(param: &str, why: impl std::fmt::Display) -> ApiError {
+pub(super) fn bad(param: &str, why: impl std::fmt::Display) -> ApiError {
     ApiError::BadRequest(format!("{param}: {why}"))
 }
 
 /// `value` quoted for an error message, cut to [`QUOTED`] bytes.
-fn quoted(value: &str) -> String {
+pub(super) fn quoted(value: &str) -> String {
     format!("{:?}", clip(value, QUOTED))
 }
 
@@ -49,7 +49,7 @@ fn decode(raw: &str) -> Cow<'_, str> {
 
 /// The value of the parameter `name` in `query` (the URL's part after `?`), decoded; None
 /// when it is absent. Given twice, it is an error: which one was meant is not known.
-fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
     let mut found = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));

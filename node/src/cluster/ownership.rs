@@ -309,6 +309,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
         metrics: state.metrics.clone(),
         dead_letters: Some(core.dead_letters.clone()),
         push_interval: state.cfg.push.interval(),
+        history: state.cfg.history.clone(),
     };
     let actor = match shard::spawn(args).await {
         Ok(a) => a,

@@ -50,6 +50,10 @@ pub struct Metrics {
     registry: Registry,
     /// `tally_records_applied_total`, by kind (players, channels).
     applied: [Counter; 2],
+    /// `tally_history_bucket_writes_total`, by kind: bucket rows checkpoints wrote.
+    bucket_writes: [Counter; 2],
+    /// `tally_history_bucket_loads_total`: buckets read back from Cassandra.
+    bucket_loads: Counter,
     consumed_records: Counter,
     invalid_records: Counter,
     duplicate_records: Counter,
@@ -383,6 +387,18 @@ impl Default for Metrics {
             "Kafka records applied to entities",
             applied.clone(),
         );
+        let bucket_writes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "tally_history_bucket_writes",
+            "History bucket rows written by checkpoints (global partials included)",
+            bucket_writes.clone(),
+        );
+        let bucket_loads = Counter::default();
+        registry.register(
+            "tally_history_bucket_loads",
+            "History buckets read back from Cassandra (late events, takeovers)",
+            bucket_loads.clone(),
+        );
         let [consumed_records, invalid_records, duplicate_records, future_records, dead_letters, dead_letters_dropped, entity_loads, passivations] =
             record_counters(&mut registry);
         let [checkpoints, checkpoint_rows, checkpoint_micros] = checkpoint_counters(&mut registry);
@@ -409,6 +425,8 @@ impl Default for Metrics {
         let on = |on| source_wait.get_or_create_owned(&WaitLabel { on });
         Metrics {
             applied: per_kind(&applied),
+            bucket_writes: per_kind(&bucket_writes),
+            bucket_loads,
             consumed_records,
             invalid_records,
             duplicate_records,
@@ -474,6 +492,12 @@ impl Metrics {
     pub fn add_dead_letters(&self, sent: u64, dropped: u64) {
         self.dead_letters.inc_by(sent);
         self.dead_letters_dropped.inc_by(dropped);
+    }
+    pub fn add_bucket_writes(&self, kind: ShardKind, n: u64) {
+        self.bucket_writes[at(kind)].inc_by(n);
+    }
+    pub fn add_bucket_loads(&self, n: u64) {
+        self.bucket_loads.inc_by(n);
     }
     pub fn add_entity_loads(&self, n: u64) {
         self.entity_loads.inc_by(n);

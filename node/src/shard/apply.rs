@@ -12,14 +12,16 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{error, warn};
 
 use super::dedupe::{self, Verdict};
-use super::{Hosted, RecordRef, Records, ShardState};
+use super::{EventClock, Hosted, RecordRef, Records, ShardState};
 use crate::dead_letter::DeadLetter;
 use crate::entity;
 use crate::event::Event;
+use crate::history::History;
 use crate::log_limit::LogLimit;
 use crate::retry::Backoff;
 use crate::shard::resident::Resident;
 use crate::telemetry;
+use foldhash::HashSet;
 
 /// Deferred records whose buffer is kept between batches.
 pub(super) const SPARE_DEFERRED: usize = 256;
@@ -46,9 +48,9 @@ enum Absent {
 /// A record whose entity was not resident when its batch arrived: applied, in order, once
 /// the entity is loaded, with the watermark it would have seen.
 pub(super) struct Deferred {
-    key: CompactString,
+    pub(super) key: CompactString,
     offset: i64,
-    event: Event,
+    pub(super) event: Event,
     watermark: i64,
 }
 
@@ -91,25 +93,37 @@ impl<E: Hosted> ShardState<E> {
         }
         let lag = records.records_after();
         let (read_ms, oldest_ms) = records.read_times();
-        let mut deferred = self.apply_resident(&records);
-        drop(records);
-        if !deferred.is_empty() {
-            let mut keys: Vec<CompactString> = deferred.iter().map(|d| d.key.clone()).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            // Storage errors while loading entities are retried: the batch must apply
-            // whole and in order, or the shard would skip records.
-            let mut backoff = Backoff::new(
-                std::time::Duration::from_millis(100),
-                2,
-                std::time::Duration::from_secs(5),
-            );
-            while let Err(e) = self.activate(keys.clone()).await {
-                error!(partition = self.args.partition, error = %format!("{e:#}"), "loading entities failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+        let mut from = 0;
+        let mut deferred;
+        loop {
+            let resume;
+            (deferred, resume) = self.apply_resident(&records, from);
+            if !deferred.is_empty() {
+                let mut keys: Vec<CompactString> = deferred.iter().map(|d| d.key.clone()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                // Storage errors while loading entities are retried: the batch must apply
+                // whole and in order, or the shard would skip records.
+                let mut backoff = Backoff::new(
+                    std::time::Duration::from_millis(100),
+                    2,
+                    std::time::Duration::from_secs(5),
+                );
+                while let Err(e) = self.activate(keys.clone()).await {
+                    error!(partition = self.args.partition, error = %format!("{e:#}"), "loading entities failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                let needed = self.deferred_bucket_loads(&deferred);
+                self.load_buckets_retrying(needed).await;
+                self.apply_deferred(&mut deferred);
             }
-            self.apply_deferred(&mut deferred);
+            let Some(at) = resume else { break };
+            // A sample point is next: its buckets first (see `sample_until`).
+            let needed = self.sampling_loads(self.pause_ts);
+            self.load_buckets_retrying(needed).await;
+            from = at;
         }
+        drop(records);
         deferred.shrink_to(SPARE_DEFERRED);
         self.spare_deferred = deferred;
         drop(permit);
@@ -188,17 +202,23 @@ impl<E: Hosted> ShardState<E> {
     /// their entities (each entity still sees its records in offset order, with the
     /// watermark it would have seen). Records at or below an entity's offset are skipped:
     /// its stored state already reflects them.
-    fn apply_resident(&mut self, records: &Records) -> Vec<Deferred> {
+    ///
+    /// With history on, a record also waits when a bucket it feeds must be loaded (and so
+    /// do its entity's later records), and in channel shards the loop stops before a
+    /// record that reaches a sample point while anything waits or a sampled bucket must
+    /// be loaded: it returns that record's index to resume at.
+    fn apply_resident(&mut self, records: &Records, from: usize) -> (Vec<Deferred>, Option<usize>) {
         let touched = self.now_secs();
         let timeout = self.clock().timeout_ms;
         let mut deferred = std::mem::take(&mut self.spare_deferred);
+        let mut held: HashSet<CompactString> = HashSet::default();
         let mut applied = 0u64;
         // While a record decodes, the entity of the next one and the table line of the one
         // after that are fetched into the cache (see `Resident::prefetch`). Each key is
         // read once, two records ahead.
-        let mut keys = records.iter().map(|r| key_of(&r));
+        let mut keys = records.iter().skip(from).map(|r| key_of(&r));
         let (mut next, mut after) = (keys.next(), keys.next());
-        for rec in records.iter() {
+        for (i, rec) in records.iter().enumerate().skip(from) {
             let key = next.take().expect("a key (or its error) per record");
             (next, after) = (after, keys.next());
             prefetch(
@@ -212,8 +232,15 @@ impl<E: Hosted> ShardState<E> {
                 self.observe_only(&rec, key);
                 continue;
             }
+            let decoded = decode_record(&rec, key);
+            if let Ok((_, event)) = &decoded {
+                if self.must_pause(&rec, event, !deferred.is_empty()) {
+                    self.series.add_applied(applied);
+                    return (deferred, Some(i));
+                }
+            }
             self.next_offset = rec.offset + 1;
-            let (key, event) = match decode_record(&rec, key) {
+            let (key, event) = match decoded {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.args.metrics.add_invalid_records(1);
@@ -231,16 +258,29 @@ impl<E: Hosted> ShardState<E> {
                 self.args.metrics.add_duplicate_records(1);
                 continue;
             }
+            if self.history.enabled {
+                if E::SAMPLES && event.ts > self.watermark {
+                    self.sample_until(event.ts, rec.offset);
+                }
+                if !held.is_empty() && held.contains(key) || self.buckets_missing(key, event.ts) {
+                    held.insert(key.into());
+                }
+            }
             self.watermark = self.watermark.max(event.ts);
             let watermark = self.watermark;
-            let done = apply_in(
-                &mut self.entities,
-                &mut self.dirty,
-                key,
-                rec.offset,
-                &event,
-                (watermark, timeout, touched),
-            );
+            let done = if !held.is_empty() && held.contains(key) {
+                None
+            } else {
+                apply_in(
+                    &mut self.entities,
+                    &mut self.dirty,
+                    &mut self.history,
+                    key,
+                    rec.offset,
+                    &event,
+                    (watermark, timeout, touched),
+                )
+            };
             match done {
                 Some(changed) => {
                     applied += changed as u64;
@@ -257,7 +297,7 @@ impl<E: Hosted> ShardState<E> {
             }
         }
         self.series.add_applied(applied);
-        deferred
+        (deferred, None)
     }
 
     /// Feeds a record that is not applied to the dedupe window, so the window holds what
@@ -274,7 +314,7 @@ impl<E: Hosted> ShardState<E> {
     }
 
     /// Why `event` is too far ahead of its record's arrival to apply, if it is.
-    fn too_far_ahead(&self, rec: &RecordRef<'_>, event: &Event) -> Option<String> {
+    pub(super) fn too_far_ahead(&self, rec: &RecordRef<'_>, event: &Event) -> Option<String> {
         let tolerance = self.args.cfg.future_tolerance_ms();
         (rec.timestamp >= 0 && event.ts > rec.timestamp.saturating_add(tolerance)).then(|| {
             format!(
@@ -313,6 +353,7 @@ impl<E: Hosted> ShardState<E> {
             let done = apply_in(
                 &mut self.entities,
                 &mut self.dirty,
+                &mut self.history,
                 &d.key,
                 d.offset,
                 &d.event,
@@ -334,6 +375,7 @@ impl<E: Hosted> ShardState<E> {
 fn apply_in<E: Hosted>(
     m: &mut Resident<E>,
     dirty: &mut Vec<CompactString>,
+    history: &mut History<E::Bucket>,
     key: &str,
     offset: i64,
     event: &Event,
@@ -341,6 +383,7 @@ fn apply_in<E: Hosted>(
 ) -> Option<bool> {
     let slot = m.get_mut(key)?;
     slot.touched = touched;
+    let marks = history.enabled.then(|| slot.state.marks());
     let changed = entity::apply_record(
         &mut slot.state,
         &mut slot.offset,
@@ -349,6 +392,13 @@ fn apply_in<E: Hosted>(
         watermark,
         timeout,
     );
+    if let (true, Some(marks)) = (changed, marks) {
+        let clock = EventClock {
+            watermark,
+            timeout_ms: timeout,
+        };
+        E::record_history(history, key, offset, event, &marks, &slot.state, clock);
+    }
     if changed && !slot.dirty {
         slot.dirty = true;
         dirty.push(slot.key.clone());

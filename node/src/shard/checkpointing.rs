@@ -14,6 +14,7 @@ use tracing::{debug, error};
 
 use super::{CheckpointError, Hosted, ShardMsg, ShardState};
 use crate::config::ShardConfig;
+use crate::history::Step;
 use crate::store::checkpoint::{self, Snapshot};
 use crate::store::Progress;
 use crate::telemetry;
@@ -56,6 +57,9 @@ impl<E: Hosted> ShardState<E> {
         match result {
             Ok(progress) => {
                 self.durable = progress;
+                let entities = &self.entities;
+                self.history
+                    .passivate(self.watermark, |k| entities.contains_key(k));
                 self.completed_checkpoint();
                 self.args
                     .metrics
@@ -68,6 +72,7 @@ impl<E: Hosted> ShardState<E> {
             Err(e) => {
                 error!(error = %e, "checkpoint failed; will retry");
                 self.mark_dirty(keys);
+                self.history.mark_all_dirty();
             }
         }
     }
@@ -108,7 +113,20 @@ impl<E: Hosted> ShardState<E> {
                 watermark_ms: self.watermark,
             },
             dedupe_from: self.dedupe.oldest_needed(self.next_offset),
+            global_buckets: Vec::new(),
+            buckets: Vec::new(),
+            bucket_ttl: Step::ALL.map(|s| self.args.history.ttl_secs(s)),
         };
+        if self.history.enabled {
+            let (entity_scope, partition_scope) = E::SCOPES;
+            (snap.global_buckets, snap.buckets) = self.history.snapshot(
+                entity_scope,
+                partition_scope,
+                self.args.partition,
+                self.next_offset,
+                crate::entity::encode,
+            );
+        }
         for (i, key) in dirty.iter().enumerate() {
             // As in the apply loop: the entities ahead are on their way into the cache.
             if let Some(k) = dirty.get(i + 2) {
@@ -134,7 +152,10 @@ impl<E: Hosted> ShardState<E> {
         if self.checkpoint_running {
             return;
         }
-        if self.dirty.is_empty() && self.next_offset == self.durable.resume_offset {
+        if self.dirty.is_empty()
+            && !self.history.is_dirty()
+            && self.next_offset == self.durable.resume_offset
+        {
             // Nothing new: answer waiting flushes at once.
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(Ok(self.durable));
@@ -178,9 +199,11 @@ impl<E: Hosted> ShardState<E> {
         let now = self.now_secs();
         let clock = self.clock();
         let (passivated, extra) = (&mut self.passivated, &mut self.extra);
+        let live = &self.history.live;
         let mut evicted = 0u64;
         self.entities.retain(|s| {
-            let keep = now.saturating_sub(s.touched) < idle || s.dirty;
+            // A live channel is sampled at every point: it stays.
+            let keep = now.saturating_sub(s.touched) < idle || s.dirty || live.contains(&s.key);
             if !keep {
                 E::passivated(extra, &s.key, &s.state, clock);
                 passivated.insert(s.key.to_string());

@@ -12,9 +12,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use compact_str::CompactString;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::entity::{self, Channel, ChannelView, Entity, Player, PlayerView};
+use crate::entity::{self, Channel, ChannelCounters, ChannelView, Entity, Player, PlayerView};
+use crate::event::{Event, EventBody};
+use crate::history::bucket::{BucketFirsts, ChannelChange, PlayerChange, PlayerMarks};
+use crate::history::{ChannelBucket, History, PlayerBucket, Scope, Step};
 use crate::kind::ShardKind;
 use crate::shard::{ShardState, TopBy, TopEntry};
 use crate::store::channel_log::{self, LogState};
@@ -87,6 +91,49 @@ pub trait Hosted: Entity + Send + Sync + Sized + 'static {
 
     fn view(&self, key: &str, clock: EventClock) -> View;
 
+    /// The history bucket this kind keeps per entity (see `history`).
+    type Bucket: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// What history needs of an entity from before an event.
+    type Marks: Copy;
+    /// The stored scopes of this kind's buckets and of its partitions' global buckets.
+    const SCOPES: (Scope, Scope);
+    /// Whether the partition samples concurrency at each sample point (channels).
+    const SAMPLES: bool = false;
+
+    fn marks(&self) -> Self::Marks;
+
+    /// The latest event time of records this entity reflects, for which buckets may be
+    /// stored (`start_watermark`: the partition's watermark when the shard started).
+    fn frontier(&self, start_watermark: i64) -> i64;
+
+    /// Credits an applied event to the buckets of its time; `marks` are from before it.
+    fn record_history(
+        h: &mut History<Self::Bucket>,
+        key: &str,
+        offset: i64,
+        event: &Event,
+        marks: &Self::Marks,
+        after: &Self,
+        clock: EventClock,
+    );
+
+    /// Takes one concurrency sample at `point` of every live channel (record `offset`).
+    fn sample(state: &mut ShardState<Self>, point: i64, offset: i64) {
+        let _ = (state, point, offset);
+    }
+
+    /// Whether this entity must be sampled (a channel with viewers at the watermark).
+    fn live(&self, clock: EventClock) -> bool {
+        let _ = clock;
+        false
+    }
+
+    /// Keys that must be resident from the start to be sampled (channels with viewers).
+    fn live_at_start(extra: &Self::Extra) -> Vec<String> {
+        let _ = extra;
+        Vec::new()
+    }
+
     /// This shard's top-N entities; only channels rank.
     fn top(
         state: &mut ShardState<Self>,
@@ -102,6 +149,44 @@ impl Hosted for Player {
     const KIND: ShardKind = ShardKind::Players;
     type Stored = EntityRow;
     type Extra = ();
+    type Bucket = PlayerBucket;
+    type Marks = PlayerMarks;
+    const SCOPES: (Scope, Scope) = (Scope::Player, Scope::PlayersPartition);
+
+    fn marks(&self) -> PlayerMarks {
+        PlayerMarks::of(self)
+    }
+
+    fn frontier(&self, _: i64) -> i64 {
+        self.last_seen
+    }
+
+    fn record_history(
+        h: &mut History<PlayerBucket>,
+        key: &str,
+        offset: i64,
+        event: &Event,
+        marks: &PlayerMarks,
+        after: &Self,
+        clock: EventClock,
+    ) {
+        let change = PlayerChange::between(marks, after);
+        let is_purchase = matches!(event.body, EventBody::Purchase { .. });
+        for step in Step::ALL {
+            if h.expired(step, event.ts, clock.watermark) {
+                continue;
+            }
+            let mut firsts = BucketFirsts::default();
+            if let Some(b) = h.bucket_mut(key, step, event.ts, offset) {
+                firsts.first_in_bucket = b.events() == 0;
+                firsts.first_purchase_in_bucket = is_purchase && b.purchases == 0;
+                b.apply(event, &change);
+            }
+            if let Some(g) = h.global_mut(step, event.ts, offset) {
+                g.apply_player(event, &change, firsts);
+            }
+        }
+    }
 
     async fn prepare(_: &Store, _: i32, _: bool) -> anyhow::Result<()> {
         Ok(())
@@ -158,6 +243,62 @@ impl Hosted for Channel {
     const KIND: ShardKind = ShardKind::Channels;
     type Stored = Box<channel_log::Loaded>;
     type Extra = ChannelExtra;
+    type Bucket = ChannelBucket;
+    type Marks = ChannelCounters;
+    const SCOPES: (Scope, Scope) = (Scope::Channel, Scope::ChannelsPartition);
+    const SAMPLES: bool = true;
+
+    fn marks(&self) -> ChannelCounters {
+        self.counters
+    }
+
+    fn frontier(&self, start_watermark: i64) -> i64 {
+        // Samples reach the partition's watermark, past the channel's own last event.
+        self.counters.last_event.max(start_watermark)
+    }
+
+    fn record_history(
+        h: &mut History<ChannelBucket>,
+        key: &str,
+        offset: i64,
+        event: &Event,
+        marks: &ChannelCounters,
+        after: &Self,
+        clock: EventClock,
+    ) {
+        let change = ChannelChange {
+            before: *marks,
+            after: after.counters,
+        };
+        for step in Step::ALL {
+            if h.expired(step, event.ts, clock.watermark) {
+                continue;
+            }
+            if let Some(b) = h.bucket_mut(key, step, event.ts, offset) {
+                b.apply(event, &change);
+            }
+        }
+        if after.concurrent_at(clock.watermark, clock.timeout_ms) > 0 && !h.live.contains(key) {
+            h.live.insert(key.into());
+        }
+    }
+
+    fn sample(state: &mut ShardState<Self>, point: i64, offset: i64) {
+        state.sample_channels(point, offset);
+    }
+
+    fn live(&self, clock: EventClock) -> bool {
+        self.concurrent_at(clock.watermark, clock.timeout_ms) > 0
+    }
+
+    fn live_at_start(extra: &ChannelExtra) -> Vec<String> {
+        extra
+            .summaries
+            .values()
+            .filter(|s| s.concurrent > 0)
+            .map(|s| s.id.clone())
+            .collect()
+    }
 
     async fn prepare(
         store: &Store,

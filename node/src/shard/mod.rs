@@ -22,6 +22,7 @@ mod apply;
 pub mod batch;
 mod checkpointing;
 pub mod dedupe;
+mod history;
 pub mod hosted;
 pub mod query;
 pub mod resident;
@@ -40,6 +41,7 @@ use tracing::info;
 use crate::config::ShardConfig;
 use crate::dead_letter::DeadLetters;
 use crate::entity::{Channel, Player};
+use crate::history::History;
 use crate::kind::ShardKind;
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::store::{Progress, Store};
@@ -110,6 +112,8 @@ pub struct ShardArgs {
     pub dead_letters: Option<Arc<DeadLetters>>,
     /// How often watched entities that changed are published (`push.interval_ms`).
     pub push_interval: std::time::Duration,
+    /// `[history]`: whether buckets are kept, and for how long.
+    pub history: crate::config::HistoryConfig,
 }
 
 /// Starts the shard of `args.kind` for `args.partition`.
@@ -170,6 +174,12 @@ pub struct ShardState<E: Hosted> {
     traced: Vec<opentelemetry::trace::SpanContext>,
     /// Entities watched for pushed updates.
     watchers: Watchers,
+    /// Resident history buckets (see `history`).
+    history: History<E::Bucket>,
+    /// The partition's watermark when this shard started (see `Hosted::frontier`).
+    start_watermark: i64,
+    /// The event time of the record the apply loop paused before (see `sample_until`).
+    pause_ts: i64,
 }
 
 impl<E: Hosted> ShardState<E> {
@@ -211,7 +221,7 @@ impl<E: Hosted> Actor for Shard<E> {
             .min(args.push_interval);
         myself.send_interval(push_tick, || ShardMsg::PushTick);
         info!(topic = %args.topic, partition = args.partition, resume_offset = durable.resume_offset, "shard started");
-        Ok(ShardState {
+        let mut state = ShardState {
             entities: Resident::default(),
             stored_before_start: args.progress.is_some(),
             passivated: E::stored_keys(&extra).into_iter().collect(),
@@ -231,8 +241,22 @@ impl<E: Hosted> Actor for Shard<E> {
             series: args.metrics.shard(E::KIND, args.partition),
             traced: Vec::new(),
             watchers: Watchers::default(),
+            history: History::new(args.history.enabled, durable.watermark_ms)
+                .with_retention(crate::history::Step::ALL.map(|s| args.history.retention_secs(s))),
+            start_watermark: durable.watermark_ms,
+            pause_ts: 0,
             args,
-        })
+        };
+        if E::SAMPLES && state.history.enabled {
+            // Channels with viewers are sampled at every point: they must be resident.
+            let live: Vec<CompactString> = E::live_at_start(&state.extra)
+                .into_iter()
+                .map(CompactString::from)
+                .collect();
+            state.activate_stored(live.clone()).await?;
+            state.note_live(&live);
+        }
+        Ok(state)
     }
 
     async fn handle(

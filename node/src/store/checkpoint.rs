@@ -16,6 +16,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::entity;
+use crate::history::BucketRow;
 use crate::kind::ShardKind;
 use crate::metrics::Metrics;
 use crate::store::channel_log::ChannelWrite;
@@ -80,6 +81,12 @@ pub struct Snapshot {
     /// dedupe window (see `shard::dedupe`). Written last, so a crash in between leaves an
     /// older, smaller mark, which only makes the rebuild read more.
     pub dedupe_from: i64,
+    /// History buckets, written before everything else: the partition's global buckets
+    /// first, then the entities' (see `history`). Empty with history off.
+    pub global_buckets: Vec<BucketRow>,
+    pub buckets: Vec<BucketRow>,
+    /// The TTL of each step's rows, seconds (by `Step::index`).
+    pub bucket_ttl: [i32; 3],
 }
 
 pub fn player_row<T: Serialize + Clone>(key: String, state: &T, offset: i64) -> SnapshotEntity {
@@ -111,6 +118,28 @@ enum Write<'a> {
 /// Writes a snapshot: entities (concurrently; players in batches), then the progress row.
 pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Buckets before entities, global ones before the entities' buckets: a record an
+    // entity row reflects is then reflected in its buckets, and a record an entity bucket
+    // reflects in the partition's, so a replay that skips a record for one skips it for
+    // what it feeds (the bucket credits are computed from the entity before the record).
+    for rows in [&snap.global_buckets, &snap.buckets] {
+        let mut running = FuturesUnordered::new();
+        for row in rows {
+            if running.len() >= ROWS_IN_FLIGHT {
+                if let Some(result) = running.next().await {
+                    result?;
+                }
+            }
+            running.push(store.write_bucket(row, snap.bucket_ttl[row.step.index()]));
+        }
+        while let Some(result) = running.next().await {
+            result?;
+        }
+    }
+    if !snap.buckets.is_empty() || !snap.global_buckets.is_empty() {
+        let rows = (snap.buckets.len() + snap.global_buckets.len()) as u64;
+        metrics.add_bucket_writes(snap.kind, rows);
+    }
     let mut pending = requests(&snap.entities).into_iter().peekable();
     // Futures are made as they are polled (a write future is kilobytes), and the rows in
     // flight are bounded: Cassandra falls into long GC pauses when flooded.

@@ -28,6 +28,7 @@ use scylla::statement::prepared::PreparedStatement;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::history::{BucketRow, Scope, Step};
 use crate::retry::Backoff;
 
 use crate::config::CassandraConfig;
@@ -45,6 +46,27 @@ pub fn player_bucket(id: &str) -> i32 {
 /// Offsets start at 0 and Cassandra timestamps must be positive, hence the +1.
 pub fn write_timestamp(offset: i64) -> i64 {
     offset + 1
+}
+
+/// The write timestamp of a history bucket covering `covered`: the bucket's start in
+/// microseconds (never below 0) plus the offset's [`write_timestamp`]. For one row the start
+/// is fixed, so the highest offset wins as for entities; across rows the timestamps follow
+/// event time, which is what time-window compaction groups by.
+pub fn bucket_timestamp(start_ms: i64, covered: i64) -> i64 {
+    start_ms
+        .max(0)
+        .saturating_mul(1000)
+        .saturating_add(write_timestamp(covered))
+}
+
+/// Prepares `cql` once per history step, `{table}` standing for the step's table.
+async fn prepare_steps<F, Fut>(prepare: &F, cql: &str) -> anyhow::Result<[PreparedStatement; 3]>
+where
+    F: Fn(&str) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<PreparedStatement>>,
+{
+    let [m, h, d] = Step::ALL.map(|step| cql.replace("{table}", step.table()));
+    Ok([prepare(&m).await?, prepare(&h).await?, prepare(&d).await?])
 }
 
 /// A session, logged in as `cassandra.username` and over TLS when configured.
@@ -135,6 +157,10 @@ pub struct Store {
     select_log_head: PreparedStatement,
     select_log_entries: PreparedStatement,
     delete_log_gen: PreparedStatement,
+    /// History buckets, indexed by `Step::index`.
+    insert_bucket: [PreparedStatement; 3],
+    select_bucket: [PreparedStatement; 3],
+    select_bucket_range: [PreparedStatement; 3],
 }
 
 /// One entry of a channel's log (see `channel_log`).
@@ -180,6 +206,12 @@ impl Store {
         "SELECT head FROM {ks}.channel_log WHERE partition = ? AND id = ? LIMIT 1";
     const SELECT_LOG_ENTRIES: &'static str =
         "SELECT seq, entry FROM {ks}.channel_log WHERE partition = ? AND id = ? AND gen = ? AND seq <= ?";
+    const INSERT_BUCKET: &'static str =
+        "INSERT INTO {ks}.{table} (scope, id, start, state, covered) VALUES (?, ?, ?, ?, ?) USING TTL ? AND TIMESTAMP ?";
+    const SELECT_BUCKET: &'static str =
+        "SELECT state, covered FROM {ks}.{table} WHERE scope = ? AND id = ? AND start = ?";
+    const SELECT_BUCKET_RANGE: &'static str =
+        "SELECT start, state FROM {ks}.{table} WHERE scope = ? AND id = ? AND start >= ? AND start < ?";
     const DELETE_LOG_GEN: &'static str =
         "DELETE FROM {ks}.channel_log USING TIMESTAMP ? WHERE partition = ? AND id = ? AND gen = ?";
 
@@ -218,6 +250,9 @@ impl Store {
             select_log_head: prepare(Self::SELECT_LOG_HEAD).await?,
             select_log_entries: prepare(Self::SELECT_LOG_ENTRIES).await?,
             delete_log_gen: prepare(Self::DELETE_LOG_GEN).await?,
+            insert_bucket: prepare_steps(&prepare, Self::INSERT_BUCKET).await?,
+            select_bucket: prepare_steps(&prepare, Self::SELECT_BUCKET).await?,
+            select_bucket_range: prepare_steps(&prepare, Self::SELECT_BUCKET_RANGE).await?,
             legacy_players,
             session,
         })
@@ -501,6 +536,72 @@ impl Store {
             .first_row(&self.select_dedupe, (topic, partition), what)
             .await?;
         Ok(row.and_then(|(from,)| from))
+    }
+
+    /// Writes one history bucket, kept for `ttl_secs` (see [`bucket_timestamp`]).
+    pub async fn write_bucket(&self, row: &BucketRow, ttl_secs: i32) -> anyhow::Result<()> {
+        let values = (
+            row.scope as i8,
+            &row.id,
+            row.start,
+            &row.state,
+            row.covered,
+            ttl_secs,
+            bucket_timestamp(row.start, row.covered),
+        );
+        self.session
+            .execute_unpaged(&self.insert_bucket[row.step.index()], values)
+            .await
+            .with_context(|| {
+                format!(
+                    "write {} bucket {} of {:?} {}",
+                    row.step.label(),
+                    row.start,
+                    row.scope,
+                    row.id
+                )
+            })?;
+        Ok(())
+    }
+
+    /// One stored bucket: its state and covered offset.
+    pub async fn read_bucket(
+        &self,
+        scope: Scope,
+        id: &str,
+        step: Step,
+        start: i64,
+    ) -> anyhow::Result<Option<(Vec<u8>, i64)>> {
+        self.first_row(
+            &self.select_bucket[step.index()],
+            (scope as i8, id, start),
+            || format!("{} bucket {start} of {scope:?} {id}", step.label()),
+        )
+        .await
+    }
+
+    /// The stored buckets of `(scope, id)` with `from <= start < to`, oldest first.
+    pub async fn read_bucket_range(
+        &self,
+        scope: Scope,
+        id: &str,
+        step: Step,
+        from: i64,
+        to: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        let what = || format!("{} buckets of {scope:?} {id}", step.label());
+        self.session
+            .execute_iter(
+                self.select_bucket_range[step.index()].clone(),
+                (scope as i8, id, from, to),
+            )
+            .await
+            .with_context(what)?
+            .rows_stream::<(i64, Vec<u8>)>()
+            .with_context(what)?
+            .try_collect()
+            .await
+            .with_context(what)
     }
 
     /// The first row `stmt` answers for `values`, if any; errors name `what` was read.

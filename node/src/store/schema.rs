@@ -34,6 +34,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration::new(3, "channel_log", include_str!("../../../cassandra-schema/0003_channel_log.cql")),
     Migration::new(4, "player_buckets", include_str!("../../../cassandra-schema/0004_player_buckets.cql")),
     Migration::new(5, "dedupe_mark", include_str!("../../../cassandra-schema/0005_dedupe_mark.cql")),
+    Migration::new(6, "history", include_str!("../../../cassandra-schema/0006_history.cql")),
 ];
 
 /// The statements of a migration, placeholders filled, comments dropped.

@@ -1,0 +1,772 @@
+//! History queries: a player's or a channel's buckets, the whole game's metrics, and a
+//! player's records. See docs/API.md, "History".
+//!
+//! Every answer is read from Cassandra, as of the owners' last checkpoints (at most
+//! `shard.checkpoint_interval_ms` behind the live counters), so any node answers any
+//! history query the same way, without asking the owner, and a busy shard never slows
+//! one. Global metrics merge every partition's partial bucket. Empty buckets are zeros.
+//!
+//! Not for: building buckets (see `history`).
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Map, Value};
+
+use super::params::{self, bad, param};
+use super::{core, ApiError, Data};
+use crate::entity;
+use crate::event::KINDS;
+use crate::history::bucket::MatchRecords;
+use crate::history::{ChannelBucket, GlobalBucket, PlayerBucket, Scope, Step};
+use crate::kind::ShardKind;
+use crate::partitioner::partition_for;
+use crate::state::{Core, NodeState};
+
+/// Fields of a player bucket, in answer order.
+pub const PLAYER_FIELDS: &[&str] = &[
+    "events",
+    "events_by_kind",
+    "sessions_started",
+    "sessions",
+    "playtime_ms",
+    "matches",
+    "kills",
+    "deaths",
+    "survival_secs",
+    "survival_count",
+    "survival_max",
+    "best_placement",
+    "purchases",
+    "revenue",
+    "levels_gained",
+    "achievements",
+    "chat_messages",
+    "follows",
+    "watch_ms",
+];
+
+/// Fields of a channel bucket, in answer order.
+pub const CHANNEL_FIELDS: &[&str] = &[
+    "joins",
+    "leaves",
+    "expirations",
+    "follows",
+    "unique_viewers",
+    "views_ended",
+    "watch_ms",
+    "concurrent_avg",
+    "concurrent_peak",
+];
+
+/// Metrics of `/v1/stats`.
+pub const METRICS: &[&str] = &[
+    "dau",
+    "wau",
+    "mau",
+    "new_players",
+    "sessions_started",
+    "sessions",
+    "playtime_ms",
+    "matches",
+    "purchases",
+    "paying_players",
+    "revenue",
+    "arpdau",
+    "concurrent",
+    "events",
+];
+
+/// Windows of `/v1/players/{id}/records` are at most this long (about three years).
+const MAX_WINDOW_MS: i64 = 3 * 366 * 86_400_000;
+
+/// `from`, `to` and `step` of a history query, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    pub step: Step,
+    /// Start of the first bucket.
+    pub first: i64,
+    /// End of the range (exclusive): buckets start before it.
+    pub to: i64,
+}
+
+impl Range {
+    pub fn starts(&self) -> impl Iterator<Item = i64> {
+        let (step, first, to) = (self.step.millis(), self.first, self.to);
+        (0..)
+            .map(move |i: i64| first.saturating_add(i.saturating_mul(step)))
+            .take_while(move |s| *s < to)
+    }
+}
+
+/// A time parameter: RFC 3339 (`2026-12-01T10:00:00Z`) or epoch milliseconds.
+pub fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            bad(
+                name,
+                format!(
+                    "{} is neither RFC 3339 (2026-12-01T10:00:00Z) nor epoch milliseconds: {e}",
+                    params::quoted(value)
+                ),
+            )
+        })
+}
+
+/// The range of a query: `step` (default hour), `to` (default now), `from` (default 60
+/// buckets before `to`); at most `max_points` buckets.
+pub fn range(query: &str, now_ms: i64, max_points: usize) -> Result<Range, ApiError> {
+    let step = match param(query, "step")? {
+        None => Step::Hour,
+        Some(s) => Step::parse(&s).ok_or_else(|| {
+            bad(
+                "step",
+                format!("{} is not minute, hour or day", params::quoted(&s)),
+            )
+        })?,
+    };
+    let to = match param(query, "to")? {
+        Some(v) => parse_time("to", &v)?,
+        None => now_ms,
+    };
+    let from = match param(query, "from")? {
+        Some(v) => parse_time("from", &v)?,
+        None => to.saturating_sub(60 * step.millis()),
+    };
+    if from >= to {
+        return Err(bad("from", format!("{from} must be before to ({to})")));
+    }
+    let first = step.start(from);
+    let points =
+        (to.saturating_sub(first) as i128 + step.millis() as i128 - 1) / step.millis() as i128;
+    if points > max_points as i128 {
+        return Err(bad(
+            "to",
+            format!(
+                "from..to is {points} {} buckets; at most {max_points} (history.max_points): narrow the range or use a longer step",
+                step.label()
+            ),
+        ));
+    }
+    Ok(Range { step, first, to })
+}
+
+/// The fields asked for (`fields=a,b`), all when absent; an unknown one is a 400.
+pub fn fields(query: &str, known: &'static [&'static str]) -> Result<Vec<&'static str>, ApiError> {
+    let Some(list) = param(query, "fields")? else {
+        return Ok(known.to_vec());
+    };
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let Some(f) = known.iter().find(|k| **k == name) else {
+            return Err(bad(
+                "fields",
+                format!(
+                    "unknown field {}; known: {}",
+                    params::quoted(name),
+                    known.join(", ")
+                ),
+            ));
+        };
+        if !out.contains(f) {
+            out.push(*f);
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("fields", "names no field"));
+    }
+    Ok(out)
+}
+
+/// RFC 3339 of epoch milliseconds (UTC), or the number when out of chrono's range.
+fn rfc3339(ms: i64) -> Value {
+    DateTime::<Utc>::from_timestamp_millis(ms).map_or(Value::from(ms), |t| {
+        Value::from(t.to_rfc3339_opts(SecondsFormat::Secs, true))
+    })
+}
+
+fn revenue_json(revenue: &[([u8; 3], u128)]) -> Value {
+    let map: Map<String, Value> = revenue
+        .iter()
+        .map(|(c, n)| (String::from_utf8_lossy(c).into_owned(), json!(n)))
+        .collect();
+    Value::Object(map)
+}
+
+fn kinds_json<T: Copy + Into<u64>>(by_kind: &[T]) -> Value {
+    let map: Map<String, Value> = KINDS
+        .iter()
+        .zip(by_kind)
+        .filter(|(_, n)| (**n).into() > 0)
+        .map(|(k, n)| (k.to_string(), json!((*n).into())))
+        .collect();
+    Value::Object(map)
+}
+
+/// One field of a player bucket.
+pub fn player_field(b: &PlayerBucket, field: &str) -> Value {
+    match field {
+        "events" => json!(b.events()),
+        "events_by_kind" => kinds_json(&b.events_by_kind),
+        "sessions_started" => json!(b.sessions_started),
+        "sessions" => json!(b.sessions),
+        "playtime_ms" => json!(b.playtime_ms),
+        "matches" => json!(b.matches),
+        "kills" => json!(b.kills),
+        "deaths" => json!(b.deaths),
+        "survival_secs" => json!(b.survival_secs),
+        "survival_count" => json!(b.matches),
+        "survival_max" => json!(b.survival_max),
+        "best_placement" => json!((b.best_placement > 0).then_some(b.best_placement)),
+        "purchases" => json!(b.purchases),
+        "revenue" => revenue_json(&b.revenue),
+        "levels_gained" => json!(b.levels_gained),
+        "achievements" => json!(b.achievements),
+        "chat_messages" => json!(b.chat_messages),
+        "follows" => json!(b.follows),
+        "watch_ms" => json!(b.watch_ms),
+        _ => Value::Null,
+    }
+}
+
+/// One field of a channel bucket of `step`.
+pub fn channel_field(b: &ChannelBucket, step: Step, field: &str) -> Value {
+    match field {
+        "joins" => json!(b.joins),
+        "leaves" => json!(b.leaves),
+        "expirations" => json!(b.expirations),
+        "follows" => json!(b.follows),
+        "unique_viewers" => json!(b.viewers.as_ref().map_or(0, |s| s.estimate())),
+        "views_ended" => json!(b.views_ended),
+        "watch_ms" => json!(b.watch_ms),
+        "concurrent_avg" => json!(b.concurrent_sum as f64 / step.samples() as f64),
+        "concurrent_peak" => json!(b.concurrent_peak),
+        _ => Value::Null,
+    }
+}
+
+/// How far a partition's history is durable: its watermark and resume offset.
+#[derive(Debug, Clone, Copy, Default)]
+struct Durable {
+    watermark: i64,
+    offset: i64,
+}
+
+async fn durable(
+    state: &NodeState,
+    core: &Core,
+    kind: ShardKind,
+    partition: i32,
+) -> Result<Durable, ApiError> {
+    let progress = core
+        .store
+        .read_progress(state.topic(kind), partition)
+        .await
+        .map_err(unavailable)?;
+    Ok(progress.map_or(Durable::default(), |p| Durable {
+        watermark: p.watermark_ms,
+        offset: p.resume_offset,
+    }))
+}
+
+fn unavailable(e: anyhow::Error) -> ApiError {
+    ApiError::Unavailable(format!("history: cassandra failed: {e:#}"))
+}
+
+/// Whether a bucket may still change: it ends within the grace window before the
+/// watermark (or after it).
+fn open(start: i64, step: Step, watermark: i64, grace_ms: i64) -> bool {
+    start.saturating_add(step.millis()) > watermark.saturating_sub(grace_ms)
+}
+
+/// The first open bucket start of `range`, if any.
+fn open_from(range: &Range, watermark: i64, grace_ms: i64) -> Option<i64> {
+    range
+        .starts()
+        .find(|s| open(*s, range.step, watermark, grace_ms))
+}
+
+/// Stored buckets of one scope and id over `range`, decoded, by start.
+async fn read<B: serde::de::DeserializeOwned>(
+    core: &Core,
+    scope: Scope,
+    id: &str,
+    range: &Range,
+) -> Result<BTreeMap<i64, B>, ApiError> {
+    let rows = core
+        .store
+        .read_bucket_range(scope, id, range.step, range.first, range.to)
+        .await
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(start, state)| Ok((start, entity::decode::<B>(&state)?)))
+        .collect::<anyhow::Result<_>>()
+        .map_err(|e| ApiError::Internal(format!("history: stored bucket does not decode: {e:#}")))
+}
+
+fn grace_ms(state: &NodeState) -> i64 {
+    state.cfg.history.grace_secs.saturating_mul(1000) as i64
+}
+
+/// `GET /v1/players/{id}/history` and `/v1/channels/{id}/history`.
+async fn entity_history(
+    state: &NodeState,
+    req: &HttpRequest,
+    kind: ShardKind,
+    id: String,
+) -> Result<HttpResponse, ApiError> {
+    params::path_id(kind, &id)?;
+    let query = req.query_string();
+    let known = match kind {
+        ShardKind::Players => PLAYER_FIELDS,
+        ShardKind::Channels => CHANNEL_FIELDS,
+    };
+    let fields = fields(query, known)?;
+    let range = range(query, crate::event::now_ms(), state.cfg.history.max_points)?;
+    let core = core(state)?;
+    let partition = partition_for(&id, core.partitions(kind));
+    let durable = durable(state, core, kind, partition).await?;
+    let grace = grace_ms(state);
+    let step = range.step;
+    let buckets: Vec<Value> = match kind {
+        ShardKind::Players => {
+            let stored: BTreeMap<i64, PlayerBucket> =
+                read(core, Scope::Player, &id, &range).await?;
+            let empty = PlayerBucket::default();
+            range
+                .starts()
+                .map(|s| {
+                    let b = stored.get(&s).unwrap_or(&empty);
+                    bucket_json(
+                        s,
+                        step,
+                        durable.watermark,
+                        grace,
+                        fields.iter().map(|f| (*f, player_field(b, f))),
+                    )
+                })
+                .collect()
+        }
+        ShardKind::Channels => {
+            let stored: BTreeMap<i64, ChannelBucket> =
+                read(core, Scope::Channel, &id, &range).await?;
+            let empty = ChannelBucket::default();
+            range
+                .starts()
+                .map(|s| {
+                    let b = stored.get(&s).unwrap_or(&empty);
+                    bucket_json(
+                        s,
+                        step,
+                        durable.watermark,
+                        grace,
+                        fields.iter().map(|f| (*f, channel_field(b, step, f))),
+                    )
+                })
+                .collect()
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        kind.entity_name(): id,
+        "step": step.label(),
+        "from": range.first,
+        "to": range.to,
+        "fields": fields,
+        "watermark": durable.watermark,
+        "durable_offset": durable.offset,
+        "partition": partition,
+        "open_from": open_from(&range, durable.watermark, grace),
+        "buckets": buckets,
+    })))
+}
+
+fn bucket_json<'a>(
+    start: i64,
+    step: Step,
+    watermark: i64,
+    grace: i64,
+    fields: impl Iterator<Item = (&'a str, Value)>,
+) -> Value {
+    let mut m = Map::new();
+    m.insert("start".into(), json!(start));
+    m.insert("time".into(), rfc3339(start));
+    m.insert("open".into(), json!(open(start, step, watermark, grace)));
+    for (k, v) in fields {
+        m.insert(k.into(), v);
+    }
+    Value::Object(m)
+}
+
+pub async fn player_history(
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    entity_history(&state, &req, ShardKind::Players, path.into_inner()).await
+}
+
+pub async fn channel_history(
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    entity_history(&state, &req, ShardKind::Channels, path.into_inner()).await
+}
+
+/// Every partition's global buckets over `range`, merged by start; and the lowest
+/// watermark among the partitions.
+async fn global(
+    state: &NodeState,
+    core: &Core,
+    kind: ShardKind,
+    range: &Range,
+) -> Result<(BTreeMap<i64, GlobalBucket>, i64), ApiError> {
+    let scope = match kind {
+        ShardKind::Players => Scope::PlayersPartition,
+        ShardKind::Channels => Scope::ChannelsPartition,
+    };
+    let partitions = core.partitions(kind);
+    let parts = futures::future::join_all((0..partitions).map(|p| async move {
+        let rows: BTreeMap<i64, GlobalBucket> = read(core, scope, &p.to_string(), range).await?;
+        let d = durable(state, core, kind, p).await?;
+        Ok::<_, ApiError>((rows, d.watermark))
+    }))
+    .await;
+    let mut merged: BTreeMap<i64, GlobalBucket> = BTreeMap::new();
+    let mut watermark = i64::MAX;
+    for part in parts {
+        let (rows, w) = part?;
+        watermark = watermark.min(w);
+        for (start, b) in rows {
+            merged.entry(start).or_default().merge(&b);
+        }
+    }
+    Ok((merged, if partitions == 0 { 0 } else { watermark }))
+}
+
+/// `GET /v1/stats?metric=...`
+pub async fn stats(state: Data, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let query = req.query_string();
+    let metric = param(query, "metric")?
+        .ok_or_else(|| bad("metric", format!("missing; one of {}", METRICS.join(", "))))?;
+    let metric: &'static str = METRICS.iter().find(|m| **m == metric).ok_or_else(|| {
+        bad(
+            "metric",
+            format!(
+                "unknown metric {}; known: {}",
+                params::quoted(&metric),
+                METRICS.join(", ")
+            ),
+        )
+    })?;
+    let range = range(query, crate::event::now_ms(), state.cfg.history.max_points)?;
+    let days = match metric {
+        "wau" => 7,
+        "mau" => 30,
+        _ => 1,
+    };
+    if (days > 1 || metric == "arpdau") && range.step != Step::Day {
+        return Err(bad(
+            "step",
+            format!("{metric} is a daily metric: use step=day"),
+        ));
+    }
+    let core = core(&state)?;
+    let kind = if metric == "concurrent" {
+        ShardKind::Channels
+    } else {
+        ShardKind::Players
+    };
+    // WAU and MAU of a day need the days before it.
+    let read_range = Range {
+        first: range.first.saturating_sub((days - 1) * Step::Day.millis()),
+        ..range
+    };
+    let (buckets, watermark) = global(&state, core, kind, &read_range).await?;
+    let grace = grace_ms(&state);
+    let empty = GlobalBucket::default();
+    let step = range.step;
+    let out: Vec<Value> = range
+        .starts()
+        .map(|s| {
+            let b = buckets.get(&s).unwrap_or(&empty);
+            let value = match metric {
+                "dau" => json!(b.active),
+                "wau" | "mau" => {
+                    let mut union = crate::history::sketch::Sketch::new();
+                    for d in 0..days {
+                        if let Some(p) = buckets.get(&(s - d * Step::Day.millis())).and_then(|b| b.players.as_deref()) {
+                            union.merge(p);
+                        }
+                    }
+                    json!(union.estimate())
+                }
+                "new_players" => json!(b.new_players),
+                "sessions_started" => json!(b.sessions_started),
+                "sessions" => json!(b.sessions),
+                "playtime_ms" => json!(b.playtime_ms),
+                "matches" => json!(b.matches),
+                "purchases" => json!(b.purchases),
+                "paying_players" => json!(b.paying),
+                "revenue" => revenue_json(&b.revenue),
+                "arpdau" => {
+                    let map: Map<String, Value> = b
+                        .revenue
+                        .iter()
+                        .map(|(c, n)| {
+                            let per = if b.active == 0 { 0.0 } else { *n as f64 / b.active as f64 };
+                            (String::from_utf8_lossy(c).into_owned(), json!(per))
+                        })
+                        .collect();
+                    Value::Object(map)
+                }
+                "concurrent" => {
+                    let peak = b.concurrent.iter().copied().max().unwrap_or(0);
+                    let sum: u64 = b.concurrent.iter().sum();
+                    json!({ "peak": peak, "avg": sum as f64 / step.samples() as f64 })
+                }
+                "events" => kinds_json(&b.events_by_kind),
+                _ => Value::Null,
+            };
+            json!({ "start": s, "time": rfc3339(s), "open": open(s, step, watermark, grace), "value": value })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "metric": metric,
+        "step": step.label(),
+        "from": range.first,
+        "to": range.to,
+        "approximate": matches!(metric, "wau" | "mau"),
+        "watermark": watermark,
+        "open_from": open_from(&range, watermark, grace),
+        "buckets": out,
+    })))
+}
+
+/// A records window: `<n>h`, `<n>d` or `<n>mo` (a month is 1/12 of 365.25 days).
+pub fn window(value: &str) -> Result<i64, ApiError> {
+    let (digits, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: i64 = digits.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        bad(
+            "window",
+            format!(
+                "{} must be a positive number and h, d or mo, like 24h, 30d or 24mo",
+                params::quoted(value)
+            ),
+        )
+    })?;
+    let unit_ms = match unit {
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "mo" => 2_629_800_000,
+        _ => {
+            return Err(bad(
+                "window",
+                format!("{}: the unit must be h, d or mo", params::quoted(value)),
+            ))
+        }
+    };
+    let ms = n.saturating_mul(unit_ms);
+    if ms > MAX_WINDOW_MS {
+        return Err(bad(
+            "window",
+            format!("{} is longer than 3 years", params::quoted(value)),
+        ));
+    }
+    Ok(ms)
+}
+
+fn record_json(r: &Option<crate::history::bucket::MatchRecord>) -> Value {
+    match r {
+        Some(r) => {
+            json!({ "value": r.value, "match_id": r.match_id.as_str(), "ts": r.ts, "time": rfc3339(r.ts) })
+        }
+        None => Value::Null,
+    }
+}
+
+/// `GET /v1/players/{id}/records?window=24h|30d|24mo`
+pub async fn player_records(
+    state: Data,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    params::path_id(ShardKind::Players, &id)?;
+    let query = req.query_string();
+    let window_ms = window(&param(query, "window")?.unwrap_or_else(|| "30d".into()))?;
+    let now = match param(query, "now")? {
+        Some(v) => parse_time("now", &v)?,
+        None => crate::event::now_ms(),
+    };
+    let core = core(&state)?;
+    let since = now.saturating_sub(window_ms);
+    // Matches: hour buckets for windows up to two days, day buckets beyond.
+    let step = if window_ms <= 2 * 86_400_000 {
+        Step::Hour
+    } else {
+        Step::Day
+    };
+    let matches_range = Range {
+        step,
+        first: step.start(since),
+        to: now.saturating_add(1),
+    };
+    let days_range = Range {
+        step: Step::Day,
+        first: Step::Day.start(since),
+        to: now.saturating_add(1),
+    };
+    let by_step: BTreeMap<i64, PlayerBucket> =
+        read(core, Scope::Player, &id, &matches_range).await?;
+    let by_day: BTreeMap<i64, PlayerBucket> = if step == Step::Day {
+        by_step.clone()
+    } else {
+        read(core, Scope::Player, &id, &days_range).await?
+    };
+    let mut best = MatchRecords::default();
+    for b in by_step.values() {
+        if let Some(r) = &b.records {
+            let mut inside = (**r).clone();
+            for rec in [
+                &mut inside.most_kills,
+                &mut inside.longest_survival,
+                &mut inside.best_placement,
+            ] {
+                if rec.as_ref().is_some_and(|r| r.ts < since || r.ts > now) {
+                    *rec = None;
+                }
+            }
+            best.merge(&inside);
+        }
+    }
+    let best_day = |value: fn(&PlayerBucket) -> u64| -> Value {
+        let mut top: Option<(i64, u64)> = None;
+        for (start, b) in &by_day {
+            let v = value(b);
+            if v > 0 && top.is_none_or(|(_, t)| v > t) {
+                top = Some((*start, v));
+            }
+        }
+        top.map_or(
+            Value::Null,
+            |(s, v)| json!({ "day": s, "time": rfc3339(s), "value": v }),
+        )
+    };
+    Ok(HttpResponse::Ok().json(json!({
+        "player": id,
+        "window_ms": window_ms,
+        "from": since,
+        "to": now,
+        "best_match": {
+            "most_kills": record_json(&best.most_kills),
+            "longest_survival": record_json(&best.longest_survival),
+            "best_placement": record_json(&best.best_placement),
+        },
+        "best_day": {
+            "kills": best_day(|b| b.kills),
+            "matches": best_day(|b| b.matches as u64),
+            "playtime_ms": best_day(|b| b.playtime_ms),
+            "events": best_day(|b| b.events()),
+        },
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_or_epoch_milliseconds() {
+        assert_eq!(
+            parse_time("from", "1700000000000").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("from", "2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("from", "2023-11-14T23:13:20+01:00").unwrap(),
+            1_700_000_000_000
+        );
+        let e = parse_time("to", "yesterday").unwrap_err().to_string();
+        assert!(e.starts_with("to: \"yesterday\""), "{e}");
+    }
+
+    #[test]
+    fn a_range_names_what_is_wrong_and_caps_its_points() {
+        let r = range("step=minute&from=60000&to=180001", 0, 100).unwrap();
+        assert_eq!(
+            r.starts().collect::<Vec<_>>(),
+            vec![60_000, 120_000, 180_000]
+        );
+        let err = |q: &str| range(q, 1_000_000, 10).unwrap_err().to_string();
+        assert!(err("step=week").starts_with("step:"));
+        assert!(err("from=5&to=5").starts_with("from:"));
+        assert!(err("from=x").starts_with("from:"));
+        assert!(
+            err("step=minute&from=0&to=660000").starts_with("to:"),
+            "11 buckets"
+        );
+        assert!(
+            range("step=minute&from=0&to=600000", 0, 10).is_ok(),
+            "10 buckets"
+        );
+        assert!(err("step=hour&step=day").starts_with("step: given more than once"));
+        // Defaults: hourly, the 60 hours before now.
+        let d = range("", 100 * 3_600_000, 100).unwrap();
+        assert_eq!(
+            (d.step, d.first, d.to),
+            (Step::Hour, 40 * 3_600_000, 100 * 3_600_000)
+        );
+        // Extremes do not overflow.
+        assert!(range(&format!("from={}&to={}", i64::MIN, i64::MAX), 0, 10).is_err());
+    }
+
+    #[test]
+    fn fields_are_checked_against_the_known_ones() {
+        assert_eq!(
+            fields("fields=kills,deaths,kills", PLAYER_FIELDS).unwrap(),
+            vec!["kills", "deaths"]
+        );
+        assert_eq!(
+            fields("", CHANNEL_FIELDS).unwrap().len(),
+            CHANNEL_FIELDS.len()
+        );
+        assert!(fields("fields=kills,bogus", PLAYER_FIELDS)
+            .unwrap_err()
+            .to_string()
+            .starts_with("fields: unknown field \"bogus\""));
+        assert!(fields("fields=,", PLAYER_FIELDS).is_err());
+    }
+
+    #[test]
+    fn windows_take_hours_days_and_months() {
+        assert_eq!(window("24h").unwrap(), 86_400_000);
+        assert_eq!(window("30d").unwrap(), 30 * 86_400_000);
+        assert_eq!(window("24mo").unwrap(), 24 * 2_629_800_000);
+        for bad in ["", "0d", "h", "5w", "-1d", "37mo", "99999999999999999999d"] {
+            assert!(
+                window(bad).unwrap_err().to_string().starts_with("window:"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bucket_is_open_while_it_ends_inside_the_grace_window() {
+        assert!(open(0, Step::Minute, 60_000, 1));
+        assert!(!open(0, Step::Minute, 60_001, 1));
+        assert!(open(i64::MAX - 5, Step::Day, 0, 0));
+    }
+}

@@ -1,0 +1,411 @@
+//! History: event-time buckets (minute, hour, day) per player, per channel and per
+//! partition (the global partials), hosted by the shard like its entities.
+//!
+//! A bucket is a small virtual entity. It is resident while it is current or dirty, loaded
+//! from Cassandra when a record needs one that may be stored (a late event), written by the
+//! shard's checkpoint before the entity rows (see `store::checkpoint`), and dropped once
+//! it is clean and over. Exactly once, like entities: a bucket row records the offset
+//! below which every record of the partition is reflected in it (`covered`), and a replay
+//! applies a record to a bucket only above the covered offset it loaded.
+//!
+//! Which buckets may be stored: an entity's buckets after its latest event (`frontier`)
+//! cannot be, because every record before the shard's resume offset has an event time at
+//! or below it; a channel's sampled buckets reach the partition's watermark at start, so
+//! its frontier includes that too. Everything else that is not resident is loaded.
+//!
+//! - [`step`]: steps and the sample grid; [`bucket`]: what a bucket holds;
+//!   [`sketch`]: distinct counts.
+//!
+//! Not for: the HTTP answers (see `api::history`) or the storage format (see `store`).
+
+pub mod bucket;
+pub mod sketch;
+pub mod step;
+
+use compact_str::CompactString;
+use foldhash::HashMap;
+
+pub use bucket::{ChannelBucket, GlobalBucket, PlayerBucket};
+pub use step::{Step, SAMPLE_MS};
+
+/// A resident bucket.
+#[derive(Debug, Clone)]
+pub struct Slot<B> {
+    pub step: Step,
+    pub start: i64,
+    pub state: B,
+    /// Records at or below this offset are reflected in `state` (-1: none).
+    pub covered: i64,
+    pub dirty: bool,
+}
+
+impl<B> Slot<B> {
+    pub fn end(&self) -> i64 {
+        self.start.saturating_add(self.step.millis())
+    }
+}
+
+/// A bucket as stored: its state and covered offset.
+#[derive(Debug, Clone)]
+pub struct StoredBucket<B> {
+    pub state: B,
+    pub covered: i64,
+}
+
+/// Where a bucket lives in Cassandra: `(scope, id)` is the row's partition, `start` its
+/// clustering key, in the table of its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Player = 0,
+    Channel = 1,
+    /// A player partition's global partial; the id is the partition number.
+    PlayersPartition = 2,
+    /// A channel partition's global partial (concurrency).
+    ChannelsPartition = 3,
+}
+
+/// One bucket to write.
+#[derive(Debug, Clone)]
+pub struct BucketRow {
+    pub scope: Scope,
+    pub id: String,
+    pub step: Step,
+    pub start: i64,
+    pub state: Vec<u8>,
+    pub covered: i64,
+}
+
+/// The buckets of one entity that are resident.
+#[derive(Debug)]
+struct Buckets<B> {
+    slots: Vec<Slot<B>>,
+    dirty: bool,
+}
+
+/// A shard's resident buckets: its entities' (`B`) and its partition's global ones.
+pub struct History<B> {
+    pub enabled: bool,
+    /// Retention of each step, milliseconds: older buckets take no more events.
+    retention_ms: [i64; 3],
+    entities: HashMap<CompactString, Buckets<B>>,
+    dirty_entities: Vec<CompactString>,
+    global: Vec<Slot<GlobalBucket>>,
+    /// Channels whose viewers may be present at the watermark (sampled at each point).
+    pub live: foldhash::HashSet<CompactString>,
+    /// The last sample point taken.
+    pub sampled_to: i64,
+}
+
+impl<B> History<B> {
+    pub fn new(enabled: bool, sampled_to: i64) -> History<B> {
+        History {
+            enabled,
+            retention_ms: [i64::MAX; 3],
+            entities: HashMap::default(),
+            dirty_entities: Vec::new(),
+            global: Vec::new(),
+            live: Default::default(),
+            sampled_to,
+        }
+    }
+
+    /// Sets how long each step's buckets are kept (`retention_secs` by `Step::index`).
+    pub fn with_retention(mut self, retention_secs: [u64; 3]) -> Self {
+        self.retention_ms =
+            retention_secs.map(|s| s.saturating_mul(1000).min(i64::MAX as u64) as i64);
+        self
+    }
+
+    /// Whether the bucket of `step` holding `ts` ended more than the step's retention
+    /// before `watermark`: its row may have expired, so it takes no more events (they
+    /// still count in the live counters).
+    pub fn expired(&self, step: Step, ts: i64, watermark: i64) -> bool {
+        let end = step.start(ts).saturating_add(step.millis());
+        end.saturating_add(self.retention_ms[step.index()]) < watermark
+    }
+
+    /// Marks every resident bucket dirty (a checkpoint failed; the next one writes them).
+    pub fn mark_all_dirty(&mut self) {
+        self.dirty_entities.clear();
+        for (key, b) in self.entities.iter_mut() {
+            b.dirty = true;
+            b.slots.iter_mut().for_each(|s| s.dirty = true);
+            self.dirty_entities.push(key.clone());
+        }
+        self.global.iter_mut().for_each(|s| s.dirty = true);
+    }
+
+    pub fn contains(&self, key: &str, step: Step, start: i64) -> bool {
+        self.entities
+            .get(key)
+            .is_some_and(|b| b.slots.iter().any(|s| s.step == step && s.start == start))
+    }
+
+    pub fn contains_global(&self, step: Step, start: i64) -> bool {
+        self.global
+            .iter()
+            .any(|s| s.step == step && s.start == start)
+    }
+
+    /// Makes a bucket resident (a load found `stored`, or nothing: a new bucket).
+    pub fn insert(&mut self, key: &str, step: Step, start: i64, stored: Option<StoredBucket<B>>)
+    where
+        B: Default,
+    {
+        if self.contains(key, step, start) {
+            return;
+        }
+        let (state, covered) = stored.map_or((B::default(), -1), |s| (s.state, s.covered));
+        self.entities
+            .entry(key.into())
+            .or_insert_with(|| Buckets {
+                slots: Vec::with_capacity(3),
+                dirty: false,
+            })
+            .slots
+            .push(Slot {
+                step,
+                start,
+                state,
+                covered,
+                dirty: false,
+            });
+    }
+
+    pub fn insert_global(
+        &mut self,
+        step: Step,
+        start: i64,
+        stored: Option<StoredBucket<GlobalBucket>>,
+    ) {
+        if self.contains_global(step, start) {
+            return;
+        }
+        let (state, covered) =
+            stored.map_or_else(|| (new_global(step), -1), |s| (s.state, s.covered));
+        self.global.push(Slot {
+            step,
+            start,
+            state,
+            covered,
+            dirty: false,
+        });
+    }
+
+    /// The entity's bucket of `step` holding `ts`, made new if absent; None when the record
+    /// at `offset` is already reflected in it. Marks it dirty.
+    pub fn bucket_mut(&mut self, key: &str, step: Step, ts: i64, offset: i64) -> Option<&mut B>
+    where
+        B: Default,
+    {
+        let start = step.start(ts);
+        if !self.contains(key, step, start) {
+            self.insert(key, step, start, None);
+        }
+        let buckets = self.entities.get_mut(key).expect("inserted above");
+        let slot = buckets
+            .slots
+            .iter_mut()
+            .find(|s| s.step == step && s.start == start)
+            .expect("inserted above");
+        if offset <= slot.covered {
+            return None;
+        }
+        slot.dirty = true;
+        if !buckets.dirty {
+            buckets.dirty = true;
+            self.dirty_entities.push(key.into());
+        }
+        Some(&mut slot.state)
+    }
+
+    /// The partition's bucket of `step` at `ts`, made new if absent; None when the record
+    /// at `offset` is already reflected in it. Marks it dirty.
+    pub fn global_mut(&mut self, step: Step, ts: i64, offset: i64) -> Option<&mut GlobalBucket> {
+        let start = step.start(ts);
+        let i = match self
+            .global
+            .iter()
+            .position(|s| s.step == step && s.start == start)
+        {
+            Some(i) => i,
+            None => {
+                self.insert_global(step, start, None);
+                self.global.len() - 1
+            }
+        };
+        let slot = &mut self.global[i];
+        if offset <= slot.covered {
+            return None;
+        }
+        slot.dirty = true;
+        Some(&mut slot.state)
+    }
+
+    /// Takes every dirty bucket for a checkpoint that makes records below `next_offset`
+    /// durable: each is written as covering `next_offset - 1`.
+    pub fn snapshot(
+        &mut self,
+        entity_scope: Scope,
+        partition_scope: Scope,
+        partition: i32,
+        next_offset: i64,
+        encode: impl Fn(&B) -> Vec<u8>,
+    ) -> (Vec<BucketRow>, Vec<BucketRow>) {
+        let covered = next_offset - 1;
+        let mut global = Vec::new();
+        for slot in self.global.iter_mut().filter(|s| s.dirty) {
+            slot.dirty = false;
+            global.push(BucketRow {
+                scope: partition_scope,
+                id: partition.to_string(),
+                step: slot.step,
+                start: slot.start,
+                state: crate::entity::encode(&slot.state),
+                covered,
+            });
+        }
+        let mut rows = Vec::new();
+        for key in std::mem::take(&mut self.dirty_entities) {
+            let Some(buckets) = self.entities.get_mut(&key) else {
+                continue;
+            };
+            buckets.dirty = false;
+            for slot in buckets.slots.iter_mut().filter(|s| s.dirty) {
+                slot.dirty = false;
+                rows.push(BucketRow {
+                    scope: entity_scope,
+                    id: key.to_string(),
+                    step: slot.step,
+                    start: slot.start,
+                    state: encode(&slot.state),
+                    covered,
+                });
+            }
+        }
+        (global, rows)
+    }
+
+    /// Drops clean buckets that are over as of the partition's `watermark` (they end at or
+    /// before the start of its current bucket), and every clean bucket of an entity that
+    /// is no longer resident. Returns how many were dropped.
+    pub fn passivate(&mut self, watermark: i64, resident: impl Fn(&str) -> bool) -> usize {
+        let over = |s: &Slot<_>| !s.dirty && s.end() <= s.step.start(watermark);
+        let mut dropped = 0;
+        self.entities.retain(|key, b| {
+            let gone = !resident(key);
+            let before = b.slots.len();
+            b.slots.retain(|s| s.dirty || !(gone || over(s)));
+            dropped += before - b.slots.len();
+            !b.slots.is_empty()
+        });
+        let before = self.global.len();
+        self.global
+            .retain(|s| s.dirty || s.end() > s.step.start(watermark));
+        dropped + before - self.global.len()
+    }
+
+    /// Resident buckets (entity buckets, global buckets).
+    pub fn len(&self) -> (usize, usize) {
+        (
+            self.entities.values().map(|b| b.slots.len()).sum(),
+            self.global.len(),
+        )
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty_entities.is_empty() || self.global.iter().any(|s| s.dirty)
+    }
+}
+
+/// A new global bucket: day buckets carry the sketch of their players.
+pub fn new_global(step: Step) -> GlobalBucket {
+    GlobalBucket {
+        players: (step == Step::Day).then(|| Box::new(sketch::Sketch::new())),
+        ..GlobalBucket::default()
+    }
+}
+
+/// Whether the bucket of `step` at `start` of an entity may be stored: the entity may have
+/// a stored row, and the bucket does not begin after its frontier.
+pub fn may_be_stored(entity_may_be_stored: bool, step: Step, start: i64, frontier: i64) -> bool {
+    entity_may_be_stored && start <= step.start(frontier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_at_or_below_the_covered_offset_is_not_applied_again() {
+        let mut h: History<PlayerBucket> = History::new(true, 0);
+        h.insert(
+            "p",
+            Step::Minute,
+            0,
+            Some(StoredBucket {
+                state: PlayerBucket::default(),
+                covered: 10,
+            }),
+        );
+        assert!(h.bucket_mut("p", Step::Minute, 5, 10).is_none());
+        assert!(h.bucket_mut("p", Step::Minute, 5, 11).is_some());
+        // A new bucket covers nothing.
+        assert!(h.bucket_mut("p", Step::Hour, 5, 0).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_writes_each_dirty_bucket_once_as_covering_the_progress() {
+        let mut h: History<PlayerBucket> = History::new(true, 0);
+        h.bucket_mut("p", Step::Minute, 5, 3).unwrap().kills = 1;
+        h.bucket_mut("p", Step::Minute, 6, 4).unwrap().kills = 2;
+        h.global_mut(Step::Day, 5, 4).unwrap().active = 1;
+        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 9, |b| {
+            crate::entity::encode(b)
+        });
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].covered, 8);
+        assert_eq!(global.len(), 1);
+        assert_eq!(global[0].id, "7");
+        assert!(!h.is_dirty());
+        h.mark_all_dirty();
+        assert!(h.is_dirty());
+        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 12, |b| {
+            crate::entity::encode(b)
+        });
+        assert_eq!((global.len(), rows.len(), rows[0].covered), (1, 1, 11));
+    }
+
+    #[test]
+    fn clean_buckets_leave_memory_once_over_or_once_their_entity_left() {
+        let mut h: History<PlayerBucket> = History::new(true, 0);
+        h.bucket_mut("p", Step::Minute, 5, 0);
+        h.bucket_mut("p", Step::Day, 5, 0);
+        h.bucket_mut("q", Step::Minute, 70_000, 1);
+        h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 2, |b| {
+            crate::entity::encode(b)
+        });
+        // At 70 s the first minute is over; the day is not.
+        assert_eq!(h.passivate(70_000, |_| true), 1);
+        assert!(h.contains("p", Step::Day, 0));
+        assert!(h.contains("q", Step::Minute, 60_000));
+        // q left memory: its buckets go too.
+        h.passivate(70_000, |k| k != "q");
+        assert!(!h.contains("q", Step::Minute, 60_000));
+        // A dirty bucket stays whatever happens.
+        h.bucket_mut("p", Step::Minute, 5, 3);
+        assert_eq!(
+            h.passivate(i64::MAX, |_| false),
+            1,
+            "only the clean day bucket"
+        );
+        assert!(h.contains("p", Step::Minute, 0));
+    }
+
+    #[test]
+    fn buckets_after_the_frontier_are_new() {
+        assert!(may_be_stored(true, Step::Minute, 60_000, 60_000));
+        assert!(!may_be_stored(true, Step::Minute, 120_000, 119_999));
+        assert!(!may_be_stored(false, Step::Minute, 0, 60_000));
+    }
+}
