@@ -90,6 +90,9 @@ Look at:
   $API/v1/players/$RUN-player-1
   $API/v1/channels/$RUN-channel-1
   $API/v1/channels/top?by=concurrent&limit=5
+  $API/v1/players/$RUN-player-1/history?step=minute&from=2023-11-14T22:13:00Z&to=2023-11-14T22:40:00Z
+  $API/v1/channels/$RUN-channel-1/history?step=minute&from=2023-11-14T22:13:00Z&to=2023-11-14T22:40:00Z
+  $API/v1/stats?metric=dau&step=hour&from=2023-11-14T22:00:00Z&to=2023-11-15T00:00:00Z
   $API/v1/cluster            members, partition owners, lag, checkpoint age
   $API/metrics
 Try: kill -9 one node, watch /v1/cluster on another, query again.

@@ -8,7 +8,7 @@
 //! the lifetime counters, whatever order the events came in.
 //!
 //! Not for: which buckets are resident or written (see `history`), nor concurrency
-//! sampling (see `history::sample`).
+//! sampling (see `shard::history`).
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
