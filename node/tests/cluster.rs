@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::model::{generate, get_json, Model, StreamSpec};
 use common::{free_udp_port, produce, NodeProcess, TestEnv};
 use serde_json::Value;
@@ -17,70 +17,6 @@ use tally_node::event::Event;
 use tally_node::kind::ShardKind;
 
 const TIMEOUT_SECS: u64 = 60;
-
-struct Cluster {
-    env: TestEnv,
-    nodes: Vec<NodeProcess>,
-}
-
-impl Cluster {
-    async fn start(env: TestEnv, n: usize) -> Cluster {
-        let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-        let seeds: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-        let nodes: Vec<NodeProcess> = (0..n)
-            .map(|i| {
-                let extra = format!(
-                    "[shard]\ncheckpoint_interval_ms = 200\nviewer_timeout_secs = {TIMEOUT_SECS}\n\
-                     [cluster]\ncluster_id = \"{}\"\ngossip_addr = \"127.0.0.1:{}\"\nseeds = [{}]\n\
-                     gossip_interval_ms = 100\nphi_threshold = 8.0\nhandover_timeout_ms = 10000\n",
-                    env.name,
-                    ports[i],
-                    seeds.join(", ")
-                );
-                NodeProcess::start(&env, &format!("n{}", i + 1), &extra)
-            })
-            .collect();
-        for node in &nodes {
-            node.wait_ready(Duration::from_secs(60)).await;
-        }
-        let c = Cluster { env, nodes };
-        c.wait_owned_by(&["n1", "n2", "n3"][..n], 0).await;
-        c
-    }
-
-    /// Partition -> owner, as node `via` sees the cluster.
-    async fn owners(&self, via: usize) -> Result<BTreeMap<String, String>, String> {
-        let v = get_json(&reqwest::Client::new(), &self.nodes[via].url("/v1/cluster")).await?;
-        Ok(v["partitions"]
-            .as_object()
-            .ok_or("no partitions")?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-            .collect())
-    }
-
-    /// Waits until every partition is advertised and exactly `nodes` own them (as `via`
-    /// sees it); returns how long it took.
-    async fn wait_owned_by(&self, nodes: &[&str], via: usize) -> Duration {
-        let started = Instant::now();
-        let total = 2 * self.env.partitions as usize;
-        loop {
-            if let Ok(owners) = self.owners(via).await {
-                let mut who: Vec<&str> = owners.values().map(String::as_str).collect();
-                who.sort_unstable();
-                who.dedup();
-                if owners.len() == total && who == nodes {
-                    return started.elapsed();
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "partitions not owned by {nodes:?} after 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
 
 fn spec(seed: u64, events: usize) -> StreamSpec {
     StreamSpec {
@@ -129,7 +65,7 @@ async fn every_query_answered(cluster: &Cluster, via: usize, model: &Model) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_keep_every_counter_exact() {
     let env = TestEnv::new("cl_kill", 6);
-    let mut cluster = Cluster::start(env.clone(), 3).await;
+    let mut cluster = Cluster::start(env.clone(), 3, TIMEOUT_SECS).await;
     let first = generate(&spec(31, 30_000));
     let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
     model.apply_all(&first);
@@ -167,7 +103,7 @@ async fn kill_9_and_restart_keep_every_counter_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_that_returns_does_not_corrupt_counters() {
     let env = TestEnv::new("cl_pause", 6);
-    let cluster = Cluster::start(env.clone(), 3).await;
+    let cluster = Cluster::start(env.clone(), 3, TIMEOUT_SECS).await;
     let events = generate(&spec(41, 30_000));
     let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
     model.apply_all(&events);
@@ -201,7 +137,7 @@ async fn a_paused_node_that_returns_does_not_corrupt_counters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_under_a_continuous_stream_keeps_counters_exact() {
     let env = TestEnv::new("cl_roll", 6);
-    let mut cluster = Cluster::start(env.clone(), 3).await;
+    let mut cluster = Cluster::start(env.clone(), 3, TIMEOUT_SECS).await;
     let events = generate(&spec(51, 40_000));
     let mut model = Model::new(env.partitions, TIMEOUT_SECS as i64 * 1000);
     model.apply_all(&events);
@@ -296,7 +232,7 @@ fn awkward_ids() -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_with_reserved_url_characters_are_answered_by_every_node() {
     let env = TestEnv::new("cl_url", 6);
-    let cluster = Cluster::start(env.clone(), 3).await;
+    let cluster = Cluster::start(env.clone(), 3, TIMEOUT_SECS).await;
     let client = reqwest::Client::new();
     let ids = awkward_ids();
     // Each id is a player with three events that follows the channel of the same id, which

@@ -9,6 +9,7 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::model::get_json;
 use common::{produce, NodeProcess, TestEnv};
 use rand::rngs::StdRng;
@@ -155,9 +156,18 @@ struct Model {
     level: HashMap<String, i64>,
     /// Per channel partition: watermark, last sample, viewers present per channel.
     partitions: HashMap<i32, ChannelPartition>,
+    /// Partitions of the channel topic.
+    channel_partitions: i32,
 }
 
 impl Model {
+    fn new(channel_partitions: i32) -> Model {
+        Model {
+            channel_partitions,
+            ..Model::default()
+        }
+    }
+
     fn add(map: &mut BTreeMap<&'static str, i64>, field: &'static str, n: i64) {
         *map.entry(field).or_default() += n;
     }
@@ -236,7 +246,7 @@ impl Model {
 
     /// A channel-topic record, in its partition's order: samples first, then the event.
     fn apply_channel(&mut self, e: &Event, channel: &str) {
-        let partition = partition_for(channel, PARTITIONS);
+        let partition = partition_for(channel, self.channel_partitions);
         let (wm, sampled, present) = self.partitions.entry(partition).or_default();
         if e.ts > *wm {
             let mut p = (sampled.div_euclid(SAMPLE) + 1) * SAMPLE;
@@ -494,7 +504,7 @@ async fn history_matches_an_independent_model_bucket_by_bucket_also_after_kill_9
     let env = TestEnv::new("history", PARTITIONS);
     let base = floor(tally_node::event::now_ms() - 4 * DAY, DAY) + 7 * HOUR + 13_000;
     let events = stream(7, base);
-    let mut model = Model::default();
+    let mut model = Model::new(PARTITIONS);
     events.iter().for_each(|e| model.apply(e));
     let ingest = env.producer();
     let mut node = NodeProcess::start(&env, "h1", CONFIG);
@@ -562,6 +572,27 @@ async fn history_matches_an_independent_model_bucket_by_bucket_also_after_kill_9
         node.metric("tally_history_bucket_loads_total").await > 0,
         "the late event's buckets were loaded from cassandra"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_stays_exact_in_a_3_node_cluster_when_a_node_is_killed() {
+    let env = TestEnv::new("history-cluster", 6);
+    let mut cluster = Cluster::start(env.clone(), 3, 864_000).await;
+    let base = floor(tally_node::event::now_ms() - 4 * DAY, DAY) + 2 * HOUR + 7_000;
+    let events = stream(11, base);
+    let mut model = Model::new(6);
+    events.iter().for_each(|e| model.apply(e));
+    let ingest = env.producer();
+    let half = events.len() / 2;
+    produce(&ingest, &events[..half], 50).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[1].kill9();
+    cluster.wait_owned_by(&["n1", "n3"], 0).await;
+    produce(&ingest, &events[half..], 50).await;
+    // History is read from Cassandra: every node answers alike, the killed one's partitions
+    // included once their new owners have caught up.
+    assert_converges(&cluster.nodes[2], &model, Duration::from_secs(120)).await;
+    assert!(compare(&cluster.nodes[0], &model).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

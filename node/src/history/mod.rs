@@ -11,7 +11,8 @@
 //! Which buckets may be stored: an entity's buckets after its latest event (`frontier`)
 //! cannot be, because every record before the shard's resume offset has an event time at
 //! or below it; a channel's sampled buckets reach the partition's watermark at start, so
-//! its frontier includes that too. Everything else that is not resident is loaded.
+//! its frontier includes that too. Everything else that is not resident is loaded, also
+//! for an entity this shard created: it may have written the bucket and dropped it.
 //!
 //! - [`step`]: steps and the sample grid; [`bucket`]: what a bucket holds;
 //!   [`sketch`]: distinct counts.
@@ -326,10 +327,11 @@ pub fn new_global(step: Step) -> GlobalBucket {
     }
 }
 
-/// Whether the bucket of `step` at `start` of an entity may be stored: the entity may have
-/// a stored row, and the bucket does not begin after its frontier.
-pub fn may_be_stored(entity_may_be_stored: bool, step: Step, start: i64, frontier: i64) -> bool {
-    entity_may_be_stored && start <= step.start(frontier)
+/// Whether the bucket of `step` at `start` of an entity that is not resident may be stored:
+/// it does not begin after the entity's frontier. (Whether the entity itself was ever
+/// stored does not matter: this shard may have written the bucket and dropped it since.)
+pub fn may_be_stored(step: Step, start: i64, frontier: i64) -> bool {
+    start <= step.start(frontier)
 }
 
 #[cfg(test)]
@@ -404,8 +406,8 @@ mod tests {
 
     #[test]
     fn buckets_after_the_frontier_are_new() {
-        assert!(may_be_stored(true, Step::Minute, 60_000, 60_000));
-        assert!(!may_be_stored(true, Step::Minute, 120_000, 119_999));
-        assert!(!may_be_stored(false, Step::Minute, 0, 60_000));
+        assert!(may_be_stored(Step::Minute, 60_000, 60_000));
+        assert!(may_be_stored(Step::Minute, 0, 60_000));
+        assert!(!may_be_stored(Step::Minute, 120_000, 119_999));
     }
 }

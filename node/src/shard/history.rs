@@ -38,18 +38,16 @@ enum Found<B> {
 
 impl<E: Hosted> ShardState<E> {
     /// Whether the partition's global bucket of `step` at `start` may be stored and is not
-    /// resident: a shard that found the partition checkpointed (or wrote since) may find a
-    /// bucket up to its watermark.
+    /// resident: any bucket up to the partition's watermark may be (written by an earlier
+    /// owner, or by this shard and dropped since).
     fn global_missing(&self, step: Step, start: i64) -> bool {
         !self.history.contains_global(step, start)
-            && (self.stored_before_start || self.durable.resume_offset > 0)
             && start <= step.start(self.watermark.max(self.start_watermark))
     }
 
     /// The buckets an event of `key` at `ts` feeds that must be loaded first; `state` is
     /// the entity (resident, as loaded or as it is now).
     fn needs(&self, key: &str, state: &E, ts: i64, out: &mut Vec<Need>) {
-        let stored = self.may_be_stored(key);
         let frontier = state.frontier(self.start_watermark);
         for step in Step::ALL {
             if self.history.expired(step, ts, self.watermark) {
@@ -57,7 +55,7 @@ impl<E: Hosted> ShardState<E> {
             }
             let start = step.start(ts);
             if !self.history.contains(key, step, start)
-                && history::may_be_stored(stored, step, start, frontier)
+                && history::may_be_stored(step, start, frontier)
             {
                 out.push(Need::Entity(key.into(), step, start));
             }
@@ -142,11 +140,10 @@ impl<E: Hosted> ShardState<E> {
             let Some(slot) = self.entities.get(key) else {
                 continue;
             };
-            let stored = self.may_be_stored(key);
             let frontier = slot.state.frontier(self.start_watermark);
             for &(step, start) in &seen {
                 if !self.history.contains(key, step, start)
-                    && history::may_be_stored(stored, step, start, frontier)
+                    && history::may_be_stored(step, start, frontier)
                 {
                     out.push(Need::Entity(key.clone(), step, start));
                 }

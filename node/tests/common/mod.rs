@@ -10,6 +10,7 @@
 //! client certificates, every file from [`secure_dir`].
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod model;
 pub mod scenarios;
 pub mod secure;
