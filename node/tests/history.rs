@@ -596,6 +596,87 @@ async fn history_stays_exact_in_a_3_node_cluster_when_a_node_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daily_active_players_are_exact_and_wau_mau_within_the_documented_bound() {
+    // 24,000 players: past the sketch's sparse form, so the dense estimate is what is
+    // checked, through Kafka, the checkpoint, Cassandra and the merge of 2 partitions.
+    let env = TestEnv::new("history-distinct", PARTITIONS);
+    let node = NodeProcess::start(&env, "h1", CONFIG);
+    node.wait_ready(Duration::from_secs(90)).await;
+    let day1 = floor(tally_node::event::now_ms() - 3 * DAY, DAY);
+    let day2 = day1 + DAY;
+    let mut events = Vec::new();
+    for p in 0..24_000 {
+        let player = format!("d-{p}");
+        events.push(event(
+            format!("a{p}"),
+            day1 + p as i64,
+            &player,
+            EventBody::SessionStart {},
+        ));
+        if p % 2 == 0 {
+            events.push(event(
+                format!("b{p}"),
+                day2 + p as i64,
+                &player,
+                EventBody::SessionEnd {},
+            ));
+        }
+    }
+    // A third of day 2's players are new: they never played on day 1.
+    for p in 24_000..30_000 {
+        let player = format!("d-{p}");
+        events.push(event(
+            format!("c{p}"),
+            day2 + 30_000 + p as i64,
+            &player,
+            EventBody::SessionStart {},
+        ));
+    }
+    events.sort_by_key(|e| e.ts);
+    produce(&env.producer(), &events, 2000).await;
+    let client = reqwest::Client::new();
+    let stats = |metric: &str| {
+        node.url(&format!(
+            "/v1/stats?metric={metric}&step=day&from={day1}&to={}",
+            day2 + DAY
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let dau = get_json(&client, &stats("dau")).await.unwrap();
+        let values: Vec<i64> = dau["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["value"].as_i64().unwrap())
+            .collect();
+        if values == [24_000, 18_000] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dau {values:?}, want [24000, 18000]"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let new = get_json(&client, &stats("new_players")).await.unwrap();
+    assert_eq!(new["buckets"][0]["value"], 24_000);
+    assert_eq!(new["buckets"][1]["value"], 6_000);
+    for metric in ["wau", "mau"] {
+        let v = get_json(&client, &stats(metric)).await.unwrap();
+        assert_eq!(v["approximate"], true);
+        for (i, want) in [(0, 24_000.0), (1, 30_000.0)] {
+            let got = v["buckets"][i]["value"].as_f64().unwrap();
+            let error = (got - want).abs() / want;
+            assert!(
+                error < 0.025,
+                "{metric} day {i}: {got}, want {want} within 2.5 %"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_queries_refuse_bad_parameters_naming_them() {
     let env = TestEnv::new("history-params", 1);
     let node = NodeProcess::start(&env, "h1", "");
