@@ -158,6 +158,8 @@ struct Model {
     partitions: HashMap<i32, ChannelPartition>,
     /// Partitions of the channel topic.
     channel_partitions: i32,
+    /// (player, day) -> the first match applied with the most kills: (kills, ts, match id).
+    best_kills: BTreeMap<(String, i64), (i64, i64, String)>,
 }
 
 impl Model {
@@ -192,6 +194,19 @@ impl Model {
                 *old = (*old).max(*level as i64);
             }
             _ => {}
+        }
+        if let EventBody::MatchEnd {
+            kills, match_id, ..
+        } = &e.body
+        {
+            let best = self.best_kills.entry((player.clone(), floor(e.ts, DAY)));
+            let mine = (*kills as i64, e.ts, match_id.to_string());
+            best.and_modify(|b| {
+                if mine.0 > b.0 {
+                    *b = mine.clone();
+                }
+            })
+            .or_insert(mine);
         }
         for (si, (_, len)) in STEPS.iter().enumerate() {
             let start = floor(e.ts, *len);
@@ -369,6 +384,52 @@ async fn compare(node: &NodeProcess, model: &Model) -> Vec<String> {
                     ));
                 }
             }
+        }
+    }
+    // Records: the best match and the best day by kills within 30 days, per player.
+    let now = model.players.keys().map(|(_, _, s)| *s).max().unwrap() + DAY;
+    for p in 0..40 {
+        let player = format!("player-{p}");
+        let mut want: Option<(i64, i64, String)> = None;
+        for ((_, _), b) in model
+            .best_kills
+            .range((player.clone(), i64::MIN)..(player.clone(), i64::MAX))
+        {
+            if want
+                .as_ref()
+                .is_none_or(|w| b.0 > w.0 || (b.0 == w.0 && b.1 < w.1))
+            {
+                want = Some(b.clone());
+            }
+        }
+        let mut day: Option<(i64, i64)> = None;
+        for ((who, si, start), f) in &model.players {
+            let kills = *f.get("kills").unwrap_or(&0);
+            if who == &player && *si == 2 && kills > 0 && day.is_none_or(|(_, k)| kills > k) {
+                day = Some((*start, kills));
+            }
+        }
+        let url = node.url(&format!(
+            "/v1/players/{player}/records?window=30d&now={now}"
+        ));
+        let body = get_json(&client, &url).await.unwrap();
+        let got = &body["best_match"]["most_kills"];
+        match &want {
+            Some((kills, ts, id))
+                if got["value"] == *kills && got["ts"] == *ts && got["match_id"] == id.as_str() => {
+            }
+            None if got.is_null() => {}
+            _ => diffs.push(format!(
+                "{player} records most_kills: got {got}, want {want:?}"
+            )),
+        }
+        let got = &body["best_day"]["kills"];
+        match day {
+            Some((start, kills)) if got["day"] == start && got["value"] == kills => {}
+            None if got.is_null() => {}
+            _ => diffs.push(format!(
+                "{player} records best day: got {got}, want {day:?}"
+            )),
         }
     }
     // Channels: every step over the whole span.
