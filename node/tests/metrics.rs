@@ -129,6 +129,8 @@ tally_consumer_dead_letters_total counter 1
 tally_durable_offset gauge 2
 tally_entity_loads_total counter 1
 tally_entity_passivations_total counter 1
+tally_history_bucket_loads_total counter 1
+tally_history_bucket_writes_total counter 2
 tally_http_request_duration_seconds histogram 1
 tally_http_requests_total counter 2
 tally_ingest_events_accepted_total counter 1
