@@ -194,21 +194,34 @@ impl<B> History<B> {
     }
 
     /// The entity's bucket of `step` holding `ts`, made new if absent; None when the record
-    /// at `offset` is already reflected in it. Marks it dirty.
+    /// at `offset` is already reflected in it. Marks it dirty. One map lookup.
     pub fn bucket_mut(&mut self, key: &str, step: Step, ts: i64, offset: i64) -> Option<&mut B>
     where
         B: Default,
     {
         let start = step.start(ts);
-        if !self.contains(key, step, start) {
-            self.insert(key, step, start, None);
-        }
-        let buckets = self.entities.get_mut(key).expect("inserted above");
-        let slot = buckets
+        let buckets = self.entities.entry(key.into()).or_insert_with(|| Buckets {
+            slots: Vec::with_capacity(3),
+            dirty: false,
+        });
+        let i = match buckets
             .slots
-            .iter_mut()
-            .find(|s| s.step == step && s.start == start)
-            .expect("inserted above");
+            .iter()
+            .position(|s| s.step == step && s.start == start)
+        {
+            Some(i) => i,
+            None => {
+                buckets.slots.push(Slot {
+                    step,
+                    start,
+                    state: B::default(),
+                    covered: -1,
+                    dirty: false,
+                });
+                buckets.slots.len() - 1
+            }
+        };
+        let slot = &mut buckets.slots[i];
         if offset <= slot.covered {
             return None;
         }
@@ -218,6 +231,18 @@ impl<B> History<B> {
             self.dirty_entities.push(key.into());
         }
         Some(&mut slot.state)
+    }
+
+    /// Which of the entity's buckets of each step (starts by `Step::index`) are resident.
+    pub fn resident(&self, key: &str, starts: [i64; 3]) -> [bool; 3] {
+        let Some(b) = self.entities.get(key) else {
+            return [false; 3];
+        };
+        Step::ALL.map(|step| {
+            b.slots
+                .iter()
+                .any(|s| s.step == step && s.start == starts[step.index()])
+        })
     }
 
     /// The partition's bucket of `step` at `ts`, made new if absent; None when the record

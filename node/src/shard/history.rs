@@ -49,14 +49,14 @@ impl<E: Hosted> ShardState<E> {
     /// the entity (resident, as loaded or as it is now).
     fn needs(&self, key: &str, state: &E, ts: i64, out: &mut Vec<Need>) {
         let frontier = state.frontier(self.start_watermark);
+        let starts = Step::ALL.map(|step| step.start(ts));
+        let resident = self.history.resident(key, starts);
         for step in Step::ALL {
             if self.history.expired(step, ts, self.watermark) {
                 continue;
             }
-            let start = step.start(ts);
-            if !self.history.contains(key, step, start)
-                && history::may_be_stored(step, start, frontier)
-            {
+            let start = starts[step.index()];
+            if !resident[step.index()] && history::may_be_stored(step, start, frontier) {
                 out.push(Need::Entity(key.into(), step, start));
             }
             if !E::SAMPLES && self.global_missing(step, start) {
