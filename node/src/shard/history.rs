@@ -182,33 +182,25 @@ impl ShardState<Channel> {
     pub(super) fn sample_channels(&mut self, point: i64, offset: i64) {
         let timeout = self.clock().timeout_ms;
         let mut total = 0u64;
-        let mut gone = Vec::new();
-        for key in &self.history.live {
-            let concurrent = self
-                .entities
+        // The set leaves `history` while its channels credit their buckets there.
+        let mut live = std::mem::take(&mut self.history.live);
+        let (entities, history) = (&self.entities, &mut self.history);
+        live.retain(|key| {
+            let concurrent = entities
                 .get(key)
                 .map_or(0, |s| channel_concurrency(&s.state, point, timeout));
             if concurrent == 0 {
-                gone.push(key.clone());
-                continue;
+                return false;
             }
             total += concurrent as u64;
-        }
-        for key in gone {
-            self.history.live.remove(&key);
-        }
-        let live: Vec<CompactString> = self.history.live.iter().cloned().collect();
-        for key in live {
-            let Some(slot) = self.entities.get(&key) else {
-                continue;
-            };
-            let concurrent = channel_concurrency(&slot.state, point, timeout);
             for step in Step::ALL {
-                if let Some(b) = self.history.bucket_mut(&key, step, point, offset) {
+                if let Some(b) = history.bucket_mut(key, step, point, offset) {
                     b.sample(concurrent);
                 }
             }
-        }
+            true
+        });
+        self.history.live = live;
         if total > 0 {
             for step in Step::ALL {
                 let index = ((point - step.start(point)) / SAMPLE_MS) as usize;
