@@ -124,13 +124,13 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
     // what it feeds (the bucket credits are computed from the entity before the record).
     for rows in [&snap.global_buckets, &snap.buckets] {
         let mut running = FuturesUnordered::new();
-        for row in rows {
-            if running.len() >= ROWS_IN_FLIGHT {
+        for batch in bucket_batches(rows) {
+            if running.len() * BATCH_ROWS >= ROWS_IN_FLIGHT {
                 if let Some(result) = running.next().await {
                     result?;
                 }
             }
-            running.push(store.write_bucket(row, snap.bucket_ttl[row.step.index()]));
+            running.push(store.write_buckets(batch, snap.bucket_ttl));
         }
         while let Some(result) = running.next().await {
             result?;
@@ -177,6 +177,25 @@ pub async fn write(store: &Store, snap: &Snapshot, metrics: &Metrics) -> anyhow:
     let rows = snap.entities.len() as u64;
     metrics.record_checkpoint(snap.kind, rows, bytes as u64, started.elapsed());
     Ok(())
+}
+
+/// Bucket rows cut into batches of at most `BATCH_ROWS` rows and `BATCH_BYTES` (a row
+/// larger than that alone), so no batch nears Cassandra's batch size limit (50 KiB).
+fn bucket_batches(rows: &[BucketRow]) -> Vec<&[BucketRow]> {
+    let mut out = Vec::new();
+    let (mut from, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let size = row.id.len() + row.state.len();
+        if i > from && (i - from >= BATCH_ROWS || bytes + size > BATCH_BYTES) {
+            out.push(&rows[from..i]);
+            (from, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if from < rows.len() {
+        out.push(&rows[from..]);
+    }
+    out
 }
 
 impl Write<'_> {
@@ -256,6 +275,37 @@ async fn write_one(store: &Store, partition: i32, w: Write<'_>) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_batches_stay_under_the_limits_and_keep_every_row_once() {
+        let row = |bytes: usize| BucketRow {
+            scope: crate::history::Scope::Player,
+            id: "p".into(),
+            step: crate::history::Step::Minute,
+            start: 0,
+            state: vec![0; bytes],
+            covered: 0,
+        };
+        let rows: Vec<BucketRow> =
+            [vec![row(10); 130], vec![row(40_000)], vec![row(20_000); 3]].concat();
+        let batches = bucket_batches(&rows);
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), rows.len());
+        for b in &batches {
+            let bytes: usize = b.iter().map(|r| r.state.len() + r.id.len()).sum();
+            assert!(b.len() <= BATCH_ROWS);
+            assert!(
+                b.len() == 1 || bytes <= BATCH_BYTES,
+                "{} rows, {bytes} bytes",
+                b.len()
+            );
+        }
+        let sizes: Vec<usize> = batches.iter().map(|b| b.len()).collect();
+        assert_eq!(
+            sizes,
+            [64, 64, 2, 1, 1, 1, 1],
+            "two 20 KB rows exceed a batch"
+        );
+    }
 
     #[test]
     fn player_batches_are_small_and_in_bucket_order() {

@@ -564,6 +564,42 @@ impl Store {
         Ok(())
     }
 
+    /// Writes history buckets in one unlogged batch (one request; on each replica, one
+    /// mutation per row), each row kept for its step's TTL (`ttl_secs` by `Step::index`).
+    /// Keep batches to tens of kilobytes.
+    pub async fn write_buckets(
+        &self,
+        rows: &[BucketRow],
+        ttl_secs: [i32; 3],
+    ) -> anyhow::Result<()> {
+        if let [row] = rows {
+            return self.write_bucket(row, ttl_secs[row.step.index()]).await;
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for row in rows {
+            batch.append_statement(self.insert_bucket[row.step.index()].clone());
+        }
+        let values: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.scope as i8,
+                    &row.id,
+                    row.start,
+                    &row.state,
+                    row.covered,
+                    ttl_secs[row.step.index()],
+                    bucket_timestamp(row.start, row.covered),
+                )
+            })
+            .collect();
+        self.session
+            .batch(&batch, values)
+            .await
+            .with_context(|| format!("write {} history buckets", rows.len()))?;
+        Ok(())
+    }
+
     /// One stored bucket: its state and covered offset.
     pub async fn read_bucket(
         &self,
