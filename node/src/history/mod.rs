@@ -91,6 +91,9 @@ pub struct History<B> {
     entities: HashMap<CompactString, Buckets<B>>,
     dirty_entities: Vec<CompactString>,
     global: Vec<Slot<GlobalBucket>>,
+    /// Where in `global` each step's bucket was last found: nearly every record credits
+    /// the same ones, so this saves the scan.
+    global_hint: std::cell::Cell<[usize; 3]>,
     /// Channels whose viewers may be present at the watermark (sampled at each point).
     pub live: foldhash::HashSet<CompactString>,
     /// The last sample point taken.
@@ -105,6 +108,7 @@ impl<B> History<B> {
             entities: HashMap::default(),
             dirty_entities: Vec::new(),
             global: Vec::new(),
+            global_hint: std::cell::Cell::new([0; 3]),
             live: Default::default(),
             sampled_to,
         }
@@ -143,9 +147,27 @@ impl<B> History<B> {
     }
 
     pub fn contains_global(&self, step: Step, start: i64) -> bool {
-        self.global
+        self.find_global(step, start).is_some()
+    }
+
+    /// The index of the partition's bucket of `step` at `start` in `global`.
+    fn find_global(&self, step: Step, start: i64) -> Option<usize> {
+        let mut hint = self.global_hint.get();
+        let at = hint[step.index()];
+        if self
+            .global
+            .get(at)
+            .is_some_and(|s| s.step == step && s.start == start)
+        {
+            return Some(at);
+        }
+        let i = self
+            .global
             .iter()
-            .any(|s| s.step == step && s.start == start)
+            .position(|s| s.step == step && s.start == start)?;
+        hint[step.index()] = i;
+        self.global_hint.set(hint);
+        Some(i)
     }
 
     /// Makes a bucket resident (a load found `stored`, or nothing: a new bucket).
@@ -233,6 +255,79 @@ impl<B> History<B> {
         Some(&mut slot.state)
     }
 
+    /// Credits the record at `offset` to the entity's bucket of each step holding `ts` and,
+    /// with `global`, to the partition's: `f(step, entity bucket, global bucket)`, each
+    /// None when the record is already reflected in it. Buckets are made new if absent;
+    /// steps whose bucket expired as of `watermark` are left out. One map lookup.
+    pub fn credit(
+        &mut self,
+        key: &str,
+        ts: i64,
+        offset: i64,
+        watermark: i64,
+        global: bool,
+        mut f: impl FnMut(Step, Option<&mut B>, Option<&mut GlobalBucket>),
+    ) where
+        B: Default,
+    {
+        let live = Step::ALL.map(|step| !self.expired(step, ts, watermark));
+        let mut at = [usize::MAX; 3];
+        if global {
+            for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
+                let start = step.start(ts);
+                at[step.index()] = match self.find_global(step, start) {
+                    Some(i) => i,
+                    None => {
+                        self.insert_global(step, start, None);
+                        self.global.len() - 1
+                    }
+                };
+            }
+        }
+        let buckets = self.entities.entry(key.into()).or_insert_with(|| Buckets {
+            slots: Vec::with_capacity(3),
+            dirty: false,
+        });
+        let mut dirtied = false;
+        for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
+            let start = step.start(ts);
+            let i = match buckets
+                .slots
+                .iter()
+                .position(|s| s.step == step && s.start == start)
+            {
+                Some(i) => i,
+                None => {
+                    buckets.slots.push(Slot {
+                        step,
+                        start,
+                        state: B::default(),
+                        covered: -1,
+                        dirty: false,
+                    });
+                    buckets.slots.len() - 1
+                }
+            };
+            let slot = &mut buckets.slots[i];
+            let mine = (offset > slot.covered).then(|| {
+                slot.dirty = true;
+                dirtied = true;
+                &mut slot.state
+            });
+            let theirs = self.global.get_mut(at[step.index()]).and_then(|g| {
+                (offset > g.covered).then(|| {
+                    g.dirty = true;
+                    &mut g.state
+                })
+            });
+            f(step, mine, theirs);
+        }
+        if dirtied && !buckets.dirty {
+            buckets.dirty = true;
+            self.dirty_entities.push(key.into());
+        }
+    }
+
     /// Which of the entity's buckets of each step (starts by `Step::index`) are resident.
     pub fn resident(&self, key: &str, starts: [i64; 3]) -> [bool; 3] {
         let Some(b) = self.entities.get(key) else {
@@ -249,11 +344,7 @@ impl<B> History<B> {
     /// at `offset` is already reflected in it. Marks it dirty.
     pub fn global_mut(&mut self, step: Step, ts: i64, offset: i64) -> Option<&mut GlobalBucket> {
         let start = step.start(ts);
-        let i = match self
-            .global
-            .iter()
-            .position(|s| s.step == step && s.start == start)
-        {
+        let i = match self.find_global(step, start) {
             Some(i) => i,
             None => {
                 self.insert_global(step, start, None);

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::entity::{self, Channel, ChannelCounters, ChannelView, Entity, Player, PlayerView};
 use crate::event::{Event, EventBody};
 use crate::history::bucket::{BucketFirsts, ChannelChange, PlayerChange, PlayerMarks};
-use crate::history::{ChannelBucket, History, PlayerBucket, Scope, Step};
+use crate::history::{ChannelBucket, History, PlayerBucket, Scope};
 use crate::kind::ShardKind;
 use crate::shard::{ShardState, TopBy, TopEntry};
 use crate::store::channel_log::{self, LogState};
@@ -172,20 +172,24 @@ impl Hosted for Player {
     ) {
         let change = PlayerChange::between(marks, after);
         let is_purchase = matches!(event.body, EventBody::Purchase { .. });
-        for step in Step::ALL {
-            if h.expired(step, event.ts, clock.watermark) {
-                continue;
-            }
-            let mut firsts = BucketFirsts::default();
-            if let Some(b) = h.bucket_mut(key, step, event.ts, offset) {
-                firsts.first_in_bucket = b.events() == 0;
-                firsts.first_purchase_in_bucket = is_purchase && b.purchases == 0;
-                b.apply(event, &change);
-            }
-            if let Some(g) = h.global_mut(step, event.ts, offset) {
-                g.apply_player(event, &change, firsts);
-            }
-        }
+        h.credit(
+            key,
+            event.ts,
+            offset,
+            clock.watermark,
+            true,
+            |_, mine, global| {
+                let mut firsts = BucketFirsts::default();
+                if let Some(b) = mine {
+                    firsts.first_in_bucket = b.events() == 0;
+                    firsts.first_purchase_in_bucket = is_purchase && b.purchases == 0;
+                    b.apply(event, &change);
+                }
+                if let Some(g) = global {
+                    g.apply_player(event, &change, firsts);
+                }
+            },
+        );
     }
 
     async fn prepare(_: &Store, _: i32, _: bool) -> anyhow::Result<()> {
@@ -270,14 +274,18 @@ impl Hosted for Channel {
             before: *marks,
             after: after.counters,
         };
-        for step in Step::ALL {
-            if h.expired(step, event.ts, clock.watermark) {
-                continue;
-            }
-            if let Some(b) = h.bucket_mut(key, step, event.ts, offset) {
-                b.apply(event, &change);
-            }
-        }
+        h.credit(
+            key,
+            event.ts,
+            offset,
+            clock.watermark,
+            false,
+            |_, mine, _| {
+                if let Some(b) = mine {
+                    b.apply(event, &change);
+                }
+            },
+        );
         if after.concurrent_at(clock.watermark, clock.timeout_ms) > 0 && !h.live.contains(key) {
             h.live.insert(key.into());
         }
