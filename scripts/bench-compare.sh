@@ -8,7 +8,7 @@
 #
 # Each argument is LABEL=BINARY [VAR=VALUE ...] (environment for that node). Sizes:
 # BENCH_PLAYERS (1,000,000), BENCH_EVENTS (4,000,000), BENCH_ROUNDS (2). Results:
-# bench/results/compare.json.
+# BENCH_COMPARE_JSON (bench/results/compare.json).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,6 +22,7 @@ mkdir -p "$OUT" "$WORK"
 PLAYERS=${BENCH_PLAYERS:-1000000}
 EVENTS=${BENCH_EVENTS:-4000000}
 ROUNDS=${BENCH_ROUNDS:-2}
+RESULT=${BENCH_COMPARE_JSON:-$OUT/compare.json}
 TOPICS="compare_$(date +%s)"
 
 # A node creates the topics (as Tally sizes them), then leaves.
@@ -57,13 +58,13 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK/$TOPICS.results" "$OUT/compare.json" "$RECORDS" "$*" <<'PY'
+python3 - "$WORK/$TOPICS.results" "$RESULT" "$RECORDS" "$*" <<'PY'
 import collections, json, sys
 path, out, records, specs = sys.argv[1:]
 runs = collections.defaultdict(list)
 for line in open(path):
     label, rnd, rate, rss0, rss1, resident = line.split()
-    runs[label].append({"round": int(rnd), "records_per_sec": float(rate),
+    runs[label].append({"round": int(rnd), "records_per_sec": float(rate), "players_resident": int(resident),
                         "bytes_per_player": (float(rss1) - float(rss0)) * 1024 / max(float(resident), 1)})
 res = {"records": int(records), "specs": specs, "runs": runs,
        "best_records_per_sec": {l: max(r["records_per_sec"] for r in rs) for l, rs in runs.items()}}

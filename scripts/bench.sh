@@ -25,6 +25,11 @@
 #            subscriber; every subscriber's last frame verified exact.
 #   dedupe   one binary with and without the dedupe window on one pre-filled topic: the
 #            window's memory per record and its cost in records/s (bench-compare.sh).
+#   history  history buckets: consume rate and memory per player with history on vs. off
+#            (bench-compare.sh), p99 of a 30-day hourly player history and a 7-day minute
+#            channel history while the node ingests half its live maximum, and Cassandra
+#            bucket rows per second vs. records per second in a steady stream (sizes:
+#            BENCH_HISTORY_* below, at bench_history).
 #   table    only rebuild the table (bench/results/table.md and README.md).
 # Every run ends by putting its rows into the README's Performance table, in place of the rows of
 # the same command; rows of benchmarks not run in this checkout stay as they were.
@@ -314,6 +319,140 @@ print(f"subscribers: {n} on one node at {d['events_per_sec']:.0f} events/s: push
 PY
 }
 
+# History (event-time buckets), four measurements on one node each:
+# - consume rate and resident memory per player with history on vs. off: one binary, one
+#   pre-filled topic, alternating rounds (bench-compare.sh; BENCH_PLAYERS, BENCH_EVENTS);
+# - query latency of a player's hourly history over 30 days and a channel's minute history
+#   over 7 days (all fields), one request at a time: with the node idle, then while it
+#   ingests half the rate it sustains live. The data: BENCH_HISTORY_PLAYERS players (default
+#   200) with two events an hour over 30 days and BENCH_HISTORY_CHANNELS channels (default
+#   20) with a join, a follow and a leave every minute over 7 days, sent through HTTP ingest
+#   (scripts/bench_history.py). The live maximum: BENCH_HISTORY_MAX_EVENTS events (default
+#   2,000,000) of BENCH_PLAYERS players at max rate, until a sample is verified exact; the
+#   queries then run for BENCH_HISTORY_SECS s (default 60) of a stream at half that rate;
+# - Cassandra bucket rows per second next to records per second in a steady stream of
+#   BENCH_STEADY_RATE events/s for BENCH_STEADY_SECS s, as the node benchmark's.
+# Live streams carry their send time as event time (--stamp-send-time), so buckets open and
+# close at the pace they would in production.
+bench_history() {
+  local max_events=${BENCH_HISTORY_MAX_EVENTS:-2000000} secs=${BENCH_HISTORY_SECS:-60}
+  local hp=${BENCH_HISTORY_PLAYERS:-200} hc=${BENCH_HISTORY_CHANNELS:-20}
+  local cmd="" v
+  for v in BENCH_PLAYERS BENCH_EVENTS BENCH_HISTORY_PLAYERS BENCH_HISTORY_CHANNELS BENCH_HISTORY_MAX_EVENTS \
+    BENCH_HISTORY_SECS BENCH_STEADY_RATE BENCH_STEADY_SECS; do
+    [ -z "${!v:-}" ] || cmd+="$v=${!v} "
+  done
+  cmd+="scripts/bench.sh history"
+
+  log "history: consume rate and memory per player, history on vs off, one pre-filled topic"
+  BENCH_COMPARE_JSON="$OUT/history-compare.json" scripts/bench-compare.sh \
+    "history=$NODE_BIN" "nohistory=$NODE_BIN TALLY_HISTORY__ENABLED=false"
+
+  local name; name="bench_hist_$(date +%s)"
+  start_node "$name"
+  local pid=$NODE_PID addr=$NODE_ADDR
+  local q=(--node "$addr" --prefix "$name-" --players "$hp" --channels "$hc" --prefill "$OUT/history-prefill.json")
+  log "history: $hp players over 30 days, $hc channels over 7 days, through HTTP ingest"
+  python3 scripts/bench_history.py prefill "${q[@]}" --json "$OUT/history-prefill.json"
+  wait_checkpoints "$addr"
+  log "history: query latency, node idle"
+  python3 scripts/bench_history.py latency "${q[@]}" --queries 100 --json "$OUT/history-latency-idle.json"
+  python3 scripts/bench_history.py latency "${q[@]}" --queries 100 --fields --json "$OUT/history-latency-idle-1field.json"
+
+  local live=(players --players "$PLAYERS" --stamp-send-time --probe-interval-ms 0 --nodes "$addr"
+    --player-topic "$name.players" --channel-topic "$name.channels")
+  log "history: the live maximum: $max_events events at max rate, until a sample is verified exact"
+  "$LT" "${live[@]}" --events "$max_events" --seed 5 --id-prefix "$name-max-" --batch 5000 \
+    --verify --sample 200 --json "$OUT/history-max.json" > /dev/null
+  local half
+  half=$(python3 -c "import json; d=json.load(open('$OUT/history-max.json')); print(int(d['events_sent'] / (d['secs'] + d['verify']['waited_secs']) / 2))")
+  wait_checkpoints "$addr"
+
+  log "history: query latency for $secs s while the node ingests $half events/s (half that)"
+  "$LT" "${live[@]}" --events $((half * (secs + 15))) --rate "$half" --seed 6 --id-prefix "$name-half-" \
+    --json "$OUT/history-half.json" > /dev/null &
+  local lt=$! c0 c1 t0 t1
+  sleep 5
+  curl -fs "http://$addr/metrics" > "$WORK/$name.load0.prom"; c0=$(cpu_secs "$pid"); t0=$(date +%s.%N)
+  python3 scripts/bench_history.py latency "${q[@]}" --secs "$secs" --json "$OUT/history-latency-load.json"
+  curl -fs "http://$addr/metrics" > "$WORK/$name.load1.prom"; c1=$(cpu_secs "$pid"); t1=$(date +%s.%N)
+  wait "$lt"
+  wait_checkpoints "$addr"
+
+  log "history: steady stream of $STEADY_RATE events/s for $STEADY_SECS s: bucket rows vs records"
+  local s0 s1
+  curl -fs "http://$addr/metrics" > "$WORK/$name.steady0.prom"; s0=$(date +%s.%N)
+  "$LT" "${live[@]}" --events $((STEADY_RATE * STEADY_SECS)) --rate "$STEADY_RATE" --seed 7 \
+    --id-prefix "$name-steady-" --json "$OUT/history-steady.json" > /dev/null
+  sleep 2
+  curl -fs "http://$addr/metrics" > "$WORK/$name.steady1.prom"; s1=$(date +%s.%N)
+  stop_node "$pid"
+
+  python3 - "$OUT" "$WORK/$name" "$t0" "$t1" "$c0" "$c1" "$s0" "$s1" "$half" "$MACHINE" "$cmd" <<'PY'
+import json, sys
+out, prom, t0, t1, c0, c1, s0, s1, half, machine, cmd = sys.argv[1:]
+t0, t1, c0, c1, s0, s1 = map(float, (t0, t1, c0, c1, s0, s1))
+load = lambda f: json.load(open(f"{out}/{f}"))
+
+def metrics(path):
+    """{name{labels}: value} of a Prometheus text dump."""
+    m = {}
+    for line in open(path):
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            try:
+                m[k] = float(v)
+            except ValueError:
+                pass
+    return m
+
+def delta(a, b, name):
+    """The increase of every series of `name`, summed, and by label set."""
+    by = {k: b[k] - a.get(k, 0) for k in b if k == name or k.startswith(name + "{")}
+    return sum(by.values()), by
+
+def window(tag, secs):
+    a, b = metrics(f"{prom}.{tag}0.prom"), metrics(f"{prom}.{tag}1.prom")
+    applied, _ = delta(a, b, "tally_records_applied_total")
+    buckets, by_kind = delta(a, b, "tally_history_bucket_writes_total")
+    rows, _ = delta(a, b, "tally_checkpoint_rows_total")
+    return {"secs": secs, "records_per_sec": applied / secs, "bucket_rows_per_sec": buckets / secs,
+            "bucket_rows_by_kind_per_sec": {k.split('"')[1] if '"' in k else k: v / secs for k, v in by_kind.items()},
+            "entity_rows_per_sec": rows / secs, "bucket_rows_per_record": buckets / max(applied, 1)}
+
+cmp = load("history-compare.json")
+best = cmp["best_records_per_sec"]
+mx = load("history-max.json")
+res = {
+    "machine": machine,
+    "compare": {
+        "records": cmp["records"], "runs": cmp["runs"],
+        "best_records_per_sec": best, "on_vs_off": best["history"] / best["nohistory"],
+        "on_vs_off_by_round": [h["records_per_sec"] / n["records_per_sec"]
+                               for h, n in zip(cmp["runs"]["history"], cmp["runs"]["nohistory"])],
+    },
+    "prefill": load("history-prefill.json"),
+    "latency_idle": load("history-latency-idle.json"),
+    "latency_idle_one_field": load("history-latency-idle-1field.json"),
+    "live_max": {"events": mx["events_sent"], "send_secs": mx["secs"], "verify_waited_secs": mx["verify"]["waited_secs"],
+                 "events_per_sec": mx["events_sent"] / (mx["secs"] + mx["verify"]["waited_secs"]),
+                 "verified_exact": not mx["verify"].get("mismatches")},
+    "load_target_events_per_sec": int(half),
+    "latency_load": load("history-latency-load.json"),
+    "load_window": {**window("load", t1 - t0), "node_cpu_cores": (c1 - c0) / (t1 - t0),
+                    "sent_events_per_sec": load("history-half.json")["events_per_sec"]},
+    "steady": {**window("steady", s1 - s0), "sent_events_per_sec": load("history-steady.json")["events_per_sec"]},
+    "command": cmd,
+}
+json.dump(res, open(f"{out}/history.json", "w"), indent=2)
+c, l, w, s = res["compare"], res["latency_load"], res["load_window"], res["steady"]
+print(f"history: consume on/off {best['history']:,.0f} / {best['nohistory']:,.0f} records/s = {100 * c['on_vs_off']:.0f}%; "
+      f"under {w['records_per_sec']:,.0f} records/s: player 30 d hourly p99 {l['player_hourly']['p99_ms']:.1f} ms, "
+      f"channel 7 d minute p99 {l['channel_minute']['p99_ms']:.1f} ms; steady: {s['bucket_rows_per_sec']:,.0f} bucket rows/s "
+      f"for {s['records_per_sec']:,.0f} records/s")
+PY
+}
+
 case "${1:-all}" in
   node) bench_node ;;
   idle) bench_idle ;;
@@ -321,6 +460,7 @@ case "${1:-all}" in
   viewers) bench_viewers "${BENCH_VIEWERS:-500000}" "${BENCH_VIEWERS_SECS:-300}" "${BENCH_VIEWERS_SPEEDUP:-1}" ;;
   generator) bench_generator ;;
   subscribers) bench_subscribers "${BENCH_SUBSCRIBERS:-10000}" ;;
+  history) bench_history ;;
   # The dedupe window's cost: the same binary with and without it on one pre-filled topic.
   dedupe) scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0" ;;
   table) ;;
@@ -332,8 +472,9 @@ case "${1:-all}" in
     bench_generator
     bench_subscribers 10000
     scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0"
+    bench_history
     ;;
-  *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|table|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|history|table|all]" >&2; exit 2 ;;
 esac
 # The table of everything measured so far, into README.md's Performance section.
 python3 scripts/bench_table.py "$OUT" README.md

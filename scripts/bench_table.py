@@ -134,6 +134,40 @@ for n, d in by_size("subscribers-*.json"):
          f"{s['connect_secs']:.0f} s, idle they cost {u['idle_cpu_cores_with_subscribers']:.3f} cores", cmd),
     ]
 
+hist = load("history.json")
+if hist:
+    machine = machine or hist["machine"]
+    cmd = hist.get("command", "scripts/bench.sh history")
+    c = hist["compare"]
+    on, off = c["runs"]["history"], c["runs"]["nohistory"]
+    ratios = " and ".join(f"{100 * r:.0f}%" for r in c["on_vs_off_by_round"])
+    rows.append((f"History on vs off: one node applying the same pre-filled topic ({c['records']:,} records; "
+                 f"target: on at least 75% of off)",
+                 f"{c['best_records_per_sec']['history']:,.0f} vs {c['best_records_per_sec']['nohistory']:,.0f} "
+                 f"records/s = {100 * c['on_vs_off']:.0f}% (best of {len(on)} alternating rounds each; "
+                 f"round by round {ratios})", cmd))
+    bpp = lambda runs: min(r["bytes_per_player"] for r in runs)
+    rows.append((f"Resident memory per player, history on vs off ({on[-1]['players_resident']:,} players resident)",
+                 f"{bpp(on):,.0f} vs {bpp(off):,.0f} bytes (the lower of the rounds)", cmd))
+    p, li, lo, w = hist["prefill"], hist["latency_idle"], hist["latency_load"], hist["load_window"]
+    lat = lambda d: f"{d['p50_ms']:.1f} / {d['p99_ms']:.1f} / {d['max_ms']:.1f} ms"
+    rows.append((f"History queries, one at a time, while the node applies {w['records_per_sec']:,.0f} records/s "
+                 f"(aimed at half of the {hist['live_max']['events_per_sec']:,.0f} events/s it sustains live, "
+                 f"{hist['load_target_events_per_sec']:,} events/s; the load tester sent {w['sent_events_per_sec']:,.0f}; "
+                 f"node {w['node_cpu_cores']:.2f} cores), p50 / p99 / max (target: p99 at most 10 ms)",
+                 f"a player's hourly history over {p['days']} days ({lo['player_hourly']['first_answer']['buckets']} "
+                 f"buckets, {lo['player_hourly']['answer_bytes'] / 1024:,.0f} KiB): {lat(lo['player_hourly'])}; "
+                 f"a channel's minute history over {p['channel_days']} days "
+                 f"({lo['channel_minute']['first_answer']['buckets']:,} buckets, "
+                 f"{lo['channel_minute']['answer_bytes'] / 1024:,.0f} KiB): {lat(lo['channel_minute'])}", cmd))
+    rows.append(("The same queries with the node idle, p50 / p99 / max",
+                 f"player {lat(li['player_hourly'])}; channel {lat(li['channel_minute'])}", cmd))
+    st = hist["steady"]
+    kinds = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(st["bucket_rows_by_kind_per_sec"].items()))
+    rows.append(("History bucket rows written to Cassandra during a steady stream (coalescing)",
+                 f"{st['bucket_rows_per_sec']:,.0f} rows/s ({kinds}) for {st['records_per_sec']:,.0f} records/s applied "
+                 f"= {st['bucket_rows_per_record']:.2f} per record; entity rows {st['entity_rows_per_sec']:,.0f}/s", cmd))
+
 if not rows:
     sys.exit(f"bench_table: no results in {out}")
 
