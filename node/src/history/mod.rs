@@ -98,6 +98,10 @@ pub struct History<B> {
     pub live: foldhash::HashSet<CompactString>,
     /// The last sample point taken.
     pub sampled_to: i64,
+    /// The watermark's minute at the last [`History::passivate`], and whether entities
+    /// left memory since: the shard passivates buckets only when either changed.
+    pub swept_minute: i64,
+    pub entities_left: bool,
 }
 
 impl<B> History<B> {
@@ -111,6 +115,8 @@ impl<B> History<B> {
             global_hint: std::cell::Cell::new([0; 3]),
             live: Default::default(),
             sampled_to,
+            swept_minute: i64::MIN,
+            entities_left: false,
         }
     }
 

@@ -57,9 +57,16 @@ impl<E: Hosted> ShardState<E> {
         match result {
             Ok(progress) => {
                 self.durable = progress;
-                let entities = &self.entities;
-                self.history
-                    .passivate(self.watermark, |k| entities.contains_key(k));
+                // Buckets leave only when a minute of event time ended or entities left:
+                // nothing else makes a clean bucket over.
+                let minute = crate::history::Step::Minute.start(self.watermark);
+                if minute != self.history.swept_minute || self.history.entities_left {
+                    let entities = &self.entities;
+                    self.history
+                        .passivate(self.watermark, |k| entities.contains_key(k));
+                    self.history.swept_minute = minute;
+                    self.history.entities_left = false;
+                }
                 self.completed_checkpoint();
                 self.args
                     .metrics
@@ -212,6 +219,7 @@ impl<E: Hosted> ShardState<E> {
             keep
         });
         if evicted > 0 {
+            self.history.entities_left = true;
             self.args.metrics.add_passivations(evicted);
             self.series
                 .set_resident(self.entities.len(), self.entities.allocated_bytes());
