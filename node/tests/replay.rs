@@ -585,11 +585,21 @@ async fn a_scan_of_unknown_ids_creates_no_entities_before_or_after_a_restart() {
             .unwrap();
         first.stop(None);
 
-        // After a restart every id may be stored: each is looked up, none is created.
+        // After a restart every id may be stored: each is looked up, none is created. A
+        // channel shard starts with the channels that had viewers at the watermark, which
+        // history samples (docs/ARCHITECTURE.md, "History"); nothing else is resident.
         let second = start_shard_of(&store, kind, Some(progress)).await;
-        assert_eq!(resident(second.clone()).await, 0);
+        let at_start = resident(second.clone()).await;
+        match kind {
+            ShardKind::Players => assert_eq!(at_start, 0),
+            ShardKind::Channels => assert!(at_start <= 6, "{at_start} channels at start"),
+        }
         scan(second.clone()).await;
-        assert_eq!(resident(second.clone()).await, 0, "{kind:?} after restart");
+        assert_eq!(
+            resident(second.clone()).await,
+            at_start,
+            "{kind:?} after restart"
+        );
         if kind == ShardKind::Channels {
             let top = ractor::call_t!(second, ShardMsg::Top, 10_000, shard::TopBy::Follows, 1000)
                 .unwrap();
