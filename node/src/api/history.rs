@@ -333,42 +333,15 @@ async fn entity_history(
     let durable = durable(state, core, kind, partition).await?;
     let grace = grace_ms(state);
     let step = range.step;
-    let buckets: Vec<Value> = match kind {
+    let open = (durable.watermark, grace);
+    let buckets = match kind {
         ShardKind::Players => {
-            let stored: BTreeMap<i64, PlayerBucket> =
-                read(core, Scope::Player, &id, &range).await?;
-            let empty = PlayerBucket::default();
-            range
-                .starts()
-                .map(|s| {
-                    let b = stored.get(&s).unwrap_or(&empty);
-                    bucket_json(
-                        s,
-                        step,
-                        durable.watermark,
-                        grace,
-                        fields.iter().map(|f| (*f, player_field(b, f))),
-                    )
-                })
-                .collect()
+            let field = |b: &PlayerBucket, f: &str| player_field(b, f);
+            buckets_json(core, Scope::Player, &id, &range, open, &fields, field).await?
         }
         ShardKind::Channels => {
-            let stored: BTreeMap<i64, ChannelBucket> =
-                read(core, Scope::Channel, &id, &range).await?;
-            let empty = ChannelBucket::default();
-            range
-                .starts()
-                .map(|s| {
-                    let b = stored.get(&s).unwrap_or(&empty);
-                    bucket_json(
-                        s,
-                        step,
-                        durable.watermark,
-                        grace,
-                        fields.iter().map(|f| (*f, channel_field(b, step, f))),
-                    )
-                })
-                .collect()
+            let field = |b: &ChannelBucket, f: &str| channel_field(b, step, f);
+            buckets_json(core, Scope::Channel, &id, &range, open, &fields, field).await?
         }
     };
     Ok(HttpResponse::Ok().json(json!({
@@ -383,6 +356,29 @@ async fn entity_history(
         "open_from": open_from(&range, durable.watermark, grace),
         "buckets": buckets,
     })))
+}
+
+/// Every bucket of `range` of one entity, stored or empty, with the `fields` asked for;
+/// `(watermark, grace)` say which are open.
+async fn buckets_json<B: serde::de::DeserializeOwned + Default>(
+    core: &Core,
+    scope: Scope,
+    id: &str,
+    range: &Range,
+    (watermark, grace): (i64, i64),
+    fields: &[&'static str],
+    field: impl Fn(&B, &str) -> Value,
+) -> Result<Vec<Value>, ApiError> {
+    let stored: BTreeMap<i64, B> = read(core, scope, id, range).await?;
+    let empty = B::default();
+    Ok(range
+        .starts()
+        .map(|s| {
+            let b = stored.get(&s).unwrap_or(&empty);
+            let values = fields.iter().map(|f| (*f, field(b, f)));
+            bucket_json(s, range.step, watermark, grace, values)
+        })
+        .collect())
 }
 
 fn bucket_json<'a>(

@@ -226,12 +226,8 @@ impl Player {
                 amount, currency, ..
             } => {
                 self.purchases = self.purchases.saturating_add(1);
-                let code: [u8; 3] = currency.as_bytes().try_into().unwrap_or(*b"???");
                 let revenue = &mut self.extra_mut().revenue;
-                match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
-                    Ok(i) => revenue[i].1 = revenue[i].1.saturating_add(*amount as u128),
-                    Err(i) => revenue.insert(i, (code, *amount as u128)),
-                }
+                add_revenue(revenue, currency_code(currency), *amount as u128);
             }
             EventBody::LevelUp { level } => self.level = self.level.max(*level),
             EventBody::Achievement { .. } => {
@@ -268,6 +264,19 @@ impl Player {
 
     fn extra_mut(&mut self) -> &mut PlayerExtra {
         self.extra.get_or_insert_with(Box::default)
+    }
+}
+
+/// The three bytes of an ISO 4217 code (validated at ingest; `???` if not three bytes).
+pub fn currency_code(currency: &str) -> [u8; 3] {
+    currency.as_bytes().try_into().unwrap_or(*b"???")
+}
+
+/// Adds `amount` to the revenue of `code` in a list sorted by currency.
+pub fn add_revenue(revenue: &mut Vec<([u8; 3], u128)>, code: [u8; 3], amount: u128) {
+    match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
+        Ok(i) => revenue[i].1 = revenue[i].1.saturating_add(amount),
+        Err(i) => revenue.insert(i, (code, amount)),
     }
 }
 

@@ -17,14 +17,7 @@ use super::sketch::Sketch;
 use crate::entity::{ChannelCounters, Player};
 use crate::event::{Event, EventBody, KINDS};
 
-/// Adds `amount` to the revenue of `currency` in a list sorted by currency.
-pub fn add_revenue(revenue: &mut Vec<([u8; 3], u128)>, currency: &str, amount: u64) {
-    let code: [u8; 3] = currency.as_bytes().try_into().unwrap_or(*b"???");
-    match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
-        Ok(i) => revenue[i].1 = revenue[i].1.saturating_add(amount as u128),
-        Err(i) => revenue.insert(i, (code, amount as u128)),
-    }
-}
+use crate::entity::player::{add_revenue, currency_code};
 
 /// The best value of one kind of match, where it was set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,7 +216,7 @@ impl PlayerBucket {
                 amount, currency, ..
             } => {
                 self.purchases = self.purchases.saturating_add(1);
-                add_revenue(&mut self.revenue, currency, *amount);
+                add_revenue(&mut self.revenue, currency_code(currency), *amount as u128);
             }
             EventBody::Achievement { .. } => {
                 self.achievements = self.achievements.saturating_add(1)
@@ -359,7 +352,7 @@ impl GlobalBucket {
                 amount, currency, ..
             } => {
                 self.purchases += 1;
-                add_revenue(&mut self.revenue, currency, *amount);
+                add_revenue(&mut self.revenue, currency_code(currency), *amount as u128);
             }
             _ => {}
         }
@@ -387,10 +380,7 @@ impl GlobalBucket {
         self.purchases += other.purchases;
         self.paying += other.paying;
         for (code, amount) in &other.revenue {
-            match self.revenue.binary_search_by(|(c, _)| c.cmp(code)) {
-                Ok(i) => self.revenue[i].1 = self.revenue[i].1.saturating_add(*amount),
-                Err(i) => self.revenue.insert(i, (*code, *amount)),
-            }
+            add_revenue(&mut self.revenue, *code, *amount);
         }
         if let Some(theirs) = &other.players {
             match &mut self.players {

@@ -83,6 +83,39 @@ struct Buckets<B> {
     dirty: bool,
 }
 
+impl<B> Default for Buckets<B> {
+    fn default() -> Self {
+        Buckets {
+            slots: Vec::with_capacity(3),
+            dirty: false,
+        }
+    }
+}
+
+impl<B: Default> Buckets<B> {
+    /// The bucket of `step` at `start`, made new (covering nothing) if absent.
+    fn slot_mut(&mut self, step: Step, start: i64) -> &mut Slot<B> {
+        let i = match self
+            .slots
+            .iter()
+            .position(|s| s.step == step && s.start == start)
+        {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    step,
+                    start,
+                    state: B::default(),
+                    covered: -1,
+                    dirty: false,
+                });
+                self.slots.len() - 1
+            }
+        };
+        &mut self.slots[i]
+    }
+}
+
 /// A shard's resident buckets: its entities' (`B`) and its partition's global ones.
 pub struct History<B> {
     pub enabled: bool,
@@ -156,6 +189,18 @@ impl<B> History<B> {
         self.find_global(step, start).is_some()
     }
 
+    /// The index in `global` of the partition's bucket of `step` at `start`, made new if
+    /// absent.
+    fn global_index(&mut self, step: Step, start: i64) -> usize {
+        match self.find_global(step, start) {
+            Some(i) => i,
+            None => {
+                self.insert_global(step, start, None);
+                self.global.len() - 1
+            }
+        }
+    }
+
     /// The index of the partition's bucket of `step` at `start` in `global`.
     fn find_global(&self, step: Step, start: i64) -> Option<usize> {
         let mut hint = self.global_hint.get();
@@ -184,21 +229,14 @@ impl<B> History<B> {
         if self.contains(key, step, start) {
             return;
         }
-        let (state, covered) = stored.map_or((B::default(), -1), |s| (s.state, s.covered));
-        self.entities
+        let slot = self
+            .entities
             .entry(key.into())
-            .or_insert_with(|| Buckets {
-                slots: Vec::with_capacity(3),
-                dirty: false,
-            })
-            .slots
-            .push(Slot {
-                step,
-                start,
-                state,
-                covered,
-                dirty: false,
-            });
+            .or_default()
+            .slot_mut(step, start);
+        if let Some(s) = stored {
+            (slot.state, slot.covered) = (s.state, s.covered);
+        }
     }
 
     pub fn insert_global(
@@ -221,46 +259,6 @@ impl<B> History<B> {
         });
     }
 
-    /// The entity's bucket of `step` holding `ts`, made new if absent; None when the record
-    /// at `offset` is already reflected in it. Marks it dirty. One map lookup.
-    pub fn bucket_mut(&mut self, key: &str, step: Step, ts: i64, offset: i64) -> Option<&mut B>
-    where
-        B: Default,
-    {
-        let start = step.start(ts);
-        let buckets = self.entities.entry(key.into()).or_insert_with(|| Buckets {
-            slots: Vec::with_capacity(3),
-            dirty: false,
-        });
-        let i = match buckets
-            .slots
-            .iter()
-            .position(|s| s.step == step && s.start == start)
-        {
-            Some(i) => i,
-            None => {
-                buckets.slots.push(Slot {
-                    step,
-                    start,
-                    state: B::default(),
-                    covered: -1,
-                    dirty: false,
-                });
-                buckets.slots.len() - 1
-            }
-        };
-        let slot = &mut buckets.slots[i];
-        if offset <= slot.covered {
-            return None;
-        }
-        slot.dirty = true;
-        if !buckets.dirty {
-            buckets.dirty = true;
-            self.dirty_entities.push(key.into());
-        }
-        Some(&mut slot.state)
-    }
-
     /// Credits the record at `offset` to the entity's bucket of each step holding `ts` and,
     /// with `global`, to the partition's: `f(step, entity bucket, global bucket)`, each
     /// None when the record is already reflected in it. Buckets are made new if absent;
@@ -281,40 +279,14 @@ impl<B> History<B> {
         if global {
             for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
                 let start = step.start(ts);
-                at[step.index()] = match self.find_global(step, start) {
-                    Some(i) => i,
-                    None => {
-                        self.insert_global(step, start, None);
-                        self.global.len() - 1
-                    }
-                };
+                at[step.index()] = self.global_index(step, start);
             }
         }
-        let buckets = self.entities.entry(key.into()).or_insert_with(|| Buckets {
-            slots: Vec::with_capacity(3),
-            dirty: false,
-        });
+        let buckets = self.entities.entry(key.into()).or_default();
         let mut dirtied = false;
         for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = step.start(ts);
-            let i = match buckets
-                .slots
-                .iter()
-                .position(|s| s.step == step && s.start == start)
-            {
-                Some(i) => i,
-                None => {
-                    buckets.slots.push(Slot {
-                        step,
-                        start,
-                        state: B::default(),
-                        covered: -1,
-                        dirty: false,
-                    });
-                    buckets.slots.len() - 1
-                }
-            };
-            let slot = &mut buckets.slots[i];
+            let slot = buckets.slot_mut(step, start);
             let mine = (offset > slot.covered).then(|| {
                 slot.dirty = true;
                 dirtied = true;
@@ -350,13 +322,7 @@ impl<B> History<B> {
     /// at `offset` is already reflected in it. Marks it dirty.
     pub fn global_mut(&mut self, step: Step, ts: i64, offset: i64) -> Option<&mut GlobalBucket> {
         let start = step.start(ts);
-        let i = match self.find_global(step, start) {
-            Some(i) => i,
-            None => {
-                self.insert_global(step, start, None);
-                self.global.len() - 1
-            }
-        };
+        let i = self.global_index(step, start);
         let slot = &mut self.global[i];
         if offset <= slot.covered {
             return None;
@@ -428,14 +394,6 @@ impl<B> History<B> {
         dropped + before - self.global.len()
     }
 
-    /// Resident buckets (entity buckets, global buckets).
-    pub fn len(&self) -> (usize, usize) {
-        (
-            self.entities.values().map(|b| b.slots.len()).sum(),
-            self.global.len(),
-        )
-    }
-
     pub fn is_dirty(&self) -> bool {
         !self.dirty_entities.is_empty() || self.global.iter().any(|s| s.dirty)
     }
@@ -460,6 +418,18 @@ pub fn may_be_stored(step: Step, start: i64, frontier: i64) -> bool {
 mod tests {
     use super::*;
 
+    /// Credits a kill at `ts` (record `offset`); which steps took it.
+    fn take(h: &mut History<PlayerBucket>, key: &str, ts: i64, offset: i64) -> [bool; 3] {
+        let mut took = [false; 3];
+        h.credit(key, ts, offset, ts, false, |step, mine, _| {
+            if let Some(b) = mine {
+                b.kills += 1;
+                took[step.index()] = true;
+            }
+        });
+        took
+    }
+
     #[test]
     fn a_record_at_or_below_the_covered_offset_is_not_applied_again() {
         let mut h: History<PlayerBucket> = History::new(true, 0);
@@ -472,23 +442,23 @@ mod tests {
                 covered: 10,
             }),
         );
-        assert!(h.bucket_mut("p", Step::Minute, 5, 10).is_none());
-        assert!(h.bucket_mut("p", Step::Minute, 5, 11).is_some());
+        assert_eq!(take(&mut h, "p", 5, 10), [false, true, true]);
+        assert_eq!(take(&mut h, "p", 5, 11), [true, true, true]);
         // A new bucket covers nothing.
-        assert!(h.bucket_mut("p", Step::Hour, 5, 0).is_some());
+        assert_eq!(take(&mut h, "q", 5, 0), [true, true, true]);
     }
 
     #[test]
     fn a_snapshot_writes_each_dirty_bucket_once_as_covering_the_progress() {
         let mut h: History<PlayerBucket> = History::new(true, 0);
-        h.bucket_mut("p", Step::Minute, 5, 3).unwrap().kills = 1;
-        h.bucket_mut("p", Step::Minute, 6, 4).unwrap().kills = 2;
+        take(&mut h, "p", 5, 3);
+        take(&mut h, "p", 6, 4);
         h.global_mut(Step::Day, 5, 4).unwrap().active = 1;
         let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 9, |b| {
             crate::entity::encode(b)
         });
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].covered, 8);
+        assert_eq!(rows.len(), 3, "one row per step");
+        assert!(rows.iter().all(|r| r.covered == 8));
         assert_eq!(global.len(), 1);
         assert_eq!(global[0].id, "7");
         assert!(!h.is_dirty());
@@ -497,15 +467,14 @@ mod tests {
         let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 12, |b| {
             crate::entity::encode(b)
         });
-        assert_eq!((global.len(), rows.len(), rows[0].covered), (1, 1, 11));
+        assert_eq!((global.len(), rows.len(), rows[0].covered), (1, 3, 11));
     }
 
     #[test]
     fn clean_buckets_leave_memory_once_over_or_once_their_entity_left() {
         let mut h: History<PlayerBucket> = History::new(true, 0);
-        h.bucket_mut("p", Step::Minute, 5, 0);
-        h.bucket_mut("p", Step::Day, 5, 0);
-        h.bucket_mut("q", Step::Minute, 70_000, 1);
+        take(&mut h, "p", 5, 0);
+        take(&mut h, "q", 70_000, 1);
         h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 2, |b| {
             crate::entity::encode(b)
         });
@@ -517,11 +486,12 @@ mod tests {
         h.passivate(70_000, |k| k != "q");
         assert!(!h.contains("q", Step::Minute, 60_000));
         // A dirty bucket stays whatever happens.
-        h.bucket_mut("p", Step::Minute, 5, 3);
+        take(&mut h, "p", 5, 3);
+        h.insert("p", Step::Day, 86_400_000, None);
         assert_eq!(
             h.passivate(i64::MAX, |_| false),
             1,
-            "only the clean day bucket"
+            "only the clean second day bucket"
         );
         assert!(h.contains("p", Step::Minute, 0));
     }

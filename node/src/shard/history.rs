@@ -193,11 +193,11 @@ impl ShardState<Channel> {
                 return false;
             }
             total += concurrent as u64;
-            for step in Step::ALL {
-                if let Some(b) = history.bucket_mut(key, step, point, offset) {
+            history.credit(key, point, offset, point, false, |_, mine, _| {
+                if let Some(b) = mine {
                     b.sample(concurrent);
                 }
-            }
+            });
             true
         });
         self.history.live = live;
@@ -257,28 +257,14 @@ impl<E: Hosted> ShardState<E> {
                     Ok(match need {
                         Need::Entity(key, step, start) => {
                             let row = store.read_bucket(entity_scope, &key, step, start).await?;
-                            let stored = row
-                                .map(|(state, covered)| {
-                                    anyhow::Ok(StoredBucket {
-                                        state: crate::entity::decode(&state)?,
-                                        covered,
-                                    })
-                                })
-                                .transpose()?;
+                            let stored = row.map(decode_bucket).transpose()?;
                             Found::Entity(key, step, start, stored)
                         }
                         Need::Global(step, start) => {
                             let row = store
                                 .read_bucket(partition_scope, &partition, step, start)
                                 .await?;
-                            let stored = row
-                                .map(|(state, covered)| {
-                                    anyhow::Ok(StoredBucket {
-                                        state: crate::entity::decode(&state)?,
-                                        covered,
-                                    })
-                                })
-                                .transpose()?;
+                            let stored = row.map(decode_bucket).transpose()?;
                             Found::Global(step, start, stored)
                         }
                     })
@@ -302,6 +288,16 @@ impl<E: Hosted> ShardState<E> {
         }
         Ok(())
     }
+}
+
+/// A stored bucket row (state, covered offset) decoded.
+fn decode_bucket<B: serde::de::DeserializeOwned>(
+    (state, covered): (Vec<u8>, i64),
+) -> anyhow::Result<StoredBucket<B>> {
+    Ok(StoredBucket {
+        state: crate::entity::decode(&state)?,
+        covered,
+    })
 }
 
 fn channel_concurrency(c: &Channel, point: i64, timeout: i64) -> u32 {
