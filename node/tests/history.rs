@@ -578,7 +578,10 @@ async fn history_matches_an_independent_model_bucket_by_bucket_also_after_kill_9
     node.restart();
     node.wait_ready(Duration::from_secs(90)).await;
     produce(&ingest, &events[half..], 50).await;
+    // A client retry: the same events again count once (the dedupe window).
+    produce(&ingest, &events[half..half + 200], 50).await;
     assert_converges(&node, &model, Duration::from_secs(90)).await;
+    assert!(node.metric("tally_records_duplicate_total").await >= 200);
     // The comparison can fail: one kill more in one bucket of the model is found.
     let key = model.players.keys().next().unwrap().clone();
     *model
@@ -764,6 +767,33 @@ async fn history_queries_refuse_bad_parameters_naming_them() {
         let error = body["error"].as_str().unwrap_or_default().to_string();
         assert!(error.starts_with(&format!("{param}:")), "{path}: {body}");
     }
+    // Ids at the length bound: 128 bytes of multi-byte characters and reserved URL
+    // characters are answered; 129 bytes is a 400 naming the id.
+    let enc = |id: &str| -> String { id.bytes().map(|b| format!("%{b:02X}")).collect() };
+    let at_bound = format!("{}{}", "é?#/%&".repeat(16), "x".repeat(16));
+    assert_eq!(at_bound.len(), 128);
+    let body = get_json(
+        &client,
+        &node.url(&format!(
+            "/v1/channels/{}/history?step=day&from=0&to=86400000",
+            enc(&at_bound)
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(body["channel"], at_bound.as_str());
+    let over = format!("{at_bound}y");
+    let r = client
+        .get(node.url(&format!("/v1/players/{}/records", enc(&over))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().starts_with("player id:"),
+        "{body}"
+    );
     // A player with no events: zeros, not an error, so a chart needs no gap handling.
     let body = get_json(
         &client,
