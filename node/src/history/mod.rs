@@ -25,6 +25,8 @@ pub mod step;
 
 use compact_str::CompactString;
 use foldhash::HashMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 pub use bucket::{ChannelBucket, GlobalBucket, PlayerBucket};
 pub use step::{Step, SAMPLE_MS};
@@ -76,10 +78,23 @@ pub struct BucketRow {
     pub covered: i64,
 }
 
+/// A bucket that is over, kept encoded until a checkpoint has written it (see
+/// [`Buckets::seal_over`]): a fifth of the memory of a [`Slot`], and the bytes its row
+/// gets. A late event for it decodes it back into a slot.
+#[derive(Debug)]
+struct Sealed {
+    step: Step,
+    start: i64,
+    covered: i64,
+    dirty: bool,
+    state: Box<[u8]>,
+}
+
 /// The buckets of one entity that are resident.
 #[derive(Debug)]
 struct Buckets<B> {
     slots: Vec<Slot<B>>,
+    sealed: Vec<Sealed>,
     dirty: bool,
 }
 
@@ -87,32 +102,86 @@ impl<B> Default for Buckets<B> {
     fn default() -> Self {
         Buckets {
             slots: Vec::with_capacity(3),
+            sealed: Vec::new(),
             dirty: false,
         }
     }
 }
 
-impl<B: Default> Buckets<B> {
-    /// The bucket of `step` at `start`, made new (covering nothing) if absent.
-    fn slot_mut(&mut self, step: Step, start: i64) -> &mut Slot<B> {
-        let i = match self
+impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
+    fn has(&self, step: Step, start: i64) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.step == step && s.start == start)
+            || self
+                .sealed
+                .iter()
+                .any(|s| s.step == step && s.start == start)
+    }
+
+    /// The bucket of `step` at `start`: resident, sealed (decoded back), or made new
+    /// (covering nothing). Making one new first seals the entity's buckets of that step
+    /// that are over as of `watermark`, so an entity keeps about one slot per step.
+    fn slot_mut(&mut self, step: Step, start: i64, watermark: i64) -> &mut Slot<B> {
+        if let Some(i) = self
             .slots
             .iter()
             .position(|s| s.step == step && s.start == start)
         {
-            Some(i) => i,
+            return &mut self.slots[i];
+        }
+        let slot = match self
+            .sealed
+            .iter()
+            .position(|s| s.step == step && s.start == start)
+        {
+            Some(i) => {
+                let s = self.sealed.swap_remove(i);
+                Slot {
+                    step,
+                    start,
+                    state: crate::entity::decode(&s.state)
+                        .expect("a sealed bucket decodes: this process encoded it"),
+                    covered: s.covered,
+                    dirty: s.dirty,
+                }
+            }
             None => {
-                self.slots.push(Slot {
+                self.seal_over(step, watermark);
+                Slot {
                     step,
                     start,
                     state: B::default(),
                     covered: -1,
                     dirty: false,
-                });
-                self.slots.len() - 1
+                }
             }
         };
-        &mut self.slots[i]
+        self.slots.push(slot);
+        self.slots.last_mut().expect("just pushed")
+    }
+
+    /// Encodes the slots of `step` that end at or before the start of the watermark's
+    /// bucket. Clean ones are sealed too, not dropped: their checkpoint may still fail
+    /// (see [`History::mark_all_dirty`]); [`History::passivate`] drops them after it.
+    fn seal_over(&mut self, step: Step, watermark: i64) {
+        let current = step.start(watermark);
+        let mut i = 0;
+        while i < self.slots.len() {
+            let s = &self.slots[i];
+            if s.step != step || s.end() > current {
+                i += 1;
+                continue;
+            }
+            let s = self.slots.swap_remove(i);
+            self.sealed.push(Sealed {
+                step,
+                start: s.start,
+                covered: s.covered,
+                dirty: s.dirty,
+                state: crate::entity::encode(&s.state).into_boxed_slice(),
+            });
+        }
     }
 }
 
@@ -174,15 +243,18 @@ impl<B> History<B> {
         for (key, b) in self.entities.iter_mut() {
             b.dirty = true;
             b.slots.iter_mut().for_each(|s| s.dirty = true);
+            b.sealed.iter_mut().for_each(|s| s.dirty = true);
             self.dirty_entities.push(key.clone());
         }
         self.global.iter_mut().for_each(|s| s.dirty = true);
     }
 
-    pub fn contains(&self, key: &str, step: Step, start: i64) -> bool {
-        self.entities
-            .get(key)
-            .is_some_and(|b| b.slots.iter().any(|s| s.step == step && s.start == start))
+    /// Whether the entity's bucket is resident (in a slot or sealed).
+    pub fn contains(&self, key: &str, step: Step, start: i64) -> bool
+    where
+        B: Default + Clone + Serialize + DeserializeOwned,
+    {
+        self.entities.get(key).is_some_and(|b| b.has(step, start))
     }
 
     pub fn contains_global(&self, step: Step, start: i64) -> bool {
@@ -224,16 +296,17 @@ impl<B> History<B> {
     /// Makes a bucket resident (a load found `stored`, or nothing: a new bucket).
     pub fn insert(&mut self, key: &str, step: Step, start: i64, stored: Option<StoredBucket<B>>)
     where
-        B: Default,
+        B: Default + Clone + Serialize + DeserializeOwned,
     {
         if self.contains(key, step, start) {
             return;
         }
+        // Nothing is sealed here: a load is for a late event, whose bucket is no newer.
         let slot = self
             .entities
             .entry(key.into())
             .or_default()
-            .slot_mut(step, start);
+            .slot_mut(step, start, i64::MIN);
         if let Some(s) = stored {
             (slot.state, slot.covered) = (s.state, s.covered);
         }
@@ -272,7 +345,7 @@ impl<B> History<B> {
         global: bool,
         mut f: impl FnMut(Step, Option<&mut B>, Option<&mut GlobalBucket>),
     ) where
-        B: Default,
+        B: Default + Clone + Serialize + DeserializeOwned,
     {
         let live = Step::ALL.map(|step| !self.expired(step, ts, watermark));
         let mut at = [usize::MAX; 3];
@@ -286,7 +359,7 @@ impl<B> History<B> {
         let mut dirtied = false;
         for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = step.start(ts);
-            let slot = buckets.slot_mut(step, start);
+            let slot = buckets.slot_mut(step, start, watermark);
             let mine = (offset > slot.covered).then(|| {
                 slot.dirty = true;
                 dirtied = true;
@@ -307,15 +380,14 @@ impl<B> History<B> {
     }
 
     /// Which of the entity's buckets of each step (starts by `Step::index`) are resident.
-    pub fn resident(&self, key: &str, starts: [i64; 3]) -> [bool; 3] {
+    pub fn resident(&self, key: &str, starts: [i64; 3]) -> [bool; 3]
+    where
+        B: Default + Clone + Serialize + DeserializeOwned,
+    {
         let Some(b) = self.entities.get(key) else {
             return [false; 3];
         };
-        Step::ALL.map(|step| {
-            b.slots
-                .iter()
-                .any(|s| s.step == step && s.start == starts[step.index()])
-        })
+        Step::ALL.map(|step| b.has(step, starts[step.index()]))
     }
 
     /// The partition's bucket of `step` at `ts`, made new if absent; None when the record
@@ -339,8 +411,10 @@ impl<B> History<B> {
         partition_scope: Scope,
         partition: i32,
         next_offset: i64,
-        encode: impl Fn(&B) -> Vec<u8>,
-    ) -> (Vec<BucketRow>, Vec<BucketRow>) {
+    ) -> (Vec<BucketRow>, Vec<BucketRow>)
+    where
+        B: Serialize + Clone,
+    {
         let covered = next_offset - 1;
         let mut global = Vec::new();
         for slot in self.global.iter_mut().filter(|s| s.dirty) {
@@ -367,7 +441,18 @@ impl<B> History<B> {
                     id: key.to_string(),
                     step: slot.step,
                     start: slot.start,
-                    state: encode(&slot.state),
+                    state: crate::entity::encode(&slot.state),
+                    covered,
+                });
+            }
+            for sealed in buckets.sealed.iter_mut().filter(|s| s.dirty) {
+                sealed.dirty = false;
+                rows.push(BucketRow {
+                    scope: entity_scope,
+                    id: key.to_string(),
+                    step: sealed.step,
+                    start: sealed.start,
+                    state: sealed.state.to_vec(),
                     covered,
                 });
             }
@@ -383,10 +468,12 @@ impl<B> History<B> {
         let mut dropped = 0;
         self.entities.retain(|key, b| {
             let gone = !resident(key);
-            let before = b.slots.len();
+            let before = b.slots.len() + b.sealed.len();
             b.slots.retain(|s| s.dirty || !(gone || over(s)));
-            dropped += before - b.slots.len();
-            !b.slots.is_empty()
+            // Sealed buckets are over: clean ones are written.
+            b.sealed.retain(|s| s.dirty);
+            dropped += before - b.slots.len() - b.sealed.len();
+            !b.slots.is_empty() || !b.sealed.is_empty()
         });
         let before = self.global.len();
         self.global
@@ -454,9 +541,7 @@ mod tests {
         take(&mut h, "p", 5, 3);
         take(&mut h, "p", 6, 4);
         h.global_mut(Step::Day, 5, 4).unwrap().active = 1;
-        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 9, |b| {
-            crate::entity::encode(b)
-        });
+        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 9);
         assert_eq!(rows.len(), 3, "one row per step");
         assert!(rows.iter().all(|r| r.covered == 8));
         assert_eq!(global.len(), 1);
@@ -464,9 +549,7 @@ mod tests {
         assert!(!h.is_dirty());
         h.mark_all_dirty();
         assert!(h.is_dirty());
-        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 12, |b| {
-            crate::entity::encode(b)
-        });
+        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 12);
         assert_eq!((global.len(), rows.len(), rows[0].covered), (1, 3, 11));
     }
 
@@ -475,9 +558,7 @@ mod tests {
         let mut h: History<PlayerBucket> = History::new(true, 0);
         take(&mut h, "p", 5, 0);
         take(&mut h, "q", 70_000, 1);
-        h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 2, |b| {
-            crate::entity::encode(b)
-        });
+        h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 2);
         // At 70 s the first minute is over; the day is not.
         assert_eq!(h.passivate(70_000, |_| true), 1);
         assert!(h.contains("p", Step::Day, 0));
@@ -494,6 +575,69 @@ mod tests {
             "only the clean second day bucket"
         );
         assert!(h.contains("p", Step::Minute, 0));
+    }
+
+    #[test]
+    fn buckets_that_are_over_are_sealed_and_a_late_event_opens_them_again() {
+        let mut h: History<PlayerBucket> = History::new(true, 0);
+        let minute = |ts: i64| Step::Minute.start(ts);
+        // Three minutes of one player: the first two are sealed as the next begins.
+        take(&mut h, "p", 5, 0);
+        take(&mut h, "p", 60_005, 1);
+        take(&mut h, "p", 120_005, 2);
+        let b = &h.entities["p"];
+        assert_eq!(b.slots.len(), 3, "one slot per step");
+        assert_eq!(b.sealed.len(), 2);
+        assert!(h.contains("p", Step::Minute, minute(5)));
+        assert_eq!(h.resident("p", [0, 0, 0]), [true, true, true]);
+        // Every bucket is written once, sealed ones with the same state as a slot's.
+        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 3);
+        assert_eq!(rows.len(), 5, "three minutes, an hour, a day");
+        let first: PlayerBucket = crate::entity::decode(
+            &rows
+                .iter()
+                .find(|r| r.step == Step::Minute && r.start == 0)
+                .unwrap()
+                .state,
+        )
+        .unwrap();
+        assert_eq!(first.kills, 1);
+        // A late event opens the sealed minute with its state.
+        assert_eq!(take(&mut h, "p", 10, 3), [true, true, true]);
+        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);
+        let reopened: PlayerBucket = crate::entity::decode(
+            &rows
+                .iter()
+                .find(|r| r.step == Step::Minute && r.start == 0)
+                .unwrap()
+                .state,
+        )
+        .unwrap();
+        assert_eq!(reopened.kills, 2);
+        // A failed checkpoint makes sealed buckets dirty again; a good one lets them go.
+        h.mark_all_dirty();
+        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);
+        assert!(rows
+            .iter()
+            .any(|r| r.step == Step::Minute && r.start == 60_000));
+        h.passivate(120_005, |_| true);
+        assert!(
+            !h.contains("p", Step::Minute, 60_000),
+            "clean and over: dropped"
+        );
+        assert!(h.contains("p", Step::Minute, 120_000), "current: kept");
+
+        // A loaded bucket keeps its covered offset through sealing: a replayed record is
+        // still skipped after it opens again.
+        let stored = StoredBucket {
+            state: PlayerBucket::default(),
+            covered: 10,
+        };
+        h.insert("q", Step::Minute, 0, Some(stored));
+        take(&mut h, "q", 60_005, 11);
+        assert_eq!(h.entities["q"].sealed.len(), 1);
+        assert!(!take(&mut h, "q", 5, 10)[Step::Minute.index()]);
+        assert!(take(&mut h, "q", 5, 12)[Step::Minute.index()]);
     }
 
     #[test]

@@ -131,7 +131,6 @@ impl<E: Hosted> ShardState<E> {
                 partition_scope,
                 self.args.partition,
                 self.next_offset,
-                crate::entity::encode,
             );
         }
         for (i, key) in dirty.iter().enumerate() {
