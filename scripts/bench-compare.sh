@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench-compare.sh - node binaries side by side on one pre-filled topic: each applies the
 # same records from offset 0 (a keyspace of its own, so nothing is resumed), in alternating
-# rounds, and the run reports each one's records/s and resident bytes per player.
+# rounds, and the run reports each one's records/s and resident bytes per player. Each round
+# starts once Cassandra is quiet again, so none pays for the writes of the one before.
 #
 #   scripts/bench-compare.sh old=/tmp/tally-node-old new=target/release/tally-node \
 #       'nodedupe=target/release/tally-node TALLY_SHARD__DEDUPE_WINDOW_SECS=0'
@@ -41,6 +42,7 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r -a parts <<< "$spec"
     label=${parts[0]%%=*}; NODE_BIN=${parts[0]#*=}
     name="${TOPICS}_${label}_$round"
+    cassandra_quiet
     log "round $round: $label ($NODE_BIN ${parts[*]:1})"
     # A keyspace of its own: the node starts from offset 0 and resumes nothing.
     NODE_ENV="${parts[*]:1} TALLY_CASSANDRA__KEYSPACE=$(echo "$name" | tr -c 'a-z0-9_\n' '_')"

@@ -67,6 +67,20 @@ launch_node() {
   log "node $name not ready"; return 1
 }
 
+# cassandra_quiet [MAX_SECS]: waits until the local Cassandra uses under a fifth of a core
+# over a second (the previous node's writes and the compactions they caused are done), at
+# most MAX_SECS (default 180), so a round is not charged for the one before it.
+cassandra_quiet() {
+  local pid hz a b max=${1:-180}
+  pid=$(pgrep -f CassandraDaemon | head -1) || return 0
+  hz=$(getconf CLK_TCK)
+  for _ in $(seq 1 "$max"); do
+    a=$(awk '{print $14+$15}' "/proc/$pid/stat"); sleep 1; b=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    [ $((b - a)) -lt $((hz / 5)) ] && return 0
+  done
+  log "cassandra still busy after $max s; going on"
+}
+
 stop_node() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # start_cluster BASE: three nodes gossiping on free ports; sets PIDS and ADDRS.

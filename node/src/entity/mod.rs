@@ -69,7 +69,17 @@ pub fn encode<T: Serialize + Clone>(state: &T) -> Vec<u8> {
         .expect("entity state always encodes")
 }
 
-/// Decodes an entity row written by [`encode`].
+/// [`encode`] into an allocation of exactly its size (a small state goes through a
+/// buffer on the stack), for states kept encoded in memory.
+pub fn encode_boxed<T: Serialize + Clone>(state: &T) -> Box<[u8]> {
+    let mut buf = [0u8; 256];
+    match postcard::to_slice(&Stored::V1(state), &mut buf) {
+        Ok(bytes) => Box::from(&*bytes),
+        Err(_) => encode(state).into_boxed_slice(),
+    }
+}
+
+/// Decodes an entity row written by [`encode`] or [`encode_boxed`].
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> anyhow::Result<T> {
     let Stored::V1(state) = postcard::from_bytes::<Stored<T>>(bytes)
         .map_err(|e| anyhow::anyhow!("decode entity blob of {} bytes: {e}", bytes.len()))?;

@@ -14,6 +14,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use super::sketch::Sketch;
+use super::step::Step;
 use crate::entity::{ChannelCounters, Player};
 use crate::event::{Event, EventBody, KINDS};
 
@@ -173,11 +174,13 @@ pub struct PlayerBucket {
     pub follows: u32,
     /// Watch time accrued by the events here, milliseconds.
     pub watch_ms: u64,
+    /// Hour and day buckets only: the records endpoint reads no finer step.
     pub records: Option<Box<MatchRecords>>,
 }
 
 impl PlayerBucket {
-    pub fn apply(&mut self, event: &Event, change: &PlayerChange) {
+    /// Credits `event` to a bucket of `step` (see [`PlayerBucket::records`]).
+    pub fn apply(&mut self, step: Step, event: &Event, change: &PlayerChange) {
         let by_kind = &mut self.events_by_kind[event.body.kind_index()];
         *by_kind = by_kind.saturating_add(1);
         self.sessions = self.sessions.saturating_add(change.sessions);
@@ -204,13 +207,15 @@ impl PlayerBucket {
                 {
                     self.best_placement = *placement;
                 }
-                self.records.get_or_insert_with(Box::default).offer(
-                    match_id,
-                    event.ts,
-                    *kills,
-                    *survival_secs,
-                    *placement,
-                );
+                if step != Step::Minute {
+                    self.records.get_or_insert_with(Box::default).offer(
+                        match_id,
+                        event.ts,
+                        *kills,
+                        *survival_secs,
+                        *placement,
+                    );
+                }
             }
             EventBody::Purchase {
                 amount, currency, ..
@@ -342,7 +347,12 @@ impl GlobalBucket {
         self.new_players += change.first_event as u64;
         self.sessions = self.sessions.saturating_add(change.sessions as u64);
         self.playtime_ms = self.playtime_ms.saturating_add(change.playtime_ms);
-        if let Some(players) = self.players.as_deref_mut() {
+        // A player's first event in the bucket adds it; later ones would not change it.
+        if let Some(players) = self
+            .players
+            .as_deref_mut()
+            .filter(|_| firsts.first_in_bucket)
+        {
             players.insert(&event.player);
         }
         match &event.body {
@@ -431,7 +441,7 @@ mod tests {
         for e in &events {
             let before = PlayerMarks::of(&p);
             p.apply(e.ts, &e.body);
-            bucket.apply(e, &PlayerChange::between(&before, &p));
+            bucket.apply(Step::Day, e, &PlayerChange::between(&before, &p));
         }
         assert_eq!(bucket.sessions_started, 1);
         assert_eq!(bucket.sessions, 1);
@@ -463,12 +473,25 @@ mod tests {
     }
 
     #[test]
+    fn match_records_are_kept_by_hour_and_day_buckets_only() {
+        let c = PlayerChange::between(&PlayerMarks::of(&Player::default()), &Player::default());
+        let e = event(1, match_end("m", 4, 1, 2));
+        let (mut minute, mut hour) = (PlayerBucket::default(), PlayerBucket::default());
+        minute.apply(Step::Minute, &e, &c);
+        hour.apply(Step::Hour, &e, &c);
+        assert_eq!((minute.kills, minute.best_placement), (4, 2));
+        assert!(minute.records.is_none());
+        let r = hour.records.expect("an hour bucket keeps the match");
+        assert_eq!(r.most_kills.unwrap().match_id, "m");
+    }
+
+    #[test]
     fn a_placement_of_zero_is_no_placement() {
         let mut b = PlayerBucket::default();
         let c = PlayerChange::between(&PlayerMarks::of(&Player::default()), &Player::default());
-        b.apply(&event(1, match_end("m", 1, 1, 0)), &c);
+        b.apply(Step::Hour, &event(1, match_end("m", 1, 1, 0)), &c);
         assert_eq!(b.best_placement, 0);
-        b.apply(&event(2, match_end("m2", 1, 1, 7)), &c);
+        b.apply(Step::Hour, &event(2, match_end("m2", 1, 1, 7)), &c);
         assert_eq!(b.best_placement, 7);
     }
 

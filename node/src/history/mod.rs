@@ -71,7 +71,7 @@ pub enum Scope {
 #[derive(Debug, Clone)]
 pub struct BucketRow {
     pub scope: Scope,
-    pub id: String,
+    pub id: CompactString,
     pub step: Step,
     pub start: i64,
     pub state: Vec<u8>,
@@ -147,14 +147,18 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
                 }
             }
             None => {
-                self.seal_over(step, watermark);
-                Slot {
+                let fresh = Slot {
                     step,
                     start,
                     state: B::default(),
                     covered: -1,
                     dirty: false,
+                };
+                if let Some(i) = self.seal_over(step, watermark) {
+                    self.slots[i] = fresh;
+                    return &mut self.slots[i];
                 }
+                fresh
             }
         };
         self.slots.push(slot);
@@ -162,10 +166,12 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
     }
 
     /// Encodes the slots of `step` that end at or before the start of the watermark's
-    /// bucket. Clean ones are sealed too, not dropped: their checkpoint may still fail
-    /// (see [`History::mark_all_dirty`]); [`History::passivate`] drops them after it.
-    fn seal_over(&mut self, step: Step, watermark: i64) {
+    /// bucket, and returns the place of one of them, free for a new slot. Clean ones are
+    /// sealed too, not dropped: their checkpoint may still fail (see
+    /// [`History::mark_all_dirty`]); [`History::passivate`] drops them after it.
+    fn seal_over(&mut self, step: Step, watermark: i64) -> Option<usize> {
         let current = step.start(watermark);
+        let mut free = None;
         let mut i = 0;
         while i < self.slots.len() {
             let s = &self.slots[i];
@@ -173,15 +179,21 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
                 i += 1;
                 continue;
             }
-            let s = self.slots.swap_remove(i);
             self.sealed.push(Sealed {
                 step,
                 start: s.start,
                 covered: s.covered,
                 dirty: s.dirty,
-                state: crate::entity::encode(&s.state).into_boxed_slice(),
+                state: crate::entity::encode_boxed(&s.state),
             });
+            if free.is_none() {
+                free = Some(i);
+                i += 1;
+            } else {
+                self.slots.swap_remove(i);
+            }
         }
+        free
     }
 }
 
@@ -355,7 +367,10 @@ impl<B> History<B> {
                 at[step.index()] = self.global_index(step, start);
             }
         }
-        let buckets = self.entities.entry(key.into()).or_default();
+        let buckets = match self.entities.get_mut(key) {
+            Some(b) => b,
+            None => self.entities.entry(key.into()).or_default(),
+        };
         let mut dirtied = false;
         for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = step.start(ts);
@@ -421,7 +436,7 @@ impl<B> History<B> {
             slot.dirty = false;
             global.push(BucketRow {
                 scope: partition_scope,
-                id: partition.to_string(),
+                id: partition.to_string().into(),
                 step: slot.step,
                 start: slot.start,
                 state: crate::entity::encode(&slot.state),
@@ -438,10 +453,10 @@ impl<B> History<B> {
                 slot.dirty = false;
                 rows.push(BucketRow {
                     scope: entity_scope,
-                    id: key.to_string(),
+                    id: key.clone(),
                     step: slot.step,
                     start: slot.start,
-                    state: crate::entity::encode(&slot.state),
+                    state: crate::entity::encode_boxed(&slot.state).into_vec(),
                     covered,
                 });
             }
@@ -449,7 +464,7 @@ impl<B> History<B> {
                 sealed.dirty = false;
                 rows.push(BucketRow {
                     scope: entity_scope,
-                    id: key.to_string(),
+                    id: key.clone(),
                     step: sealed.step,
                     start: sealed.start,
                     state: sealed.state.to_vec(),
@@ -638,6 +653,23 @@ mod tests {
         assert_eq!(h.entities["q"].sealed.len(), 1);
         assert!(!take(&mut h, "q", 5, 10)[Step::Minute.index()]);
         assert!(take(&mut h, "q", 5, 12)[Step::Minute.index()]);
+    }
+
+    #[test]
+    fn a_sealed_bucket_holds_the_bytes_of_its_row_small_or_large() {
+        let mut b = PlayerBucket {
+            kills: 3,
+            ..PlayerBucket::default()
+        };
+        assert_eq!(
+            &*crate::entity::encode_boxed(&b),
+            &crate::entity::encode(&b)[..]
+        );
+        // Past the stack buffer: a bucket with purchases in many currencies.
+        b.revenue = (0..60u8).map(|i| ([b'A', b'A' + i % 26, i], 999)).collect();
+        let bytes = crate::entity::encode(&b);
+        assert!(bytes.len() > 256);
+        assert_eq!(&*crate::entity::encode_boxed(&b), &bytes[..]);
     }
 
     #[test]

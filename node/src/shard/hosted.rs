@@ -178,12 +178,12 @@ impl Hosted for Player {
             offset,
             clock.watermark,
             true,
-            |_, mine, global| {
+            |step, mine, global| {
                 let mut firsts = BucketFirsts::default();
                 if let Some(b) = mine {
                     firsts.first_in_bucket = b.events() == 0;
                     firsts.first_purchase_in_bucket = is_purchase && b.purchases == 0;
-                    b.apply(event, &change);
+                    b.apply(step, event, &change);
                 }
                 if let Some(g) = global {
                     g.apply_player(event, &change, firsts);

@@ -542,7 +542,7 @@ impl Store {
     pub async fn write_bucket(&self, row: &BucketRow, ttl_secs: i32) -> anyhow::Result<()> {
         let values = (
             row.scope as i8,
-            &row.id,
+            row.id.as_str(),
             row.start,
             &row.state,
             row.covered,
@@ -584,7 +584,7 @@ impl Store {
             .map(|row| {
                 (
                     row.scope as i8,
-                    &row.id,
+                    row.id.as_str(),
                     row.start,
                     &row.state,
                     row.covered,
