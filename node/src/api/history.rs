@@ -330,72 +330,120 @@ async fn entity_history(
     let range = range(query, crate::event::now_ms(), state.cfg.history.max_points)?;
     let core = core(state)?;
     let partition = partition_for(&id, core.partitions(kind));
-    let durable = durable(state, core, kind, partition).await?;
     let grace = grace_ms(state);
     let step = range.step;
-    let open = (durable.watermark, grace);
-    let buckets = match kind {
+    // The partition's progress and the buckets are read at once: one round trip.
+    let progress = durable(state, core, kind, partition);
+    let (durable, buckets) = match kind {
         ShardKind::Players => {
+            let (durable, stored) =
+                futures::try_join!(progress, read(core, Scope::Player, &id, &range))?;
             let field = |b: &PlayerBucket, f: &str| player_field(b, f);
-            buckets_json(core, Scope::Player, &id, &range, open, &fields, field).await?
+            let open = (durable.watermark, grace);
+            (durable, buckets_json(stored, &range, open, &fields, field))
         }
         ShardKind::Channels => {
+            let (durable, stored) =
+                futures::try_join!(progress, read(core, Scope::Channel, &id, &range))?;
             let field = |b: &ChannelBucket, f: &str| channel_field(b, step, f);
-            buckets_json(core, Scope::Channel, &id, &range, open, &fields, field).await?
+            let open = (durable.watermark, grace);
+            (durable, buckets_json(stored, &range, open, &fields, field))
         }
     };
-    Ok(HttpResponse::Ok().json(json!({
-        kind.entity_name(): id,
-        "step": step.label(),
-        "from": range.first,
-        "to": range.to,
-        "fields": fields,
-        "watermark": durable.watermark,
-        "durable_offset": durable.offset,
-        "partition": partition,
-        "open_from": open_from(&range, durable.watermark, grace),
-        "buckets": buckets,
-    })))
+    let out = HistoryOut {
+        head: vec![
+            (kind.entity_name(), json!(id)),
+            ("step", json!(step.label())),
+            ("from", json!(range.first)),
+            ("to", json!(range.to)),
+            ("fields", json!(fields)),
+            ("watermark", json!(durable.watermark)),
+            ("durable_offset", json!(durable.offset)),
+            ("partition", json!(partition)),
+            (
+                "open_from",
+                json!(open_from(&range, durable.watermark, grace)),
+            ),
+        ],
+        buckets,
+    };
+    Ok(HttpResponse::Ok().json(out))
 }
 
-/// Every bucket of `range` of one entity, stored or empty, with the `fields` asked for;
+/// Every bucket of `range` of one entity, `stored` or empty, with the `fields` asked for;
 /// `(watermark, grace)` say which are open.
-async fn buckets_json<B: serde::de::DeserializeOwned + Default>(
-    core: &Core,
-    scope: Scope,
-    id: &str,
+fn buckets_json<B: Default>(
+    stored: BTreeMap<i64, B>,
     range: &Range,
     (watermark, grace): (i64, i64),
     fields: &[&'static str],
     field: impl Fn(&B, &str) -> Value,
-) -> Result<Vec<Value>, ApiError> {
-    let stored: BTreeMap<i64, B> = read(core, scope, id, range).await?;
+) -> Vec<BucketOut> {
     let empty = B::default();
-    Ok(range
+    range
         .starts()
         .map(|s| {
             let b = stored.get(&s).unwrap_or(&empty);
             let values = fields.iter().map(|f| (*f, field(b, f)));
             bucket_json(s, range.step, watermark, grace, values)
         })
-        .collect())
+        .collect()
 }
 
-fn bucket_json<'a>(
+/// One bucket of an entity's history answer, serialized as a JSON object without first
+/// building one: `start`, `time`, `open`, then the fields asked for.
+struct BucketOut {
+    start: i64,
+    time: Value,
+    open: bool,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl serde::Serialize for BucketOut {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(3 + self.fields.len()))?;
+        m.serialize_entry("start", &self.start)?;
+        m.serialize_entry("time", &self.time)?;
+        m.serialize_entry("open", &self.open)?;
+        for (k, v) in &self.fields {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+fn bucket_json(
     start: i64,
     step: Step,
     watermark: i64,
     grace: i64,
-    fields: impl Iterator<Item = (&'a str, Value)>,
-) -> Value {
-    let mut m = Map::new();
-    m.insert("start".into(), json!(start));
-    m.insert("time".into(), rfc3339(start));
-    m.insert("open".into(), json!(open(start, step, watermark, grace)));
-    for (k, v) in fields {
-        m.insert(k.into(), v);
+    fields: impl Iterator<Item = (&'static str, Value)>,
+) -> BucketOut {
+    BucketOut {
+        start,
+        time: rfc3339(start),
+        open: open(start, step, watermark, grace),
+        fields: fields.collect(),
     }
-    Value::Object(m)
+}
+
+/// An entity's history answer: the scalar members in order, then `buckets`.
+struct HistoryOut {
+    head: Vec<(&'static str, Value)>,
+    buckets: Vec<BucketOut>,
+}
+
+impl serde::Serialize for HistoryOut {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = ser.serialize_map(Some(self.head.len() + 1))?;
+        for (k, v) in &self.head {
+            m.serialize_entry(k, v)?;
+        }
+        m.serialize_entry("buckets", &self.buckets)?;
+        m.end()
+    }
 }
 
 pub async fn player_history(
