@@ -394,15 +394,19 @@ impl<B> History<B> {
         }
     }
 
-    /// Which of the entity's buckets of each step (starts by `Step::index`) are resident.
-    pub fn resident(&self, key: &str, starts: [i64; 3]) -> [bool; 3]
+    /// Which of the entity's buckets of each step (starts by `Step::index`) are resident,
+    /// looking only for the steps `wanted` (false for the others).
+    pub fn resident(&self, key: &str, starts: [i64; 3], wanted: [bool; 3]) -> [bool; 3]
     where
         B: Default + Clone + Serialize + DeserializeOwned,
     {
+        if wanted == [false; 3] {
+            return [false; 3];
+        }
         let Some(b) = self.entities.get(key) else {
             return [false; 3];
         };
-        Step::ALL.map(|step| b.has(step, starts[step.index()]))
+        Step::ALL.map(|step| wanted[step.index()] && b.has(step, starts[step.index()]))
     }
 
     /// The partition's bucket of `step` at `ts`, made new if absent; None when the record
@@ -604,7 +608,11 @@ mod tests {
         assert_eq!(b.slots.len(), 3, "one slot per step");
         assert_eq!(b.sealed.len(), 2);
         assert!(h.contains("p", Step::Minute, minute(5)));
-        assert_eq!(h.resident("p", [0, 0, 0]), [true, true, true]);
+        assert_eq!(h.resident("p", [0, 0, 0], [true; 3]), [true, true, true]);
+        assert_eq!(
+            h.resident("p", [0, 0, 0], [false, true, true]),
+            [false, true, true]
+        );
         // Every bucket is written once, sealed ones with the same state as a slot's.
         let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 3);
         assert_eq!(rows.len(), 5, "three minutes, an hour, a day");

@@ -50,13 +50,15 @@ impl<E: Hosted> ShardState<E> {
     fn needs(&self, key: &str, state: &E, ts: i64, out: &mut Vec<Need>) {
         let frontier = state.frontier(self.start_watermark);
         let starts = Step::ALL.map(|step| step.start(ts));
-        let resident = self.history.resident(key, starts);
-        for step in Step::ALL {
-            if self.history.expired(step, ts, self.watermark) {
-                continue;
-            }
+        let live = Step::ALL.map(|step| !self.history.expired(step, ts, self.watermark));
+        // Only a bucket that may be stored is looked for among the resident ones.
+        let stored = Step::ALL.map(|step| {
+            live[step.index()] && history::may_be_stored(step, starts[step.index()], frontier)
+        });
+        let resident = self.history.resident(key, starts, stored);
+        for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = starts[step.index()];
-            if !resident[step.index()] && history::may_be_stored(step, start, frontier) {
+            if stored[step.index()] && !resident[step.index()] {
                 out.push(Need::Entity(key.into(), step, start));
             }
             if !E::SAMPLES && self.global_missing(step, start) {
