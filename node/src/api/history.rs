@@ -384,8 +384,12 @@ fn buckets_json<B: Default>(
         .starts()
         .map(|s| {
             let b = stored.get(&s).unwrap_or(&empty);
-            let values = fields.iter().map(|f| (*f, field(b, f)));
-            bucket_json(s, range.step, watermark, grace, values)
+            BucketOut {
+                start: s,
+                time: rfc3339(s),
+                open: open(s, range.step, watermark, grace),
+                fields: fields.iter().map(|f| (*f, field(b, f))).collect(),
+            }
         })
         .collect()
 }
@@ -410,21 +414,6 @@ impl serde::Serialize for BucketOut {
             m.serialize_entry(k, v)?;
         }
         m.end()
-    }
-}
-
-fn bucket_json(
-    start: i64,
-    step: Step,
-    watermark: i64,
-    grace: i64,
-    fields: impl Iterator<Item = (&'static str, Value)>,
-) -> BucketOut {
-    BucketOut {
-        start,
-        time: rfc3339(start),
-        open: open(start, step, watermark, grace),
-        fields: fields.collect(),
     }
 }
 

@@ -108,7 +108,8 @@ impl<B> Default for Buckets<B> {
     }
 }
 
-impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
+impl<B> Buckets<B> {
+    /// Whether the bucket of `step` at `start` is here, in a slot or sealed.
     fn has(&self, step: Step, start: i64) -> bool {
         self.slots
             .iter()
@@ -118,7 +119,9 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
                 .iter()
                 .any(|s| s.step == step && s.start == start)
     }
+}
 
+impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
     /// The bucket of `step` at `start`: resident, sealed (decoded back), or made new
     /// (covering nothing). Making one new first seals the entity's buckets of that step
     /// that are over as of `watermark`, so an entity keeps about one slot per step.
@@ -262,10 +265,7 @@ impl<B> History<B> {
     }
 
     /// Whether the entity's bucket is resident (in a slot or sealed).
-    pub fn contains(&self, key: &str, step: Step, start: i64) -> bool
-    where
-        B: Default + Clone + Serialize + DeserializeOwned,
-    {
+    pub fn contains(&self, key: &str, step: Step, start: i64) -> bool {
         self.entities.get(key).is_some_and(|b| b.has(step, start))
     }
 
@@ -308,20 +308,23 @@ impl<B> History<B> {
     /// Makes a bucket resident (a load found `stored`, or nothing: a new bucket).
     pub fn insert(&mut self, key: &str, step: Step, start: i64, stored: Option<StoredBucket<B>>)
     where
-        B: Default + Clone + Serialize + DeserializeOwned,
+        B: Default,
     {
         if self.contains(key, step, start) {
             return;
         }
-        // Nothing is sealed here: a load is for a late event, whose bucket is no newer.
-        let slot = self
-            .entities
+        let (state, covered) = stored.map_or_else(|| (B::default(), -1), |s| (s.state, s.covered));
+        self.entities
             .entry(key.into())
             .or_default()
-            .slot_mut(step, start, i64::MIN);
-        if let Some(s) = stored {
-            (slot.state, slot.covered) = (s.state, s.covered);
-        }
+            .slots
+            .push(Slot {
+                step,
+                start,
+                state,
+                covered,
+                dirty: false,
+            });
     }
 
     pub fn insert_global(
@@ -396,10 +399,7 @@ impl<B> History<B> {
 
     /// Which of the entity's buckets of each step (starts by `Step::index`) are resident,
     /// looking only for the steps `wanted` (false for the others).
-    pub fn resident(&self, key: &str, starts: [i64; 3], wanted: [bool; 3]) -> [bool; 3]
-    where
-        B: Default + Clone + Serialize + DeserializeOwned,
-    {
+    pub fn resident(&self, key: &str, starts: [i64; 3], wanted: [bool; 3]) -> [bool; 3] {
         if wanted == [false; 3] {
             return [false; 3];
         }
@@ -614,29 +614,17 @@ mod tests {
             [false, true, true]
         );
         // Every bucket is written once, sealed ones with the same state as a slot's.
+        let first_minute = |rows: &[BucketRow]| -> PlayerBucket {
+            let row = rows.iter().find(|r| r.step == Step::Minute && r.start == 0);
+            crate::entity::decode(&row.expect("the first minute is written").state).unwrap()
+        };
         let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 3);
         assert_eq!(rows.len(), 5, "three minutes, an hour, a day");
-        let first: PlayerBucket = crate::entity::decode(
-            &rows
-                .iter()
-                .find(|r| r.step == Step::Minute && r.start == 0)
-                .unwrap()
-                .state,
-        )
-        .unwrap();
-        assert_eq!(first.kills, 1);
+        assert_eq!(first_minute(&rows).kills, 1);
         // A late event opens the sealed minute with its state.
         assert_eq!(take(&mut h, "p", 10, 3), [true, true, true]);
         let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);
-        let reopened: PlayerBucket = crate::entity::decode(
-            &rows
-                .iter()
-                .find(|r| r.step == Step::Minute && r.start == 0)
-                .unwrap()
-                .state,
-        )
-        .unwrap();
-        assert_eq!(reopened.kills, 2);
+        assert_eq!(first_minute(&rows).kills, 2);
         // A failed checkpoint makes sealed buckets dirty again; a good one lets them go.
         h.mark_all_dirty();
         let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);

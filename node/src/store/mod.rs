@@ -59,6 +59,20 @@ pub fn bucket_timestamp(start_ms: i64, covered: i64) -> i64 {
         .saturating_add(write_timestamp(covered))
 }
 
+/// The values of a bucket insert: scope, id, start, state, covered, TTL and the write
+/// timestamp (see [`bucket_timestamp`]).
+fn bucket_values(row: &BucketRow, ttl_secs: i32) -> (i8, &str, i64, &[u8], i64, i32, i64) {
+    (
+        row.scope as i8,
+        row.id.as_str(),
+        row.start,
+        &row.state,
+        row.covered,
+        ttl_secs,
+        bucket_timestamp(row.start, row.covered),
+    )
+}
+
 /// Prepares `cql` once per history step, `{table}` standing for the step's table.
 async fn prepare_steps<F, Fut>(prepare: &F, cql: &str) -> anyhow::Result<[PreparedStatement; 3]>
 where
@@ -540,17 +554,11 @@ impl Store {
 
     /// Writes one history bucket, kept for `ttl_secs` (see [`bucket_timestamp`]).
     pub async fn write_bucket(&self, row: &BucketRow, ttl_secs: i32) -> anyhow::Result<()> {
-        let values = (
-            row.scope as i8,
-            row.id.as_str(),
-            row.start,
-            &row.state,
-            row.covered,
-            ttl_secs,
-            bucket_timestamp(row.start, row.covered),
-        );
         self.session
-            .execute_unpaged(&self.insert_bucket[row.step.index()], values)
+            .execute_unpaged(
+                &self.insert_bucket[row.step.index()],
+                bucket_values(row, ttl_secs),
+            )
             .await
             .with_context(|| {
                 format!(
@@ -581,17 +589,7 @@ impl Store {
         }
         let values: Vec<_> = rows
             .iter()
-            .map(|row| {
-                (
-                    row.scope as i8,
-                    row.id.as_str(),
-                    row.start,
-                    &row.state,
-                    row.covered,
-                    ttl_secs[row.step.index()],
-                    bucket_timestamp(row.start, row.covered),
-                )
-            })
+            .map(|row| bucket_values(row, ttl_secs[row.step.index()]))
             .collect();
         self.session
             .batch(&batch, values)
