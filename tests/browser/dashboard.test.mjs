@@ -132,6 +132,8 @@ async function search(kind, id) {
   await waitUntil(`the search box opens ${hash}`, 5000,
     async () => (await page.evaluate(() => location.hash)) === hash,
     () => page.evaluate(() => `location.hash = ${location.hash}`));
+  // The page renders once its first answer arrives; a check before that finds nothing.
+  await page.waitForSelector(`[data-field="${kind}-id"]`, { timeout: UPDATE_MS });
 }
 
 /**
