@@ -155,6 +155,14 @@ pub struct ShardConfig {
     /// of the same entities, so the backlog drains faster; a crash meanwhile replays more.
     /// Set it equal to `checkpoint_interval_ms` to checkpoint at one pace always.
     pub catch_up_checkpoint_interval_ms: u64,
+    /// An entity, and its history buckets, is written at most once per this many
+    /// milliseconds: a checkpoint writes it once its first unwritten change is this old,
+    /// so an entity that changes often costs one Cassandra row per period, not one per
+    /// checkpoint. The partition's resume offset stays at the oldest unwritten change: a
+    /// restart or failover re-reads at most about this long of the partition (plus a
+    /// checkpoint). 0 writes every change at the next checkpoint. A flush (shutdown,
+    /// handover) writes everything at once. At most 600000.
+    pub flush_period_ms: u64,
     /// An entity untouched for this long (wall clock) is checkpointed and evicted from
     /// memory; its next event or query loads it back.
     pub passivate_after_secs: u64,
@@ -187,6 +195,7 @@ impl Default for ShardConfig {
         Self {
             checkpoint_interval_ms: 1000,
             catch_up_checkpoint_interval_ms: 10_000,
+            flush_period_ms: 5_000,
             passivate_after_secs: 600,
             viewer_timeout_secs: 120,
             max_batch: NonZeroUsize::new(2000).expect("2000 is not zero"),
@@ -214,6 +223,9 @@ impl ShardConfig {
         (self.future_tolerance_secs as i64).saturating_mul(1000)
     }
 }
+
+/// The longest `shard.flush_period_ms` may be (10 minutes).
+pub const MAX_FLUSH_PERIOD_MS: u64 = 600_000;
 
 /// The most `ingest.max_event_bytes` may be: a dead letter that keeps this many bytes of
 /// its input, with its headers, still fits a Kafka record (see `ingest`).
@@ -376,6 +388,12 @@ impl Config {
                 "shard.catch_up_checkpoint_interval_ms ({}) must be at least shard.checkpoint_interval_ms ({})",
                 self.shard.catch_up_checkpoint_interval_ms,
                 self.shard.checkpoint_interval_ms
+            );
+        }
+        if self.shard.flush_period_ms > MAX_FLUSH_PERIOD_MS {
+            bail!(
+                "shard.flush_period_ms ({}) must be at most {MAX_FLUSH_PERIOD_MS}: a failover re-reads that much of a partition",
+                self.shard.flush_period_ms
             );
         }
         if self.shard.max_inflight_batches == 0 {
@@ -588,6 +606,20 @@ mod tests {
             (cfg.ingest.max_event_bytes, cfg.ingest.request_timeout_ms),
             (65536, 10_000)
         );
+    }
+
+    #[test]
+    fn a_flush_period_past_its_bound_is_rejected_naming_the_key() {
+        let base = "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n[shard]\n";
+        let f = write(&format!("{base}flush_period_ms = 600001\n"));
+        let err = format!("{:#}", Config::load(&f.0).unwrap_err());
+        assert!(err.contains("shard.flush_period_ms"), "{err}");
+        for ok in [0, 600_000] {
+            let f = write(&format!("{base}flush_period_ms = {ok}\n"));
+            assert_eq!(Config::load(&f.0).unwrap().shard.flush_period_ms, ok);
+        }
+        let f = write("[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n");
+        assert_eq!(Config::load(&f.0).unwrap().shard.flush_period_ms, 5_000);
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! - [`shard`]: one ractor actor per partition, generic over the hosted kind of entity:
 //!   record batches, activation and apply, checkpointing and passivation, queries.
 //! - [`entity`]: players and channels as pure state machines.
+//! - [`dirty`]: what changed since it was last written, oldest first, for checkpoints.
 //! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
 //!   order.
 //! - `cluster`: gossip membership, partition ownership, and routing any query anywhere.
@@ -63,6 +64,7 @@ pub mod auth;
 mod cluster;
 pub mod config;
 pub mod dead_letter;
+pub mod dirty;
 pub mod entity;
 pub mod entity_path;
 pub mod event;

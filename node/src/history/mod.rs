@@ -28,6 +28,8 @@ use foldhash::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::dirty::{DirtyQueue, Due};
+
 pub use bucket::{ChannelBucket, GlobalBucket, PlayerBucket};
 pub use step::{Step, SAMPLE_MS};
 
@@ -206,7 +208,11 @@ pub struct History<B> {
     /// Retention of each step, milliseconds: older buckets take no more events.
     retention_ms: [i64; 3],
     entities: HashMap<CompactString, Buckets<B>>,
-    dirty_entities: Vec<CompactString>,
+    /// Entities with dirty buckets, oldest first change first (see `crate::dirty`).
+    dirty_entities: DirtyQueue,
+    /// The shard's clock as of the batch being applied, milliseconds: when a bucket's
+    /// first unwritten change happened.
+    pub now_ms: u64,
     global: Vec<Slot<GlobalBucket>>,
     /// Where in `global` each step's bucket was last found: nearly every record credits
     /// the same ones, so this saves the scan.
@@ -227,7 +233,8 @@ impl<B> History<B> {
             enabled,
             retention_ms: [i64::MAX; 3],
             entities: HashMap::default(),
-            dirty_entities: Vec::new(),
+            dirty_entities: DirtyQueue::default(),
+            now_ms: 0,
             global: Vec::new(),
             global_hint: std::cell::Cell::new([0; 3]),
             live: Default::default(),
@@ -252,14 +259,16 @@ impl<B> History<B> {
         end.saturating_add(self.retention_ms[step.index()]) < watermark
     }
 
-    /// Marks every resident bucket dirty (a checkpoint failed; the next one writes them).
-    pub fn mark_all_dirty(&mut self) {
+    /// Marks every resident bucket dirty, as changed at `durable_offset` (the resume
+    /// offset that is durable) when the shard's clock began: a checkpoint failed, the next
+    /// one that is due writes them.
+    pub fn mark_all_dirty(&mut self, durable_offset: i64) {
         self.dirty_entities.clear();
         for (key, b) in self.entities.iter_mut() {
             b.dirty = true;
             b.slots.iter_mut().for_each(|s| s.dirty = true);
             b.sealed.iter_mut().for_each(|s| s.dirty = true);
-            self.dirty_entities.push(key.clone());
+            self.dirty_entities.push(key.clone(), durable_offset, 0);
         }
         self.global.iter_mut().for_each(|s| s.dirty = true);
     }
@@ -393,7 +402,7 @@ impl<B> History<B> {
         }
         if dirtied && !buckets.dirty {
             buckets.dirty = true;
-            self.dirty_entities.push(key.into());
+            self.dirty_entities.push(key.into(), offset, self.now_ms);
         }
     }
 
@@ -422,36 +431,34 @@ impl<B> History<B> {
         Some(&mut slot.state)
     }
 
-    /// Takes every dirty bucket for a checkpoint that makes records below `next_offset`
-    /// durable: each is written as covering `next_offset - 1`.
+    /// Takes the dirty buckets of the entities that are `due`, and those of `with` (the
+    /// entities whose rows this checkpoint writes: an entity row never gets ahead of its
+    /// buckets), for a checkpoint taken at `next_offset`: each is written as covering
+    /// `next_offset - 1`. When anything is taken, so is every resident partition bucket,
+    /// dirty or not: its covered offset then stays at or above the offset of every entity
+    /// row written, and a replay that loads an entity ahead of the records it re-reads
+    /// never samples or credits a partition bucket from that entity's later state.
     pub fn snapshot(
         &mut self,
-        entity_scope: Scope,
-        partition_scope: Scope,
-        partition: i32,
+        (entity_scope, partition_scope, partition): (Scope, Scope, i32),
         next_offset: i64,
+        due: Due,
+        with: &[CompactString],
     ) -> (Vec<BucketRow>, Vec<BucketRow>)
     where
         B: Serialize + Clone,
     {
         let covered = next_offset - 1;
-        let mut global = Vec::new();
-        for slot in self.global.iter_mut().filter(|s| s.dirty) {
-            slot.dirty = false;
-            global.push(BucketRow {
-                scope: partition_scope,
-                id: partition.to_string().into(),
-                step: slot.step,
-                start: slot.start,
-                state: crate::entity::encode(&slot.state),
-                covered,
-            });
-        }
         let mut rows = Vec::new();
-        for key in std::mem::take(&mut self.dirty_entities) {
-            let Some(buckets) = self.entities.get_mut(&key) else {
+        let keys = self.dirty_entities.take_due(due);
+        for key in keys.iter().chain(with) {
+            let Some(buckets) = self.entities.get_mut(key) else {
                 continue;
             };
+            if !buckets.dirty {
+                // Taken already (with its entity), or a second entry of the key.
+                continue;
+            }
             buckets.dirty = false;
             for slot in buckets.slots.iter_mut().filter(|s| s.dirty) {
                 slot.dirty = false;
@@ -476,7 +483,26 @@ impl<B> History<B> {
                 });
             }
         }
+        let mut global = Vec::new();
+        let anything = !rows.is_empty() || !with.is_empty();
+        for slot in self.global.iter_mut().filter(|s| anything || s.dirty) {
+            slot.dirty = false;
+            global.push(BucketRow {
+                scope: partition_scope,
+                id: partition.to_string().into(),
+                step: slot.step,
+                start: slot.start,
+                state: crate::entity::encode(&slot.state),
+                covered,
+            });
+        }
         (global, rows)
+    }
+
+    /// The offset of the oldest bucket change no checkpoint has taken: a replay from
+    /// there re-applies every unwritten one. None when none waits.
+    pub fn oldest_unwritten(&self) -> Option<i64> {
+        self.dirty_entities.oldest_offset()
     }
 
     /// Drops clean buckets that are over as of the partition's `watermark` (they end at or
@@ -500,6 +526,7 @@ impl<B> History<B> {
         dropped + before - self.global.len()
     }
 
+    /// Whether any bucket waits to be written (due or not).
     pub fn is_dirty(&self) -> bool {
         !self.dirty_entities.is_empty() || self.global.iter().any(|s| s.dirty)
     }
@@ -523,6 +550,14 @@ pub fn may_be_stored(step: Step, start: i64, frontier: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SCOPES: (Scope, Scope, i32) = (Scope::Player, Scope::PlayersPartition, 7);
+    /// Every bucket due.
+    const NOW: Due = Due {
+        now_ms: 0,
+        period_ms: 0,
+        all: true,
+    };
 
     /// Credits a kill at `ts` (record `offset`); which steps took it.
     fn take(h: &mut History<PlayerBucket>, key: &str, ts: i64, offset: i64) -> [bool; 3] {
@@ -560,16 +595,50 @@ mod tests {
         take(&mut h, "p", 5, 3);
         take(&mut h, "p", 6, 4);
         h.global_mut(Step::Day, 5, 4).unwrap().active = 1;
-        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 9);
+        let (global, rows) = h.snapshot(SCOPES, 9, NOW, &[]);
         assert_eq!(rows.len(), 3, "one row per step");
         assert!(rows.iter().all(|r| r.covered == 8));
         assert_eq!(global.len(), 1);
         assert_eq!(global[0].id, "7");
         assert!(!h.is_dirty());
-        h.mark_all_dirty();
+        assert_eq!(h.oldest_unwritten(), None);
+        h.mark_all_dirty(9);
         assert!(h.is_dirty());
-        let (global, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 7, 12);
+        assert_eq!(h.oldest_unwritten(), Some(9));
+        let (global, rows) = h.snapshot(SCOPES, 12, NOW, &[]);
         assert_eq!((global.len(), rows.len(), rows[0].covered), (1, 3, 11));
+    }
+
+    #[test]
+    fn buckets_wait_out_their_period_unless_their_entity_row_is_written() {
+        let mut h: History<PlayerBucket> = History::new(true, 0);
+        let period = 10_000;
+        h.now_ms = 1_000;
+        take(&mut h, "p", 5, 3);
+        h.global_mut(Step::Day, 5, 3).unwrap().active = 1;
+        h.now_ms = 4_000;
+        take(&mut h, "q", 5, 4);
+        take(&mut h, "p", 6, 5);
+        // Not due: only the dirty partition bucket is taken, and the oldest unwritten
+        // change is p's first.
+        let (global, rows) = h.snapshot(SCOPES, 6, Due::at(5_000, period), &[]);
+        assert_eq!((global.len(), rows.len()), (1, 0));
+        assert_eq!(h.oldest_unwritten(), Some(3));
+        // p is due; q's row is written with its entity's.
+        let (global, rows) = h.snapshot(SCOPES, 6, Due::at(11_000, period), &["q".into()]);
+        assert_eq!(rows.len(), 6, "both players, one row per step");
+        assert!(rows.iter().all(|r| r.covered == 5));
+        // Every resident partition bucket goes with anything else, dirty or not.
+        assert_eq!(global.len(), 1);
+        assert_eq!(global[0].covered, 5);
+        // q's queue entry is left, and holds the resume offset until it is due.
+        assert_eq!(h.oldest_unwritten(), Some(4));
+        let (global, rows) = h.snapshot(SCOPES, 6, Due::at(14_000, period), &[]);
+        assert!(
+            global.is_empty() && rows.is_empty(),
+            "q was written already"
+        );
+        assert_eq!(h.oldest_unwritten(), None);
     }
 
     #[test]
@@ -577,7 +646,7 @@ mod tests {
         let mut h: History<PlayerBucket> = History::new(true, 0);
         take(&mut h, "p", 5, 0);
         take(&mut h, "q", 70_000, 1);
-        h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 2);
+        h.snapshot(SCOPES, 2, NOW, &[]);
         // At 70 s the first minute is over; the day is not.
         assert_eq!(h.passivate(70_000, |_| true), 1);
         assert!(h.contains("p", Step::Day, 0));
@@ -618,16 +687,16 @@ mod tests {
             let row = rows.iter().find(|r| r.step == Step::Minute && r.start == 0);
             crate::entity::decode(&row.expect("the first minute is written").state).unwrap()
         };
-        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 3);
+        let (_, rows) = h.snapshot(SCOPES, 3, NOW, &[]);
         assert_eq!(rows.len(), 5, "three minutes, an hour, a day");
         assert_eq!(first_minute(&rows).kills, 1);
         // A late event opens the sealed minute with its state.
         assert_eq!(take(&mut h, "p", 10, 3), [true, true, true]);
-        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);
+        let (_, rows) = h.snapshot(SCOPES, 4, NOW, &[]);
         assert_eq!(first_minute(&rows).kills, 2);
         // A failed checkpoint makes sealed buckets dirty again; a good one lets them go.
-        h.mark_all_dirty();
-        let (_, rows) = h.snapshot(Scope::Player, Scope::PlayersPartition, 0, 4);
+        h.mark_all_dirty(0);
+        let (_, rows) = h.snapshot(SCOPES, 4, NOW, &[]);
         assert!(rows
             .iter()
             .any(|r| r.step == Step::Minute && r.start == 60_000));

@@ -14,12 +14,14 @@ use tracing::{error, warn};
 use super::dedupe::{self, Verdict};
 use super::{EventClock, Hosted, RecordRef, Records, ShardState};
 use crate::dead_letter::DeadLetter;
+use crate::dirty::DirtyQueue;
 use crate::entity;
 use crate::event::Event;
 use crate::history::History;
 use crate::log_limit::LogLimit;
 use crate::retry::Backoff;
 use crate::shard::resident::Resident;
+use crate::store::Progress;
 use crate::telemetry;
 use foldhash::HashSet;
 
@@ -93,6 +95,17 @@ impl<E: Hosted> ShardState<E> {
         }
         let lag = records.records_after();
         let (read_ms, oldest_ms) = records.read_times();
+        if self.flush_period_ms() > 0
+            && self
+                .resume_marks
+                .back()
+                .is_none_or(|m| m.resume_offset < self.next_offset)
+        {
+            self.resume_marks.push_back(Progress {
+                resume_offset: self.next_offset,
+                watermark_ms: self.watermark,
+            });
+        }
         let mut from = 0;
         let mut deferred;
         loop {
@@ -209,6 +222,8 @@ impl<E: Hosted> ShardState<E> {
     /// be loaded: it returns that record's index to resume at.
     fn apply_resident(&mut self, records: &Records, from: usize) -> (Vec<Deferred>, Option<usize>) {
         let touched = self.now_secs();
+        let now_ms = self.clock_ms();
+        self.history.now_ms = now_ms;
         let timeout = self.clock().timeout_ms;
         let mut deferred = std::mem::take(&mut self.spare_deferred);
         let mut held: HashSet<CompactString> = HashSet::default();
@@ -278,7 +293,7 @@ impl<E: Hosted> ShardState<E> {
                     key,
                     rec.offset,
                     &event,
-                    (watermark, timeout, touched),
+                    (watermark, timeout, touched, now_ms),
                 )
             };
             match done {
@@ -347,6 +362,8 @@ impl<E: Hosted> ShardState<E> {
     /// Applies records held back by [`Self::apply_resident`]; their entities are resident.
     fn apply_deferred(&mut self, deferred: &mut Vec<Deferred>) {
         let touched = self.now_secs();
+        let now_ms = self.clock_ms();
+        self.history.now_ms = now_ms;
         let timeout = self.clock().timeout_ms;
         let mut applied = 0u64;
         for d in deferred.drain(..) {
@@ -357,7 +374,7 @@ impl<E: Hosted> ShardState<E> {
                 &d.key,
                 d.offset,
                 &d.event,
-                (d.watermark, timeout, touched),
+                (d.watermark, timeout, touched, now_ms),
             );
             let changed = done.expect("deferred entities were activated");
             applied += changed as u64;
@@ -370,16 +387,16 @@ impl<E: Hosted> ShardState<E> {
 }
 
 /// Applies one record to `key` if it is resident; a newly dirtied key joins `dirty`.
-/// `at` is (watermark, viewer timeout, touch time). Returns whether the entity changed,
-/// or None when it must be loaded first.
+/// `at` is (watermark, viewer timeout, touch time, the shard's clock in milliseconds).
+/// Returns whether the entity changed, or None when it must be loaded first.
 fn apply_in<E: Hosted>(
     m: &mut Resident<E>,
-    dirty: &mut Vec<CompactString>,
+    dirty: &mut DirtyQueue,
     history: &mut History<E::Bucket>,
     key: &str,
     offset: i64,
     event: &Event,
-    (watermark, timeout, touched): (i64, i64, u32),
+    (watermark, timeout, touched, now_ms): (i64, i64, u32, u64),
 ) -> Option<bool> {
     let slot = m.get_mut(key)?;
     slot.touched = touched;
@@ -401,7 +418,7 @@ fn apply_in<E: Hosted>(
     }
     if changed && !slot.dirty {
         slot.dirty = true;
-        dirty.push(slot.key.clone());
+        dirty.push(slot.key.clone(), offset, now_ms);
     }
     Some(changed)
 }

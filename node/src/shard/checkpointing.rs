@@ -1,19 +1,25 @@
 //! When and what a shard checkpoints, and passivation of idle entities.
 //!
-//! A tick starts a checkpoint unless one is running: a snapshot of every dirty entity plus
-//! the progress it makes durable, written by a task of its own (see `store::checkpoint`)
-//! while the shard keeps applying. While the partition has a backlog, checkpoints space
-//! out to the catch-up interval. Idle entities leave memory only once they are clean.
+//! A tick starts a checkpoint unless one is running: a snapshot of the dirty entities that
+//! are due plus the progress it makes durable, written by a task of its own (see
+//! `store::checkpoint`) while the shard keeps applying. An entity is due once its first
+//! unwritten change is `shard.flush_period_ms` old (a flush takes every one); the
+//! progress's resume offset is the oldest change left unwritten, so a replay from it
+//! re-applies everything not in Cassandra, and skips per entity what is (see
+//! `crate::dirty`). While the partition has a backlog, checkpoints space out to the
+//! catch-up interval. Idle entities leave memory only once they are clean.
 //!
 //! Not for: the write order itself (see `store::checkpoint`).
 
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use ractor::{ActorRef, RpcReplyPort};
 use tracing::{debug, error};
 
 use super::{CheckpointError, Hosted, ShardMsg, ShardState};
 use crate::config::ShardConfig;
+use crate::dirty::Due;
 use crate::history::Step;
 use crate::store::checkpoint::{self, Snapshot};
 use crate::store::Progress;
@@ -57,6 +63,7 @@ impl<E: Hosted> ShardState<E> {
         match result {
             Ok(progress) => {
                 self.durable = progress;
+                self.prune_resume_marks();
                 // Buckets leave only when a minute of event time ended or entities left:
                 // nothing else makes a clean bucket over.
                 let minute = crate::history::Step::Minute.start(self.watermark);
@@ -79,7 +86,7 @@ impl<E: Hosted> ShardState<E> {
             Err(e) => {
                 error!(error = %e, "checkpoint failed; will retry");
                 self.mark_dirty(keys);
-                self.history.mark_all_dirty();
+                self.history.mark_all_dirty(self.durable.resume_offset);
             }
         }
     }
@@ -93,21 +100,31 @@ impl<E: Hosted> ShardState<E> {
             .set_resident(self.entities.len(), self.entities.allocated_bytes());
     }
 
-    /// Marks resident entities dirty again (their checkpoint failed).
+    /// Marks resident entities dirty again (their checkpoint failed). Each goes back in
+    /// front as changed at the durable resume offset when the shard's clock began (due at
+    /// once, unless the shard is younger than a flush period), also one that changed again
+    /// since and is queued further back: its first unwritten change is older.
     fn mark_dirty(&mut self, keys: Vec<String>) {
+        let mut again = Vec::with_capacity(keys.len());
         for key in keys {
             if let Some(slot) = self.entities.get_mut(&key) {
-                if !slot.dirty {
-                    slot.dirty = true;
-                    self.dirty.push(slot.key.clone());
-                }
+                slot.dirty = true;
+                again.push(slot.key.clone());
             }
         }
+        self.dirty
+            .requeue(again.into_iter(), self.durable.resume_offset);
     }
 
-    /// Takes a consistent snapshot of every dirty entity and the progress it makes durable.
+    /// Takes a consistent snapshot of the dirty entities that are due (all of them while a
+    /// flush waits) with their buckets, and the progress it makes durable: records below
+    /// its resume offset are all in Cassandra once it is written.
     fn snapshot(&mut self) -> Snapshot {
-        let dirty = std::mem::take(&mut self.dirty);
+        let due = Due {
+            all: !self.flush_waiters.is_empty(),
+            ..Due::at(self.clock_ms(), self.flush_period_ms())
+        };
+        let dirty = self.dirty.take_due(due);
         let clock = self.clock();
         let mut snap = Snapshot {
             kind: E::KIND,
@@ -119,20 +136,32 @@ impl<E: Hosted> ShardState<E> {
                 resume_offset: self.next_offset,
                 watermark_ms: self.watermark,
             },
-            dedupe_from: self.dedupe.oldest_needed(self.next_offset),
+            dedupe_from: 0,
             global_buckets: Vec::new(),
             buckets: Vec::new(),
             bucket_ttl: Step::ALL.map(|s| self.args.history.ttl_secs(s)),
         };
+        // A key queued twice, or passivated since a failed write requeued it, is skipped.
+        let dirty: Vec<CompactString> = dirty
+            .into_iter()
+            .filter(|k| self.entities.get(k).is_some_and(|s| s.dirty))
+            .collect();
         if self.history.enabled {
             let (entity_scope, partition_scope) = E::SCOPES;
             (snap.global_buckets, snap.buckets) = self.history.snapshot(
-                entity_scope,
-                partition_scope,
-                self.args.partition,
+                (entity_scope, partition_scope, self.args.partition),
                 self.next_offset,
+                due,
+                &dirty,
             );
         }
+        let unwritten = [self.dirty.oldest_offset(), self.history.oldest_unwritten()];
+        if let Some(oldest) = unwritten.into_iter().flatten().min() {
+            if oldest < self.next_offset {
+                snap.progress = self.resume_at(oldest);
+            }
+        }
+        snap.dedupe_from = self.dedupe.oldest_needed(snap.progress.resume_offset);
         for (i, key) in dirty.iter().enumerate() {
             // As in the apply loop: the entities ahead are on their way into the cache.
             if let Some(k) = dirty.get(i + 2) {
@@ -141,7 +170,10 @@ impl<E: Hosted> ShardState<E> {
             if let Some(k) = dirty.get(i + 1) {
                 self.entities.prefetch(k);
             }
-            let slot = self.entities.get_mut(key).expect("dirty keys are resident");
+            let slot = self
+                .entities
+                .get_mut(key)
+                .expect("dirty keys taken are resident");
             slot.dirty = false;
             snap.entities.push(E::snapshot(
                 &mut self.extra,
@@ -154,22 +186,44 @@ impl<E: Hosted> ShardState<E> {
         snap
     }
 
+    /// The progress to resume at so that the change at `offset` is applied again: the last
+    /// batch start at or before it, with the watermark before that batch.
+    fn resume_at(&self, offset: i64) -> Progress {
+        // The first mark is the durable progress, and nothing unwritten is older.
+        *self
+            .resume_marks
+            .iter()
+            .rev()
+            .find(|m| m.resume_offset <= offset)
+            .unwrap_or(&self.durable)
+    }
+
+    /// Forgets the batch starts before the durable progress, which becomes the first.
+    fn prune_resume_marks(&mut self) {
+        let durable = self.durable;
+        self.resume_marks
+            .retain(|m| m.resume_offset > durable.resume_offset);
+        self.resume_marks.push_front(durable);
+    }
+
     fn start_checkpoint(&mut self, myself: &ActorRef<ShardMsg>) {
         if self.checkpoint_running {
             return;
         }
-        if self.dirty.is_empty()
-            && !self.history.is_dirty()
-            && self.next_offset == self.durable.resume_offset
+        let snap = self.snapshot();
+        if snap.entities.is_empty()
+            && snap.buckets.is_empty()
+            && snap.global_buckets.is_empty()
+            && snap.progress.resume_offset == self.durable.resume_offset
         {
-            // Nothing new: answer waiting flushes at once.
+            // Nothing new, or nothing due: answer waiting flushes at once (a flush takes
+            // everything, so it found nothing).
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(Ok(self.durable));
             }
             self.completed_checkpoint();
             return;
         }
-        let snap = self.snapshot();
         self.checkpoint_running = true;
         let store = self.args.store.clone();
         let metrics = self.args.metrics.clone();

@@ -28,7 +28,7 @@ pub mod query;
 pub mod resident;
 mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +40,7 @@ use tracing::info;
 
 use crate::config::ShardConfig;
 use crate::dead_letter::DeadLetters;
+use crate::dirty::DirtyQueue;
 use crate::entity::{Channel, Player};
 use crate::history::History;
 use crate::kind::ShardKind;
@@ -140,8 +141,9 @@ pub struct ShardState<E: Hosted> {
     entities: Resident<E>,
     /// What this kind keeps beside its entities (channels: log places, summaries).
     extra: E::Extra,
-    /// Keys changed since the last checkpoint snapshot (each once; see `Slot::dirty`).
-    dirty: Vec<CompactString>,
+    /// Keys changed since they were last written, oldest first change first (see
+    /// `Slot::dirty` and `crate::dirty`).
+    dirty: DirtyQueue,
     /// Keys that may have a stored row not in memory: anything, if the partition was ever
     /// checkpointed before this shard started; else just what this shard passivated.
     passivated: HashSet<String>,
@@ -155,6 +157,11 @@ pub struct ShardState<E: Hosted> {
     dedupe: DedupeWindow,
     /// Progress known durable in Cassandra.
     durable: Progress,
+    /// Where batches began since the durable progress, with the watermark before each,
+    /// oldest first (the durable progress is the first): a checkpoint that leaves changes
+    /// unwritten resumes at the last of these at or before the oldest of them, with the
+    /// watermark the shard had there, so a replay applies every record as it was applied.
+    resume_marks: VecDeque<Progress>,
     checkpoint_running: bool,
     last_checkpoint: Option<Instant>,
     /// When idle entities were last looked for.
@@ -185,6 +192,24 @@ pub struct ShardState<E: Hosted> {
 impl<E: Hosted> ShardState<E> {
     fn now_secs(&self) -> u32 {
         self.started.elapsed().as_secs() as u32
+    }
+
+    /// The shard's clock for when changes happened, milliseconds since it started.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// How long a change of this kind may wait before it is written
+    /// (`shard.flush_period_ms`). Channels are written at every checkpoint: their buckets
+    /// take samples up to the partition's watermark, past the channel's own events, and a
+    /// replay finds which may be stored from the watermark the shard started at, so that
+    /// watermark must be the one they were written at.
+    fn flush_period_ms(&self) -> u64 {
+        if E::SAMPLES {
+            0
+        } else {
+            self.args.cfg.flush_period_ms
+        }
     }
 
     fn may_be_stored(&self, key: &str) -> bool {
@@ -226,11 +251,12 @@ impl<E: Hosted> Actor for Shard<E> {
             stored_before_start: args.progress.is_some(),
             passivated: E::stored_keys(&extra).into_iter().collect(),
             extra,
-            dirty: Vec::new(),
+            dirty: DirtyQueue::default(),
             next_offset: durable.resume_offset,
             watermark: durable.watermark_ms,
             dedupe: DedupeWindow::new(args.cfg.dedupe_window_ms()),
             durable,
+            resume_marks: VecDeque::from([durable]),
             checkpoint_running: false,
             last_checkpoint: None,
             last_passivation_scan: Instant::now(),
