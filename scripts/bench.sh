@@ -167,17 +167,30 @@ cpu_secs() {
 
 # N viewers over 5000 channels at real speed on a 3-node cluster: average CPU used by the
 # whole cluster (all three node processes), every channel and 5000 viewers verified exact.
+# rows_written ADDR...: entity and bucket rows the nodes' checkpoints wrote so far.
+rows_written() {
+  local sum=0 a
+  for a in "$@"; do
+    sum=$((sum + $(metric "$a" tally_checkpoint_rows_total) + $(metric "$a" tally_history_bucket_writes_total)))
+  done
+  echo "$sum"
+}
+
 bench_viewers() {
   local viewers=$1 secs=${2:-300} speedup=${3:-1} base="bench_vw_$(date +%s)"
-  start_cluster "$base"
-  local services=() c0 s0 t0 c1 s1 t1 lt
+  # BENCH_FLUSH_PERIOD_MS: the nodes' shard.flush_period_ms (unset: the default).
+  local flush=${BENCH_FLUSH_PERIOD_MS:-} file="$OUT/viewers-$viewers.json"
+  [ -n "$flush" ] && file="$OUT/viewers-flush$flush-$viewers.json"
+  NODE_ENV="${flush:+TALLY_SHARD__FLUSH_PERIOD_MS=$flush}" start_cluster "$base"
+  local services=() c0 s0 t0 c1 s1 t1 lt r0 r1
   for s in kafka cassandra; do services+=("$(cat ".services/run/$s.pid")"); done
-  log "viewers: $viewers viewers over 5000 channels for $secs s of event time at ${speedup}x"
+  log "viewers: $viewers viewers over 5000 channels for $secs s of event time at ${speedup}x${flush:+, flush period $flush ms}"
+  r0=$(rows_written "${ADDRS[@]}")
   c0=$(cpu_secs "${PIDS[@]}"); s0=$(cpu_secs "${services[@]}"); t0=$(date +%s.%N)
   "$LT" viewers --viewers "$viewers" --channels 5000 --duration "$secs" --speedup "$speedup" --seed 4 \
     --id-prefix "$base-" --player-topic "$base.players" --channel-topic "$base.channels" \
     --nodes "${ADDRS[0]},${ADDRS[1]},${ADDRS[2]}" --probe-interval-ms 200 --verify --sample 5000 \
-    --json "$OUT/viewers-$viewers.json" > /dev/null &
+    --json "$file" > /dev/null &
   lt=$!
   # The load tester's own CPU, sampled until it exits (it is not a child of the cluster).
   local lt_cpu=0
@@ -185,19 +198,27 @@ bench_viewers() {
   wait "$lt"
   # The CPU window includes the short verification at the end (conservative).
   c1=$(cpu_secs "${PIDS[@]}"); s1=$(cpu_secs "${services[@]}"); t1=$(date +%s.%N)
-  python3 - "$OUT/viewers-$viewers.json" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" "$secs" "$speedup" "$viewers" <<'PY'
+  r1=$(rows_written "${ADDRS[@]}")
+  python3 - "$file" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" "$secs" "$speedup" "$viewers" "$r0" "$r1" "$flush" <<'PY'
 import json, sys
-p, c0, c1, s0, s1, t0, t1, lt, duration, speedup, viewers = sys.argv[1], *map(float, sys.argv[2:])
+p, c0, c1, s0, s1, t0, t1, lt, duration, speedup, viewers, r0, r1 = sys.argv[1], *map(float, sys.argv[2:14])
+flush = sys.argv[14]
 viewers = int(viewers)
 d = json.load(open(p)); wall = t1 - t0
 d["cluster_cpu_cores_avg"] = (c1 - c0) / wall
 d["kafka_cassandra_cpu_cores_avg"] = (s1 - s0) / wall
 d["loadtest_cpu_cores_avg"] = lt / wall
+# The whole stack but the load tester, per event: CPU over the window / events sent in it.
+d["stack_cpu_us_per_event"] = ((c1 - c0) + (s1 - s0)) * 1e6 / max(d["events_sent"], 1)
+d["cassandra_rows_per_event"] = (r1 - r0) / max(d["events_sent"], 1)
+d["flush_period_ms"] = int(flush) if flush else None
 d["duration_secs"], d["speedup"] = duration, speedup
-d["command"] = f"BENCH_VIEWERS={viewers} BENCH_VIEWERS_SECS={duration:.0f} scripts/bench.sh viewers"
+d["command"] = (f"BENCH_FLUSH_PERIOD_MS={flush} " if flush else "") + \
+    f"BENCH_VIEWERS={viewers} BENCH_VIEWERS_SECS={duration:.0f} scripts/bench.sh viewers"
 json.dump(d, open(p, "w"), indent=2)
 print(f"viewers: for {d['events_per_sec']:.0f} events/s the 3 nodes used {d['cluster_cpu_cores_avg']:.3f} cores on average, "
-      f"Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.3f}, the load tester {d['loadtest_cpu_cores_avg']:.3f}")
+      f"Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.3f}, the load tester {d['loadtest_cpu_cores_avg']:.3f}; "
+      f"stack {d['stack_cpu_us_per_event']:.1f} µs and {d['cassandra_rows_per_event']:.2f} Cassandra rows per event")
 PY
   for pid in "${PIDS[@]}"; do stop_node "$pid"; done
 }

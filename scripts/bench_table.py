@@ -91,10 +91,17 @@ for n, d in by_size("viewers-*.json"):
     exact = d.get("verify") and not d["verify"].get("mismatches")
     verdict = ("sustained (on schedule" if on_time else f"NOT sustained (took {d['secs']:.0f} s for {planned:.0f} s") + \
         (", verified exact)" if exact else ", not verified)")
-    rows.append((f"{n:,} viewers over 5,000 channels at real speed, 3 nodes",
+    flush = d.get("flush_period_ms")
+    label = f"{n:,} viewers over 5,000 channels at real speed, 3 nodes" + \
+        (f", shard.flush_period_ms = {flush}" if flush is not None else "")
+    cost = ""
+    if "stack_cpu_us_per_event" in d:
+        cost = (f"; whole stack but the load tester {d['stack_cpu_us_per_event']:.1f} µs of CPU per event (goal: 15), "
+                f"{d['cassandra_rows_per_event']:.2f} Cassandra rows per event")
+    rows.append((label,
                  f"{verdict}: {d['events_per_sec']:,.0f} events/s; the 3 nodes used {d['cluster_cpu_cores_avg']:.2f} cores "
                  f"on average (Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.2f}, load tester "
-                 f"{d['loadtest_cpu_cores_avg']:.2f}); latency p50 / p99 {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
+                 f"{d['loadtest_cpu_cores_avg']:.2f}){cost}; latency p50 / p99 {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
                  d.get("command", f"BENCH_VIEWERS={n} scripts/bench.sh viewers")))
 
 idle = load("idle.json")

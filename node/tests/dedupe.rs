@@ -49,6 +49,7 @@ async fn start(
         },
         owner: "test".into(),
         progress,
+        dedupe_from: None,
         metrics: metrics.clone(),
         dead_letters: None,
         push_interval: Duration::from_millis(250),

@@ -148,6 +148,93 @@ async fn a_player_written_once_per_flush_period_is_exact_after_kill_9() {
         .await;
 }
 
+/// A checkpoint with a flush period writes the partition's buckets up to its watermark but
+/// records an older resume point: a replay from it must find those buckets stored, not
+/// make them anew. p changes first (minute 0), q later (minute 0, then minute 1), then p
+/// again (minute 1); p comes due and is written with the minute-1 partition bucket while q
+/// is not, and a kill -9 follows. One record per batch, so q is resident when the replay
+/// reaches its minute-1 record. The minute-1 bucket must still count both players.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_an_older_resume_point_keeps_the_partition_buckets_written_ahead() {
+    use tally_node::event::{Event, EventBody};
+    let env = TestEnv::new("flushglobal", 1);
+    let config = "[shard]\ncheckpoint_interval_ms = 100\ncatch_up_checkpoint_interval_ms = 100\nflush_period_ms = 3000\nmax_batch = 1\n";
+    let mut node = NodeProcess::start(&env, "n1", config);
+    node.wait_ready(Duration::from_secs(60)).await;
+    let producer = env.producer();
+    let client = http_client();
+    let minute0 = 1_700_000_040_000; // a minute's start
+    let minute1 = minute0 + 60_000;
+    let level_up = |player: &str, ts: i64, level: u32| Event {
+        v: 1,
+        id: format!("flushglobal-{player}-{level}").into(),
+        ts,
+        player: player.into(),
+        body: EventBody::LevelUp { level },
+    };
+    let started = std::time::Instant::now();
+    produce(&producer, &[level_up("p", minute0 + 30_000, 2)], 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    produce(&producer, &[level_up("q", minute0 + 40_000, 2)], 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    produce(&producer, &[level_up("q", minute1 + 2_000, 3)], 1).await;
+    produce(&producer, &[level_up("p", minute1 + 3_000, 3)], 1).await;
+    // p is due 3 s after its first change; q 1.5 s later. Kill between the two.
+    tokio::time::sleep(Duration::from_millis(3600).saturating_sub(started.elapsed())).await;
+    let cluster = common::model::get_json(&client, &node.url("/v1/cluster?local=1"))
+        .await
+        .unwrap();
+    let shard = cluster["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "players")
+        .unwrap()
+        .clone();
+    node.kill9();
+    assert!(
+        shard["durable_offset"].as_i64().unwrap() < shard["next_offset"].as_i64().unwrap(),
+        "q's change should still be unwritten at the kill: {shard}"
+    );
+    node.restart();
+    node.wait_ready(Duration::from_secs(60)).await;
+    // Once the replay is applied and written (the stats read what is stored), the
+    // minute-1 bucket holds both players.
+    let next = shard["next_offset"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cluster = common::model::get_json(&client, &node.url("/v1/cluster?local=1"))
+            .await
+            .unwrap();
+        let durable = cluster["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["kind"] == "players")
+            .and_then(|s| s["durable_offset"].as_i64());
+        if durable.is_some_and(|d| d >= next) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replay was not written in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = node.url(&format!(
+        "/v1/stats?metric=dau&step=minute&from={minute0}&to={}",
+        minute1 + 60_000
+    ));
+    let body = common::model::get_json(&client, &url).await.unwrap();
+    let values: Vec<(i64, i64)> = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["start"].as_i64().unwrap(), b["value"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(values, [(minute0, 2), (minute1, 2)], "dau per minute");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_checkpoints_so_a_clean_restart_replays_nothing() {
     let env = TestEnv::new("sigterm", 2);

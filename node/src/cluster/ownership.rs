@@ -298,6 +298,13 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
             return;
         }
     };
+    let start_offset = progress.map_or(0, |p| p.resume_offset);
+    // Reading starts at the dedupe mark: the records below the resume offset rebuild the
+    // dedupe window and are not applied again. Without a window there is nothing to rebuild.
+    let read_from = match dedupe_from {
+        Some(d) if state.cfg.shard.dedupe_window_secs > 0 => d.clamp(0, start_offset),
+        _ => start_offset,
+    };
     let args = ShardArgs {
         kind,
         topic: topic.clone(),
@@ -306,6 +313,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
         cfg: state.cfg.shard.clone(),
         owner: state.cfg.node.id.clone(),
         progress,
+        dedupe_from: Some(read_from),
         metrics: state.metrics.clone(),
         dead_letters: Some(core.dead_letters.clone()),
         push_interval: state.cfg.push.interval(),
@@ -317,13 +325,6 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
             error!(%topic, partition, error = %e, "shard failed to start; will retry");
             return;
         }
-    };
-    let start_offset = progress.map_or(0, |p| p.resume_offset);
-    // Reading starts at the dedupe mark: the records below the resume offset rebuild the
-    // dedupe window and are not applied again. Without a window there is nothing to rebuild.
-    let read_from = match dedupe_from {
-        Some(d) if state.cfg.shard.dedupe_window_secs > 0 => d.clamp(0, start_offset),
-        _ => start_offset,
     };
     core.insert_shard(shard, actor.clone());
     if let Err(e) = core.source.assign(Assignment {

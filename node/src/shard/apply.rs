@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{error, warn};
 
 use super::dedupe::{self, Verdict};
-use super::{EventClock, Hosted, RecordRef, Records, ShardState};
+use super::{EventClock, Hosted, RecordRef, Records, ResumeMark, ShardState};
 use crate::dead_letter::DeadLetter;
 use crate::dirty::DirtyQueue;
 use crate::entity;
@@ -99,11 +99,14 @@ impl<E: Hosted> ShardState<E> {
             && self
                 .resume_marks
                 .back()
-                .is_none_or(|m| m.resume_offset < self.next_offset)
+                .is_none_or(|m| m.progress.resume_offset < self.next_offset)
         {
-            self.resume_marks.push_back(Progress {
-                resume_offset: self.next_offset,
-                watermark_ms: self.watermark,
+            self.resume_marks.push_back(ResumeMark {
+                progress: Progress {
+                    resume_offset: self.next_offset,
+                    watermark_ms: self.watermark,
+                },
+                dedupe_from: self.dedupe.oldest_needed(self.next_offset),
             });
         }
         let mut from = 0;

@@ -17,7 +17,7 @@ use compact_str::CompactString;
 use ractor::{ActorRef, RpcReplyPort};
 use tracing::{debug, error};
 
-use super::{CheckpointError, Hosted, ShardMsg, ShardState};
+use super::{CheckpointError, Hosted, ResumeMark, ShardMsg, ShardState};
 use crate::config::ShardConfig;
 use crate::dirty::Due;
 use crate::history::Step;
@@ -63,7 +63,7 @@ impl<E: Hosted> ShardState<E> {
         match result {
             Ok(progress) => {
                 self.durable = progress;
-                self.prune_resume_marks();
+                self.prune_resume_marks(self.running_dedupe_from);
                 // Buckets leave only when a minute of event time ended or entities left:
                 // nothing else makes a clean bucket over.
                 let minute = crate::history::Step::Minute.start(self.watermark);
@@ -156,12 +156,13 @@ impl<E: Hosted> ShardState<E> {
             );
         }
         let unwritten = [self.dirty.oldest_offset(), self.history.oldest_unwritten()];
+        snap.dedupe_from = self.dedupe.oldest_needed(self.next_offset);
         if let Some(oldest) = unwritten.into_iter().flatten().min() {
             if oldest < self.next_offset {
-                snap.progress = self.resume_at(oldest);
+                let mark = self.resume_at(oldest);
+                (snap.progress, snap.dedupe_from) = (mark.progress, mark.dedupe_from);
             }
         }
-        snap.dedupe_from = self.dedupe.oldest_needed(snap.progress.resume_offset);
         for (i, key) in dirty.iter().enumerate() {
             // As in the apply loop: the entities ahead are on their way into the cache.
             if let Some(k) = dirty.get(i + 2) {
@@ -186,24 +187,29 @@ impl<E: Hosted> ShardState<E> {
         snap
     }
 
-    /// The progress to resume at so that the change at `offset` is applied again: the last
-    /// batch start at or before it, with the watermark before that batch.
-    fn resume_at(&self, offset: i64) -> Progress {
+    /// Where to resume so that the change at `offset` is applied again: the last batch
+    /// start at or before it.
+    fn resume_at(&self, offset: i64) -> ResumeMark {
         // The first mark is the durable progress, and nothing unwritten is older.
+        let first = self.resume_marks[0];
         *self
             .resume_marks
             .iter()
             .rev()
-            .find(|m| m.resume_offset <= offset)
-            .unwrap_or(&self.durable)
+            .find(|m| m.progress.resume_offset <= offset)
+            .unwrap_or(&first)
     }
 
-    /// Forgets the batch starts before the durable progress, which becomes the first.
-    fn prune_resume_marks(&mut self) {
+    /// Forgets the batch starts before the durable progress, which becomes the first mark
+    /// (with the dedupe mark written beside it).
+    fn prune_resume_marks(&mut self, dedupe_from: i64) {
         let durable = self.durable;
         self.resume_marks
-            .retain(|m| m.resume_offset > durable.resume_offset);
-        self.resume_marks.push_front(durable);
+            .retain(|m| m.progress.resume_offset > durable.resume_offset);
+        self.resume_marks.push_front(ResumeMark {
+            progress: durable,
+            dedupe_from,
+        });
     }
 
     fn start_checkpoint(&mut self, myself: &ActorRef<ShardMsg>) {
@@ -225,6 +231,7 @@ impl<E: Hosted> ShardState<E> {
             return;
         }
         self.checkpoint_running = true;
+        self.running_dedupe_from = snap.dedupe_from;
         let store = self.args.store.clone();
         let metrics = self.args.metrics.clone();
         let myself = myself.clone();

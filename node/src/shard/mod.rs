@@ -98,6 +98,15 @@ pub enum ShardMsg {
     Flush(RpcReplyPort<Result<Progress, CheckpointError>>),
 }
 
+/// A point a shard may resume at: the start of a batch, with the watermark the shard had
+/// before it, and where a new owner must read from to rebuild the dedupe window as it was
+/// there. A replay from it applies and deduplicates every record as it first was.
+#[derive(Debug, Clone, Copy)]
+struct ResumeMark {
+    progress: Progress,
+    dedupe_from: i64,
+}
+
 /// What a shard is started with.
 pub struct ShardArgs {
     pub kind: ShardKind,
@@ -108,6 +117,9 @@ pub struct ShardArgs {
     pub owner: String,
     /// Progress read from Cassandra before the shard starts (None: never checkpointed).
     pub progress: Option<Progress>,
+    /// Where its partition is read from, the dedupe mark stored with that progress (None:
+    /// from the resume offset).
+    pub dedupe_from: Option<i64>,
     pub metrics: Arc<Metrics>,
     /// Where records that are not applied go (None: only counted, as in tests).
     pub dead_letters: Option<Arc<DeadLetters>>,
@@ -157,12 +169,13 @@ pub struct ShardState<E: Hosted> {
     dedupe: DedupeWindow,
     /// Progress known durable in Cassandra.
     durable: Progress,
-    /// Where batches began since the durable progress, with the watermark before each,
-    /// oldest first (the durable progress is the first): a checkpoint that leaves changes
-    /// unwritten resumes at the last of these at or before the oldest of them, with the
-    /// watermark the shard had there, so a replay applies every record as it was applied.
-    resume_marks: VecDeque<Progress>,
+    /// Where batches began since the durable progress, oldest first (the durable progress
+    /// is the first): a checkpoint that leaves changes unwritten resumes at the last of
+    /// these at or before the oldest of them (see `checkpointing`).
+    resume_marks: VecDeque<ResumeMark>,
     checkpoint_running: bool,
+    /// The dedupe mark the running checkpoint writes beside its progress.
+    running_dedupe_from: i64,
     last_checkpoint: Option<Instant>,
     /// When idle entities were last looked for.
     last_passivation_scan: Instant,
@@ -256,8 +269,12 @@ impl<E: Hosted> Actor for Shard<E> {
             watermark: durable.watermark_ms,
             dedupe: DedupeWindow::new(args.cfg.dedupe_window_ms()),
             durable,
-            resume_marks: VecDeque::from([durable]),
+            resume_marks: VecDeque::from([ResumeMark {
+                progress: durable,
+                dedupe_from: args.dedupe_from.unwrap_or(durable.resume_offset),
+            }]),
             checkpoint_running: false,
+            running_dedupe_from: 0,
             last_checkpoint: None,
             last_passivation_scan: Instant::now(),
             last_full_batch: None,
