@@ -195,6 +195,9 @@ def merged(old_table, rows):
                 continue
             if not line.startswith("|"):
                 head.append(line)
+            elif line not in ("| what | result | command |", "|---|---|---|"):
+                # A row written by hand, its command not only a command: kept in its place.
+                body.append(line)
             continue
         command = m.group(1)
         if command in new_by_command:
