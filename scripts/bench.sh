@@ -30,6 +30,11 @@
 #            channel history while the node ingests half its live maximum, and Cassandra
 #            bucket rows per second vs. records per second in a steady stream (sizes:
 #            BENCH_HISTORY_* below, at bench_history).
+#   latency  event latency on one node through HTTP ingest and straight through Kafka, each
+#            at a trickle (BENCH_LATENCY_LIGHT_RATE events/s, default 20) and at half the
+#            path's maximum measured first in the same run: acknowledged and visible p50 /
+#            p99 from the load tester's probes, and the split by stage from the node's
+#            stage histograms over each round (sizes: BENCH_LATENCY_* at bench_latency).
 #   table    only rebuild the table (bench/results/table.md and README.md).
 # Every run ends by putting its rows into the README's Performance table, in place of the rows of
 # the same command; rows of benchmarks not run in this checkout stay as they were.
@@ -474,6 +479,87 @@ print(f"history: consume on/off {best['history']:,.0f} / {best['nohistory']:,.0f
 PY
 }
 
+# Event latency on one node, through each path (HTTP ingest; the load tester's transactional
+# producer straight to Kafka), at two loads: a trickle of BENCH_LATENCY_LIGHT_RATE events/s
+# (default 20, a request or a transaction per event) and half of the path's maximum. The
+# maximum is measured first, in the same run: BENCH_LATENCY_MAX_EVENTS events (default
+# 1,000,000) at max rate until a sample is verified exact, as bench_history's; the half-load
+# round sends batches of the same size (BENCH_LATENCY_BATCH events, default 200; 8 HTTP
+# lanes), small enough that half the rate is a stream rather than a burst every second.
+# Each round lasts BENCH_LATENCY_SECS (default 25) with a probe every BENCH_LATENCY_PROBE_MS
+# (default 25): acknowledged (the POST's answer, the transaction's commit) and visible on the
+# owner, both from the probe event's creation. The stages come from the node's histograms,
+# scraped before and after the round (scripts/stage_metrics.py); they count the load's
+# requests and batches with the probes'.
+bench_latency() {
+  local secs=${BENCH_LATENCY_SECS:-25} light=${BENCH_LATENCY_LIGHT_RATE:-20}
+  local probe_ms=${BENCH_LATENCY_PROBE_MS:-25} max_events=${BENCH_LATENCY_MAX_EVENTS:-1000000}
+  local batch=${BENCH_LATENCY_BATCH:-200} players=${BENCH_LATENCY_PLAYERS:-100000}
+  local cmd="" v
+  for v in BENCH_LATENCY_SECS BENCH_LATENCY_LIGHT_RATE BENCH_LATENCY_PROBE_MS BENCH_LATENCY_MAX_EVENTS \
+    BENCH_LATENCY_BATCH BENCH_LATENCY_PLAYERS; do
+    [ -z "${!v:-}" ] || cmd+="$v=${!v} "
+  done
+  cmd+="scripts/bench.sh latency"
+
+  local name; name="bench_lat_$(date +%s)"
+  start_node "$name"
+  local pid=$NODE_PID addr=$NODE_ADDR
+  local lt=(players --players "$players" --nodes "$addr" --player-topic "$name.players" --channel-topic "$name.channels")
+  local via rate load max half
+  for via in http kafka; do
+    log "latency: $via: the maximum: $max_events events at max rate in batches of $batch, until a sample is verified exact"
+    max="$WORK/$name.$via-max.json"
+    "$LT" "${lt[@]}" --via "$via" --events "$max_events" --batch "$batch" --seed 11 --id-prefix "$name-$via-max-" \
+      --probe-interval-ms 0 --verify --sample 200 --verify-timeout 300 --json "$max" > /dev/null ||
+      { stop_node "$pid"; return 1; }
+    half=$(python3 -c "import json; d=json.load(open('$max')); print(max(1, int(d['events_sent'] / (d['secs'] + d['verify']['waited_secs']) / 2)))")
+    for load in light half; do
+      wait_checkpoints "$addr"
+      cassandra_quiet 30
+      if [ "$load" = light ]; then rate=$light; else rate=$half; fi
+      log "latency: $via: $load load, $rate events/s for $secs s, a probe every $probe_ms ms"
+      curl -fs "http://$addr/metrics" > "$WORK/$name.$via-$load.0.prom"
+      # A trickle goes an event per request or transaction; half load in batches as at max.
+      local shape=(--batch "$batch")
+      [ "$load" = half ] || shape=(--batch 1 --lanes 1)
+      "$LT" "${lt[@]}" --via "$via" --events $((rate * secs)) --rate "$rate" "${shape[@]}" --seed 12 \
+        --id-prefix "$name-$via-$load-" --probe-interval-ms "$probe_ms" \
+        --json "$OUT/latency-$via-$load.json" > /dev/null || { stop_node "$pid"; return 1; }
+      # A second for the last events to be applied before the stages are read.
+      sleep 1
+      curl -fs "http://$addr/metrics" > "$WORK/$name.$via-$load.1.prom"
+      python3 - "$OUT/latency-$via-$load.json" "$WORK/$name.$via-$load" "$max" "$via" "$load" "$rate" \
+        "$probe_ms" "$batch" "$MACHINE" "$cmd" <<'PY'
+import json, sys
+sys.path.insert(0, "scripts")
+import stage_metrics
+path, prom, max_path, via, load, rate, probe_ms, batch, machine, cmd = sys.argv[1:]
+d = json.load(open(path))
+mx = json.load(open(max_path))
+before, after = (stage_metrics.parse(open(f"{prom}.{i}.prom").read()) for i in (0, 1))
+d.update({
+    "machine": machine, "path": via, "load": load, "target_events_per_sec": int(rate),
+    "probe_interval_ms": int(probe_ms),
+    "path_max": {"events": mx["events_sent"], "batch": int(batch), "send_secs": mx["secs"],
+                 "verify_waited_secs": mx["verify"]["waited_secs"],
+                 "events_per_sec": mx["events_sent"] / (mx["secs"] + mx["verify"]["waited_secs"]),
+                 "verified_exact": not mx["verify"].get("mismatches")},
+    "stages": stage_metrics.split(before, after),
+    "command": cmd,
+})
+json.dump(d, open(path, "w"), indent=2)
+a, v = d["ack_latency"], d["latency"]
+split = ", ".join(f"{s['labels'].get('kind', 'ingest')} {s['labels']['stage']} {s['mean_ms']:.2f}" for s in d["stages"])
+print(f"latency: {via}, {load} ({d['events_per_sec']:,.0f} events/s sent): acknowledged p50 / p99 "
+      f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f} ms, visible {v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms "
+      f"({v['samples']} probes, {v['timeouts']} timeouts); stage means (ms): {split}")
+PY
+    done
+  done
+  stop_node "$pid"
+}
+
 case "${1:-all}" in
   node) bench_node ;;
   idle) bench_idle ;;
@@ -482,6 +568,7 @@ case "${1:-all}" in
   generator) bench_generator ;;
   subscribers) bench_subscribers "${BENCH_SUBSCRIBERS:-10000}" ;;
   history) bench_history ;;
+  latency) bench_latency ;;
   # The dedupe window's cost: the same binary with and without it on one pre-filled topic.
   dedupe) scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0" ;;
   table) ;;
@@ -494,8 +581,9 @@ case "${1:-all}" in
     bench_subscribers 10000
     scripts/bench-compare.sh "dedupe=$NODE_BIN" "nodedupe=$NODE_BIN TALLY_SHARD__DEDUPE_WINDOW_SECS=0"
     bench_history
+    bench_latency
     ;;
-  *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|history|table|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|history|latency|table|all]" >&2; exit 2 ;;
 esac
 # The table of everything measured so far, into README.md's Performance section.
 python3 scripts/bench_table.py "$OUT" README.md

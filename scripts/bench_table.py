@@ -175,6 +175,40 @@ if hist:
                  f"{st['bucket_rows_per_sec']:,.0f} rows/s ({kinds}) for {st['records_per_sec']:,.0f} records/s applied "
                  f"= {st['bucket_rows_per_record']:.2f} per record; entity rows {st['entity_rows_per_sec']:,.0f}/s", cmd))
 
+# Event latency on one node (scripts/bench.sh latency): a row per path and load.
+# (what, which latency, quantile, at most ms): issue 18's targets.
+LATENCY_TARGETS = (("acknowledged p99", "ack_latency", "p99_ms", 30), ("visible p50", "latency", "p50_ms", 15),
+                   ("visible p99", "latency", "p99_ms", 50))
+TARGETS_LABEL = "targets: " + ", ".join(f"{w} at most {ms} ms" for w, _, _, ms in LATENCY_TARGETS)
+STAGE_NAMES = {"queued": "queued", "produce": "produce", "commit": "commit",
+               "appended_to_read": "appended→read", "read_to_applied": "read→applied"}
+# (name, what carries an event at a trickle) of each path.
+PATHS = {"http": ("HTTP ingest", "request"), "kafka": ("straight through Kafka (transactional producer)", "transaction")}
+for via in ("http", "kafka"):
+    for level in ("light", "half"):
+        d = load(f"latency-{via}-{level}.json")
+        if not d:
+            continue
+        a, v, mx = d["ack_latency"], d["latency"], d["path_max"]
+        if level == "light":
+            what = f"light load ({d['target_events_per_sec']:,} events/s, one per {PATHS[via][1]})"
+        else:
+            what = (f"half load ({d['target_events_per_sec']:,} events/s aimed, half of the "
+                    f"{mx['events_per_sec']:,.0f} it took at max in batches of {mx['batch']:,}; "
+                    f"{d['events_per_sec']:,.0f} sent)")
+        # The player records' stages only: the probes are player events.
+        stages = sorted((s for s in d["stages"] if s["labels"].get("kind", "players") == "players"),
+                        key=lambda s: list(STAGE_NAMES).index(s["labels"]["stage"]))
+        split = ", ".join(f"{STAGE_NAMES.get(s['labels']['stage'], s['labels']['stage'])} {s['mean_ms']:.1f}"
+                          for s in stages)
+        missed = [w for w, which, q, ms in LATENCY_TARGETS if d[which][q] > ms]
+        verdict = "all three met" if not missed else "missed: " + ", ".join(missed)
+        rows.append((f"Event latency on one node, {PATHS[via][0]}, {what}, a probe every "
+                     f"{d['probe_interval_ms']} ms ({TARGETS_LABEL})",
+                     f"acknowledged p50 / p99 {a['p50_ms']:.1f} / {a['p99_ms']:.1f} ms; visible p50 / p99 "
+                     f"{v['p50_ms']:.1f} / {v['p99_ms']:.1f} ms ({v['samples']:,} probes, {v['timeouts']} timeouts); "
+                     f"stages (mean): {split} ms; {verdict}", d["command"]))
+
 if not rows:
     sys.exit(f"bench_table: no results in {out}")
 
@@ -202,6 +236,9 @@ def merged(old_table, rows):
                 continue
             if not line.startswith("|"):
                 head.append(line)
+            elif line not in ("| what | result | command |", "|---|---|---|"):
+                # A row written by hand, its command not only a command: kept in its place.
+                body.append(line)
             continue
         command = m.group(1)
         if command in new_by_command:

@@ -11,12 +11,15 @@ of 7 players; "visible" is when GET /v1/players/{id} on the same node shows its 
 It also splits the time by stage, from the node's stage histograms over the counted events
 (the difference of two /metrics scrapes; a quantile is the upper bound of its histogram
 bucket, the mean is exact): ingest queued, produce, commit; then appended_to_read and
-read_to_applied of the player records (docs/ARCHITECTURE.md, "Latency, stage by stage").
+read_to_applied of the player records (docs/ARCHITECTURE.md, "Latency, stage by stage");
+the parsing is scripts/stage_metrics.py's.
 """
 import json
 import sys
 import time
 import urllib.request
+
+import stage_metrics
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8080"
 COUNT = int(sys.argv[2]) if len(sys.argv) > 2 else 60
@@ -50,61 +53,16 @@ def pct(values, q):
     return values[int(q * (len(values) - 1))]
 
 
-def scrape():
-    """The stage histograms of /metrics: {(family, labels): {le: count, "sum": s, "count": n}}."""
-    text = urllib.request.urlopen(BASE + "/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        for family in ("tally_ingest_stage_duration_seconds", "tally_record_stage_duration_seconds"):
-            if not line.startswith(family + "_"):
-                continue
-            series, value = line.rsplit(" ", 1)
-            name, _, labels = series.partition("{")
-            labels = labels.rstrip("}")
-            le = None
-            parts = []
-            for pair in labels.split(","):
-                if pair.startswith("le="):
-                    le = pair[4:-1]
-                elif pair:
-                    parts.append(pair)
-            key = (family, ",".join(parts))
-            entry = out.setdefault(key, {})
-            if name.endswith("_bucket"):
-                entry[float(le)] = float(value)
-            elif name.endswith("_sum"):
-                entry["sum"] = float(value)
-            elif name.endswith("_count"):
-                entry["count"] = float(value)
-    return out
-
-
-def stages(before, after):
-    """Per stage with observations in between: count, mean, p50 and p99 in ms."""
-    rows = []
-    for key, now in sorted(after.items()):
-        was = before.get(key, {})
-        n = now.get("count", 0) - was.get("count", 0)
-        if n <= 0:
-            continue
-        mean = (now.get("sum", 0) - was.get("sum", 0)) / n * 1000
-        bounds = sorted(b for b in now if isinstance(b, float))
-        def quantile(q):
-            for b in bounds:
-                if now[b] - was.get(b, 0) >= q * n:
-                    return b * 1000
-            return float("inf")
-        rows.append((key[1] or key[0], int(n), mean, quantile(.5), quantile(.99)))
-    return rows
-
-
 for i in range(10):
     one(i)
-before = scrape()
+before = stage_metrics.scrape(BASE)
 results = [one(i) for i in range(10, COUNT)]
 acks = [a * 1000 for a, _ in results]
 seen = [v * 1000 for _, v in results]
 print(f"{len(results)} events: acknowledged p50 {pct(acks, .5):.1f} ms, p99 {pct(acks, .99):.1f} ms; "
       f"visible p50 {pct(seen, .5):.1f} ms, p99 {pct(seen, .99):.1f} ms")
-for name, n, mean, p50, p99 in stages(before, scrape()):
-    print(f"  {name}: {n} observed, mean {mean:.2f} ms, p50 <= {p50:.2f} ms, p99 <= {p99:.2f} ms")
+le = lambda ms: "above the last bucket" if ms is None else f"<= {ms:.2f} ms"
+for st in stage_metrics.split(before, stage_metrics.scrape(BASE)):
+    name = ",".join(f'{k}="{v}"' for k, v in st["labels"].items()) or st["family"]
+    print(f"  {name}: {st['count']} observed, mean {st['mean_ms']:.2f} ms, p50 {le(st['p50_le_ms'])}, "
+          f"p99 {le(st['p99_le_ms'])}")

@@ -24,7 +24,11 @@ pub struct RunReport {
     pub events_per_sec: f64,
     /// Events per second, one entry per second of the run.
     pub per_second: Vec<u64>,
+    /// The probes' event-to-visible latency: created until a query on the owner showed it.
     pub latency: Latency,
+    /// The probes' acknowledgement latency: created until the send returned Ok (the HTTP
+    /// ingest's answer, or the commit of the Kafka transaction).
+    pub ack_latency: Latency,
     pub verify: Option<VerifyReport>,
     /// WebSocket subscribers held during the run (`--subscribers`).
     pub subscribers: Option<SubscribersReport>,
@@ -81,6 +85,17 @@ pub fn table(r: &RunReport) -> String {
     row(
         "latency max / timeouts",
         format!("{:.1} ms / {}", r.latency.max_ms, r.latency.timeouts),
+    );
+    row(
+        "acknowledged p50 / p99 / max",
+        format!(
+            "{:.1} / {:.1} / {:.1} ms ({} samples, {} failed)",
+            r.ack_latency.p50_ms,
+            r.ack_latency.p99_ms,
+            r.ack_latency.max_ms,
+            r.ack_latency.samples,
+            r.ack_latency.timeouts
+        ),
     );
     if let Some(v) = &r.verify {
         row(

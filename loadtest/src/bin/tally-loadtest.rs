@@ -506,11 +506,9 @@ async fn run(
     let interrupted = progress.stop.swap(true, Ordering::SeqCst);
     ctrl_c.abort();
     let per_second = ticker.await.unwrap_or_default();
-    let (hist, timeouts) = match probes {
-        Some(p) => p
-            .await
-            .unwrap_or_else(|_| (hdrhistogram::Histogram::new(3).expect("histogram"), 0)),
-        None => (hdrhistogram::Histogram::new(3).expect("histogram"), 0),
+    let probe_times = match probes {
+        Some(p) => p.await.unwrap_or_default(),
+        None => probe::ProbeTimes::default(),
     };
     sent?;
     let events_sent = progress.sent.load(Ordering::Relaxed);
@@ -536,7 +534,8 @@ async fn run(
         secs,
         events_per_sec: events_sent as f64 / secs.max(1e-9),
         per_second,
-        latency: probe::Latency::from_histogram(&hist, timeouts),
+        latency: probe_times.visible_latency(),
+        ack_latency: probe_times.ack_latency(),
         verify: None,
         subscribers: None,
         node: None,
