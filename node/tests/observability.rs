@@ -148,10 +148,16 @@ async fn traffic_shows_in_the_shard_ingest_http_and_cluster_series() {
         10.0
     );
     assert!(sum(&samples(&node, "tally_resident_bytes{").await) > 0.0);
-    assert!(
-        value(&node, "tally_checkpoint_bytes_total{kind=\"players\"}").await > Some(0.0),
-        "checkpoint bytes"
-    );
+    // The players' rows themselves are written once their first change is
+    // `shard.flush_period_ms` (5 s) old; checkpoints before that write nothing of them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while value(&node, "tally_checkpoint_bytes_total{kind=\"players\"}").await <= Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint bytes of players in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         value(
             &node,
