@@ -78,12 +78,36 @@ async fn kill_9_at_random_points_keeps_every_counter_exact() {
     scenarios::kill_9_at_random_points(&TestEnv::new("crash", 4)).await;
 }
 
+/// A level-up of `player` to `level` at `ts`, with an id of its own.
+fn level_up(player: &str, ts: i64, level: u32) -> tally_node::event::Event {
+    tally_node::event::Event {
+        v: 1,
+        id: format!("flush-{player}-{level}").into(),
+        ts,
+        player: player.into(),
+        body: tally_node::event::EventBody::LevelUp { level },
+    }
+}
+
+/// The node's players shard as `/v1/cluster?local=1` shows it (one partition).
+async fn players_shard(client: &reqwest::Client, node: &NodeProcess) -> serde_json::Value {
+    let cluster = common::model::get_json(client, &node.url("/v1/cluster?local=1"))
+        .await
+        .unwrap();
+    cluster["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "players")
+        .unwrap()
+        .clone()
+}
+
 /// `shard.flush_period_ms`: a player that changes all the time is written about once per
 /// period (not once per checkpoint), the resume offset stays behind its unwritten changes,
 /// and a kill -9 meanwhile loses nothing and counts nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_player_written_once_per_flush_period_is_exact_after_kill_9() {
-    use tally_node::event::{Event, EventBody};
     let env = TestEnv::new("flushperiod", 1);
     let config = "[shard]\ncheckpoint_interval_ms = 100\nflush_period_ms = 3000\n";
     let mut node = NodeProcess::start(&env, "n1", config);
@@ -91,20 +115,13 @@ async fn a_player_written_once_per_flush_period_is_exact_after_kill_9() {
     let producer = env.producer();
     let client = http_client();
     let start_ts = 1_700_000_000_000;
-    let level_up = |i: u32, player: &str| Event {
-        v: 1,
-        id: format!("flush-{player}-{i}").into(),
-        ts: start_ts + i as i64 * 100,
-        player: player.into(),
-        body: EventBody::LevelUp { level: i + 1 },
-    };
     // One event of a second player first, then 40 of the hot one over about 4 s (one per
     // checkpoint interval): a checkpoint per event would write 40 rows of it.
-    let mut events = vec![level_up(0, "flush-cold")];
+    let mut events = vec![level_up("flush-cold", start_ts, 1)];
     produce(&producer, &events, 1).await;
     let rows_before = node.metric("tally_checkpoint_rows_total").await;
     for i in 0..40 {
-        let e = level_up(i, "flush-hot");
+        let e = level_up("flush-hot", start_ts + i as i64 * 100, i + 1);
         produce(&producer, std::slice::from_ref(&e), 1).await;
         events.push(e);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,16 +137,7 @@ async fn a_player_written_once_per_flush_period_is_exact_after_kill_9() {
         "{rows} entity rows written for 41 events in about 4 s with a 3 s flush period"
     );
     // The hot player's last changes are unwritten: the durable offset is behind.
-    let cluster = common::model::get_json(&client, &node.url("/v1/cluster?local=1"))
-        .await
-        .unwrap();
-    let shard = cluster["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "players")
-        .unwrap()
-        .clone();
+    let shard = players_shard(&client, &node).await;
     assert!(
         shard["durable_offset"].as_i64().unwrap() < shard["next_offset"].as_i64().unwrap(),
         "nothing unwritten: {shard}"
@@ -156,7 +164,6 @@ async fn a_player_written_once_per_flush_period_is_exact_after_kill_9() {
 /// reaches its minute-1 record. The minute-1 bucket must still count both players.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_from_an_older_resume_point_keeps_the_partition_buckets_written_ahead() {
-    use tally_node::event::{Event, EventBody};
     let env = TestEnv::new("flushglobal", 1);
     let config = "[shard]\ncheckpoint_interval_ms = 100\ncatch_up_checkpoint_interval_ms = 100\nflush_period_ms = 3000\nmax_batch = 1\n";
     let mut node = NodeProcess::start(&env, "n1", config);
@@ -165,13 +172,6 @@ async fn a_replay_from_an_older_resume_point_keeps_the_partition_buckets_written
     let client = http_client();
     let minute0 = 1_700_000_040_000; // a minute's start
     let minute1 = minute0 + 60_000;
-    let level_up = |player: &str, ts: i64, level: u32| Event {
-        v: 1,
-        id: format!("flushglobal-{player}-{level}").into(),
-        ts,
-        player: player.into(),
-        body: EventBody::LevelUp { level },
-    };
     let started = std::time::Instant::now();
     produce(&producer, &[level_up("p", minute0 + 30_000, 2)], 1).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -181,16 +181,7 @@ async fn a_replay_from_an_older_resume_point_keeps_the_partition_buckets_written
     produce(&producer, &[level_up("p", minute1 + 3_000, 3)], 1).await;
     // p is due 3 s after its first change; q 1.5 s later. Kill between the two.
     tokio::time::sleep(Duration::from_millis(3600).saturating_sub(started.elapsed())).await;
-    let cluster = common::model::get_json(&client, &node.url("/v1/cluster?local=1"))
-        .await
-        .unwrap();
-    let shard = cluster["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["kind"] == "players")
-        .unwrap()
-        .clone();
+    let shard = players_shard(&client, &node).await;
     node.kill9();
     assert!(
         shard["durable_offset"].as_i64().unwrap() < shard["next_offset"].as_i64().unwrap(),
@@ -203,15 +194,7 @@ async fn a_replay_from_an_older_resume_point_keeps_the_partition_buckets_written
     let next = shard["next_offset"].as_i64().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let cluster = common::model::get_json(&client, &node.url("/v1/cluster?local=1"))
-            .await
-            .unwrap();
-        let durable = cluster["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["kind"] == "players")
-            .and_then(|s| s["durable_offset"].as_i64());
+        let durable = players_shard(&client, &node).await["durable_offset"].as_i64();
         if durable.is_some_and(|d| d >= next) {
             break;
         }

@@ -527,6 +527,7 @@ impl<B> History<B> {
     }
 
     /// Whether any bucket waits to be written (due or not).
+    #[cfg(test)]
     pub fn is_dirty(&self) -> bool {
         !self.dirty_entities.is_empty() || self.global.iter().any(|s| s.dirty)
     }
