@@ -2,7 +2,8 @@
 //! and the rule that keeps a subscription's offsets from going backwards.
 //!
 //! A frame is rendered once, for every client of the feed, as an update; its snapshot form
-//! (only `type` differs) is made from that the first time a new client needs it.
+//! (only `type` differs) is made from that when a new client needs it. States travel as
+//! JSON text, rendered once by their source, never as JSON trees.
 //!
 //! Not for: where states come from (see `relay`) or how they are sent (see `api::push`).
 
@@ -13,7 +14,6 @@ use bytestring::ByteString;
 use serde::Serialize;
 
 pub use crate::shard::EntityState;
-use serde_json::Value;
 
 /// Where a frame's offsets come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,23 +69,28 @@ impl Offsets {
     }
 }
 
-/// One frame of a subscription, rendered for every client.
+/// One frame of a subscription, rendered once for every client.
+///
+/// The state is kept only as JSON text, the end of `update`: a frame is compared, relayed
+/// and sent without building a JSON tree.
 #[derive(Debug)]
 pub struct Frame {
-    pub data: Value,
     pub offsets: Offsets,
     pub gap: bool,
     pub served_by: String,
-    /// `{"type": "update", ...}`.
+    /// `{"type": "update", ..., "data": ...}`.
     pub update: ByteString,
-    /// `{"type": "snapshot", ...}`, made from `update` when first asked for.
-    snapshot: std::sync::OnceLock<ByteString>,
+    /// Where the `data` value begins in `update` (it is the last field).
+    data_at: usize,
 }
 
 /// How a rendered frame begins (`type` is the first field), in each form.
 const UPDATE_PREFIX: &str = r#"{"type":"update""#;
 const SNAPSHOT_PREFIX: &str = r#"{"type":"snapshot""#;
+/// The JSON text of no state.
+pub const NULL: &str = "null";
 
+/// Every field of a frame but `data`, which is appended as text.
 #[derive(Serialize)]
 struct Rendered<'a> {
     r#type: &'a str,
@@ -100,64 +105,66 @@ struct Rendered<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     offsets: Option<&'a BTreeMap<String, i64>>,
     gap: bool,
-    data: &'a Value,
 }
 
 impl Frame {
+    /// The frame of `data`, JSON text its source rendered (and so known to be valid).
     pub fn new(
         subscription: &str,
-        data: Value,
+        data: &str,
         offsets: Offsets,
         gap: bool,
         served_by: String,
     ) -> Arc<Frame> {
-        let render = |kind: &str| {
-            let (partition, offset, partition_offset, map) = match &offsets {
-                Offsets::Entity {
-                    offset,
-                    partition,
-                    partition_offset,
-                } => (
-                    Some(*partition),
-                    Some(*offset),
-                    Some(*partition_offset),
-                    None,
-                ),
-                Offsets::Partitions(map) => (None, None, None, Some(map)),
-            };
-            let r = Rendered {
-                r#type: kind,
-                subscription,
-                served_by: &served_by,
-                partition,
+        let (partition, offset, partition_offset, map) = match &offsets {
+            Offsets::Entity {
                 offset,
+                partition,
                 partition_offset,
-                offsets: map,
-                gap,
-                data: &data,
-            };
-            // Serializing a Value with string keys cannot fail.
-            ByteString::from(serde_json::to_string(&r).unwrap_or_default())
+            } => (
+                Some(*partition),
+                Some(*offset),
+                Some(*partition_offset),
+                None,
+            ),
+            Offsets::Partitions(map) => (None, None, None, Some(map)),
         };
-        let update = render("update");
+        let r = Rendered {
+            r#type: "update",
+            subscription,
+            served_by: &served_by,
+            partition,
+            offset,
+            partition_offset,
+            offsets: map,
+            gap,
+        };
+        // Serializing strings, numbers and a map with string keys cannot fail.
+        let mut text = serde_json::to_string(&r).unwrap_or_default();
+        text.pop(); // the closing brace
+        text.push_str(r#","data":"#);
+        let data_at = text.len();
+        text.push_str(data);
+        text.push('}');
         Arc::new(Frame {
-            data,
             offsets,
             gap,
             served_by,
-            update,
-            snapshot: std::sync::OnceLock::new(),
+            update: ByteString::from(text),
+            data_at,
         })
     }
 
-    /// The frame as a new client's first: `"type": "snapshot"`.
+    /// The state this frame shows, as JSON text (`null`: none yet).
+    pub fn data(&self) -> &str {
+        &self.update[self.data_at..self.update.len() - 1]
+    }
+
+    /// The frame as a new client's first: `"type": "snapshot"`. Made when asked, not kept:
+    /// a frame lives until the next replaces it, and most are never anyone's first.
     pub fn snapshot(&self) -> ByteString {
-        self.snapshot
-            .get_or_init(|| {
-                let rest = self.update.strip_prefix(UPDATE_PREFIX).unwrap_or_default();
-                ByteString::from(format!("{SNAPSHOT_PREFIX}{rest}"))
-            })
-            .clone()
+        let rest = self.update.strip_prefix(UPDATE_PREFIX).unwrap_or_default();
+        ByteString::from(format!("{SNAPSHOT_PREFIX}{rest}"))
     }
 
     /// The frame of an entity's state.
@@ -169,7 +176,7 @@ impl Frame {
     ) -> Arc<Frame> {
         Frame::new(
             subscription,
-            state.data.clone().unwrap_or(Value::Null),
+            state.data.as_deref().unwrap_or(NULL),
             Offsets::Entity {
                 offset: state.offset,
                 partition: state.partition,
@@ -184,12 +191,15 @@ impl Frame {
 /// What a feed publishes next, given what it published last: the frame to publish, or
 /// None (nothing new, or a step back to hold back until the source catches up).
 ///
+/// `data` is the state's JSON text; two states are the same when their texts are (a source
+/// renders the same state the same way).
+///
 /// `gap_pending`: the source was lost and found again since `last`; the next frame that is
 /// not behind is published (even if unchanged) with `gap: true`.
 pub fn next_frame(
     last: Option<&Frame>,
     subscription: &str,
-    data: Value,
+    data: &str,
     offsets: Offsets,
     gap_pending: bool,
     served_by: String,
@@ -198,7 +208,7 @@ pub fn next_frame(
         if !offsets.not_behind(&last.offsets) {
             return None;
         }
-        if !gap_pending && last.data == data && last.offsets == offsets {
+        if !gap_pending && last.data() == data && last.offsets == offsets {
             return None;
         }
     }
@@ -215,7 +225,7 @@ pub fn next_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn entity(offset: i64, partition_offset: i64) -> Offsets {
         Offsets::Entity {
@@ -230,7 +240,7 @@ mod tests {
         let first = next_frame(
             None,
             "player:a",
-            json!({"k": 1}),
+            r#"{"k":1}"#,
             entity(5, 9),
             false,
             "n1".into(),
@@ -244,11 +254,25 @@ mod tests {
                    "data": {"k": 1}})
         );
         assert!(first.update.contains(r#""type":"update""#));
+        assert_eq!(first.data(), r#"{"k":1}"#);
+        // No state yet: `data` is null, in both forms.
+        let none = Frame::new("player:b", NULL, entity(-1, 0), false, "n1".into());
+        let parsed: Value = serde_json::from_str(&none.update).unwrap();
+        assert_eq!(
+            (parsed["type"].as_str(), &parsed["data"]),
+            (Some("update"), &Value::Null)
+        );
+        let parsed: Value = serde_json::from_str(&none.snapshot()).unwrap();
+        assert_eq!(
+            (parsed["type"].as_str(), &parsed["data"]),
+            (Some("snapshot"), &Value::Null)
+        );
+        assert_eq!(none.data(), NULL);
         // The same state again: nothing.
         assert!(next_frame(
             Some(&first),
             "player:a",
-            json!({"k": 1}),
+            r#"{"k":1}"#,
             entity(5, 9),
             false,
             "n1".into()
@@ -258,7 +282,7 @@ mod tests {
         assert!(next_frame(
             Some(&first),
             "player:a",
-            json!({"k": 0}),
+            r#"{"k":0}"#,
             entity(4, 12),
             true,
             "n2".into()
@@ -267,7 +291,7 @@ mod tests {
         assert!(next_frame(
             Some(&first),
             "player:a",
-            json!({"k": 1}),
+            r#"{"k":1}"#,
             entity(5, 8),
             true,
             "n2".into()
@@ -277,7 +301,7 @@ mod tests {
         let after = next_frame(
             Some(&first),
             "player:a",
-            json!({"k": 1}),
+            r#"{"k":1}"#,
             entity(5, 9),
             true,
             "n2".into(),
@@ -289,7 +313,7 @@ mod tests {
         assert!(next_frame(
             Some(&after),
             "player:a",
-            json!({"k": 2}),
+            r#"{"k":2}"#,
             entity(5, 9),
             false,
             "n2".into()
@@ -305,7 +329,7 @@ mod tests {
         let first = next_frame(
             None,
             "top:concurrent:10",
-            json!([1]),
+            "[1]",
             map(&[("channels/0", 10), ("channels/1", 20)]),
             false,
             "n1".into(),
@@ -315,7 +339,7 @@ mod tests {
         let second = next_frame(
             Some(&first),
             "top:concurrent:10",
-            json!([2]),
+            "[2]",
             map(&[("channels/0", 11)]),
             false,
             "n1".into(),
@@ -329,7 +353,7 @@ mod tests {
         assert!(next_frame(
             Some(&second),
             "top:concurrent:10",
-            json!([3]),
+            "[3]",
             map(&[("channels/0", 11), ("channels/1", 15)]),
             false,
             "n2".into()
@@ -338,7 +362,7 @@ mod tests {
         assert!(next_frame(
             Some(&second),
             "top:concurrent:10",
-            json!([3]),
+            "[3]",
             map(&[("channels/0", 11), ("channels/1", 20)]),
             false,
             "n2".into()

@@ -16,10 +16,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::Url;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tracing::debug;
 
-use super::frame::{next_frame, EntityState, Offsets};
+use super::frame::{next_frame, EntityState, Offsets, NULL};
 use super::protocol::{Target, TopByName};
 use super::{FeedKey, FeedSender, Hub};
 use crate::cluster::{routing, view};
@@ -64,7 +66,7 @@ pub(super) async fn run(state: Arc<NodeState>, hub: Arc<Hub>, key: FeedKey, tx: 
 }
 
 /// Publishes `data` with `offsets` on `tx` if it is new and not behind.
-fn publish(tx: &FeedSender, name: &str, data: Value, offsets: Offsets, gap: &mut bool, by: &str) {
+fn publish(tx: &FeedSender, name: &str, data: &str, offsets: Offsets, gap: &mut bool, by: &str) {
     let last = tx.borrow().clone();
     if let Some(frame) = next_frame(last.as_deref(), name, data, offsets, *gap, by.to_string()) {
         *gap = false;
@@ -96,14 +98,21 @@ async fn entity(
             continue;
         };
         let shard = (kind, partition_for(id, core.partitions(kind)));
+        // The call and the remote stream are boxed: a feed's task is held for as long as
+        // anyone follows it, and is only as big as the state it waits in most (the local
+        // watch), not as the largest (an HTTP request in flight).
         if let Some(actor) = core.shard(shard) {
-            if let Ok(Ok(feed)) = ractor::call_t!(actor, ShardMsg::Watch, 10_000, id.to_string()) {
+            let watch =
+                Box::pin(
+                    async move { ractor::call_t!(actor, ShardMsg::Watch, 10_000, id.to_string()) },
+                );
+            if let Ok(Ok(feed)) = watch.await {
                 follow_local(state, tx, name, feed, &mut gap).await;
             }
         } else if local_only {
             return;
         } else if let Some(addr) = routing::owner_api(core, shard) {
-            follow_remote(state, tx, kind, id, name, &addr, &mut gap).await;
+            Box::pin(follow_remote(state, tx, kind, id, name, &addr, &mut gap)).await;
         }
         if local_only {
             return;
@@ -128,7 +137,7 @@ async fn follow_local(
     let me = state.cfg.node.id.as_str();
     loop {
         let s = feed.borrow_and_update().clone();
-        let data = s.data.clone().unwrap_or(Value::Null);
+        let data = s.data.as_deref().unwrap_or(NULL);
         publish(tx, name, data, entity_offsets(&s), gap, me);
         tokio::select! {
             changed = feed.changed() => if changed.is_err() { return },
@@ -182,7 +191,7 @@ async fn follow_remote(
                 pending.extend_from_slice(&chunk);
                 while let Some(event) = take_event(&mut pending) {
                     if let Some((s, by)) = parse_event(&event) {
-                        let data = s.data.clone().unwrap_or(Value::Null);
+                        let data = s.data.as_deref().unwrap_or(NULL);
                         publish(tx, name, data, entity_offsets(&s), gap, &by);
                     }
                 }
@@ -206,6 +215,17 @@ fn take_event(pending: &mut Vec<u8>) -> Option<String> {
     Some(String::from_utf8_lossy(&event).into_owned())
 }
 
+/// The fields of an owner's frame a relay reads; `data` stays JSON text.
+#[derive(Deserialize)]
+struct OwnerFrame<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    offset: i64,
+    partition: i32,
+    partition_offset: i64,
+    served_by: String,
+}
+
 /// The entity state and the serving node of one event of an owner's stream (None for
 /// comments and events that are not frames).
 fn parse_event(event: &str) -> Option<(EntityState, String)> {
@@ -215,14 +235,14 @@ fn parse_event(event: &str) -> Option<(EntityState, String)> {
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect::<Vec<_>>()
         .join("\n");
-    let frame: Value = serde_json::from_str(&data).ok()?;
+    let frame: OwnerFrame = serde_json::from_str(&data).ok()?;
     let state = EntityState {
-        data: Some(frame["data"].clone()).filter(|d| !d.is_null()),
-        offset: frame["offset"].as_i64()?,
-        partition: frame["partition"].as_i64()? as i32,
-        partition_offset: frame["partition_offset"].as_i64()?,
+        data: frame.data.map(|d| Arc::from(d.get())),
+        offset: frame.offset,
+        partition: frame.partition,
+        partition_offset: frame.partition_offset,
     };
-    Some((state, frame["served_by"].as_str()?.to_string()))
+    Some((state, frame.served_by))
 }
 
 /// A view gathered every `every` (the cluster-wide top-N, the cluster view) until nobody
@@ -244,8 +264,11 @@ async fn gathered<F, Fut>(
             _ = every.tick() => {}
             _ = tx.closed() => return,
         }
-        if let Some((data, offsets)) = gather(state.clone()).await {
-            publish(tx, name, data, offsets, &mut gap, &state.cfg.node.id);
+        // Boxed, so the feed's task between gatherings is small (see `entity`).
+        if let Some((data, offsets)) = Box::pin(gather(state.clone())).await {
+            // A view of plain maps and numbers: serializing it cannot fail.
+            let data = serde_json::to_string(&data).unwrap_or_default();
+            publish(tx, name, &data, offsets, &mut gap, &state.cfg.node.id);
         }
     }
 }
@@ -279,7 +302,7 @@ mod tests {
         let (s, by) = parse_event(&second).unwrap();
         assert_eq!(by, "n2");
         assert_eq!((s.offset, s.partition, s.partition_offset), (7, 1, 9));
-        assert_eq!(s.data, Some(json!({"k": 1})));
+        assert_eq!(s.data.as_deref(), Some(r#"{"k":1}"#));
         assert_eq!(
             take_event(&mut pending),
             None,

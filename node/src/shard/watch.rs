@@ -15,10 +15,10 @@
 //! Not for: relaying to clients or other nodes (see `push`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use compact_str::CompactString;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::resident::Slot;
@@ -26,10 +26,11 @@ use super::{EventClock, Hosted, QueryError, ShardState};
 use crate::kind::ShardKind;
 
 /// The state of one entity as its owner's shard publishes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EntityState {
-    /// The view (None: the entity has seen no event).
-    pub data: Option<serde_json::Value>,
+    /// The view as JSON text, rendered once here for every relay and client (None: the
+    /// entity has seen no event).
+    pub data: Option<Arc<str>>,
     /// Offset of the last record applied to the entity (-1: none).
     pub offset: i64,
     pub partition: i32,
@@ -76,7 +77,7 @@ impl<E: Hosted> ShardState<E> {
         let current = self.query(id).await?;
         let state = match current {
             Some((view, fresh)) => EntityState {
-                data: Some(serde_json::to_value(&view).unwrap_or_default()),
+                data: Some(render(&view)),
                 offset: fresh.entity_offset,
                 partition: self.args.partition,
                 partition_offset: self.next_offset,
@@ -172,9 +173,9 @@ fn publish<E: Hosted>(
     if !moved && !expiry {
         return;
     }
-    let data = serde_json::to_value(slot.state.view(key, clock)).unwrap_or_default();
+    let data = render(&slot.state.view(key, clock));
     w.watermark = clock.watermark;
-    if !moved && w.tx.borrow().data.as_ref() == Some(&data) {
+    if !moved && w.tx.borrow().data.as_deref() == Some(&*data) {
         return;
     }
     w.offset = slot.offset;
@@ -185,4 +186,9 @@ fn publish<E: Hosted>(
         partition,
         partition_offset: next_offset,
     });
+}
+
+/// A view's JSON text (views are plain structs: serializing them cannot fail).
+fn render(view: &impl serde::Serialize) -> Arc<str> {
+    serde_json::to_string(view).unwrap_or_default().into()
 }
