@@ -144,6 +144,7 @@ tally_push_connections gauge 1
 tally_push_feeds gauge 1
 tally_push_frames_sent_total counter 1
 tally_push_slow_clients_closed_total counter 1
+tally_push_stage_duration_seconds histogram 2
 tally_queries_forwarded_total counter 2
 tally_record_stage_duration_seconds histogram 4
 tally_records_applied_total counter 2

@@ -241,6 +241,22 @@ async fn subscriptions_reach_the_exact_state_coalesced_over_websocket_and_sse() 
         );
     }
 
+    // Every frame's stages were timed: each one the session queued, and each state the
+    // local shard published that made a frame.
+    let sent = node.metric("tally_push_frames_sent_total").await;
+    let stage = |s: &str| format!("tally_push_stage_duration_seconds_count{{stage=\"{s}\"}}");
+    let to_socket = node.metric(&stage("frame_to_socket")).await;
+    let from_shard = node.metric(&stage("shard_to_frame")).await;
+    assert!(
+        to_socket > 0 && to_socket <= sent,
+        "{to_socket} frames timed to the socket, {sent} sent"
+    );
+    let entity_frames = (seen.counts[&p] + seen.counts[&c]) as u64;
+    assert!(
+        from_shard >= entity_frames,
+        "{from_shard} frames timed from the shard, {entity_frames} entity frames seen"
+    );
+
     // Subscribing again sends the snapshot again; unsubscribing is answered.
     send(&mut ws, json!({"subscribe": {"player": player}})).await;
     let again = next(&mut ws, Duration::from_secs(10)).await.unwrap();

@@ -258,7 +258,11 @@ impl SessionState {
             frame.snapshot()
         };
         *sent = true;
-        self.send(text).await
+        self.send(text).await?;
+        self.hub
+            .metrics()
+            .observe_frame_to_socket(frame.made.elapsed());
+        Ok(())
     }
 
     async fn send_error(&mut self, e: Malformed, subscription: Option<&str>) -> Result<(), End> {
@@ -342,6 +346,7 @@ fn event_stream(state: &NodeState, hub: &Hub, feed: Feed, connection: Connection
                         open.first = false;
                         let event = Bytes::from(format!("event: {kind}\ndata: {text}\n\n"));
                         open.metrics.frame_sent();
+                        open.metrics.observe_frame_to_socket(frame.made.elapsed());
                         return Some((Ok::<_, Infallible>(event), open));
                     }
                 },

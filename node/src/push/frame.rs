@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytestring::ByteString;
 use serde::Serialize;
@@ -82,6 +83,8 @@ pub struct Frame {
     pub update: ByteString,
     /// Where the `data` value begins in `update` (it is the last field).
     data_at: usize,
+    /// When it was rendered.
+    pub made: Instant,
 }
 
 /// How a rendered frame begins (`type` is the first field), in each form.
@@ -152,6 +155,7 @@ impl Frame {
             served_by,
             update: ByteString::from(text),
             data_at,
+            made: Instant::now(),
         })
     }
 

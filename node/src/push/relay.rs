@@ -43,10 +43,12 @@ pub(super) async fn run(state: Arc<NodeState>, hub: Arc<Hub>, key: FeedKey, tx: 
     loop {
         match &key.target {
             Target::Player(id) => {
-                entity(&state, &tx, ShardKind::Players, id, &name, key.local_only).await
+                let kind = ShardKind::Players;
+                entity(&state, &hub, &tx, kind, id, &name, key.local_only).await
             }
             Target::Channel(id) => {
-                entity(&state, &tx, ShardKind::Channels, id, &name, key.local_only).await
+                let kind = ShardKind::Channels;
+                entity(&state, &hub, &tx, kind, id, &name, key.local_only).await
             }
             Target::Top { by, limit } => {
                 let (by, limit) = (*by, *limit);
@@ -65,13 +67,23 @@ pub(super) async fn run(state: Arc<NodeState>, hub: Arc<Hub>, key: FeedKey, tx: 
     }
 }
 
-/// Publishes `data` with `offsets` on `tx` if it is new and not behind.
-fn publish(tx: &FeedSender, name: &str, data: &str, offsets: Offsets, gap: &mut bool, by: &str) {
+/// Publishes `data` with `offsets` on `tx` if it is new and not behind; returns whether
+/// it did.
+fn publish(
+    tx: &FeedSender,
+    name: &str,
+    data: &str,
+    offsets: Offsets,
+    gap: &mut bool,
+    by: &str,
+) -> bool {
     let last = tx.borrow().clone();
-    if let Some(frame) = next_frame(last.as_deref(), name, data, offsets, *gap, by.to_string()) {
-        *gap = false;
-        tx.send_replace(Some(frame));
-    }
+    let Some(frame) = next_frame(last.as_deref(), name, data, offsets, *gap, by.to_string()) else {
+        return false;
+    };
+    *gap = false;
+    tx.send_replace(Some(frame));
+    true
 }
 
 fn entity_offsets(s: &EntityState) -> Offsets {
@@ -85,6 +97,7 @@ fn entity_offsets(s: &EntityState) -> Offsets {
 /// One entity's feed: returns when nobody reads it (or a local-only source ended).
 async fn entity(
     state: &Arc<NodeState>,
+    hub: &Hub,
     tx: &FeedSender,
     kind: ShardKind,
     id: &str,
@@ -107,7 +120,7 @@ async fn entity(
                     async move { ractor::call_t!(actor, ShardMsg::Watch, 10_000, id.to_string()) },
                 );
             if let Ok(Ok(feed)) = watch.await {
-                follow_local(state, tx, name, feed, &mut gap).await;
+                follow_local(state, hub, tx, name, feed, &mut gap).await;
             }
         } else if local_only {
             return;
@@ -129,6 +142,7 @@ async fn entity(
 /// Relays the local shard's states until the shard stops or nobody reads the feed.
 async fn follow_local(
     state: &NodeState,
+    hub: &Hub,
     tx: &FeedSender,
     name: &str,
     mut feed: StateFeed,
@@ -138,7 +152,11 @@ async fn follow_local(
     loop {
         let s = feed.borrow_and_update().clone();
         let data = s.data.as_deref().unwrap_or(NULL);
-        publish(tx, name, data, entity_offsets(&s), gap, me);
+        if publish(tx, name, data, entity_offsets(&s), gap, me) {
+            if let Some(at) = s.published {
+                hub.metrics().observe_shard_to_frame(at.elapsed());
+            }
+        }
         tokio::select! {
             changed = feed.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
@@ -241,6 +259,7 @@ fn parse_event(event: &str) -> Option<(EntityState, String)> {
         offset: frame.offset,
         partition: frame.partition,
         partition_offset: frame.partition_offset,
+        published: None,
     };
     Some((state, frame.served_by))
 }

@@ -36,6 +36,8 @@ pub struct EntityState {
     pub partition: i32,
     /// The next offset the shard applies.
     pub partition_offset: i64,
+    /// When the shard published it (None: relayed from another node).
+    pub published: Option<Instant>,
 }
 
 /// What a watcher receives: the latest state, replaced, never queued.
@@ -81,12 +83,14 @@ impl<E: Hosted> ShardState<E> {
                 offset: fresh.entity_offset,
                 partition: self.args.partition,
                 partition_offset: self.next_offset,
+                published: Some(Instant::now()),
             },
             None => EntityState {
                 data: None,
                 offset: -1,
                 partition: self.args.partition,
                 partition_offset: self.next_offset,
+                published: Some(Instant::now()),
             },
         };
         let offset = state.offset;
@@ -185,6 +189,7 @@ fn publish<E: Hosted>(
         offset: slot.offset,
         partition,
         partition_offset: next_offset,
+        published: Some(now),
     });
 }
 
