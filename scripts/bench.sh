@@ -316,18 +316,44 @@ bench_subscribers() {
   log "subscribers: $rate events/s for $secs s on one node, with $n subscribers"
   "$LT" "${load[@]}" --id-prefix "$name-a-" --subscribers "$n" --subscribers-idle-secs 10 \
     --json "$OUT/subscribers-$n.json" > /dev/null || { stop_node "$pid"; return 1; }
+  # The push stages of that run (a fresh node: everything it counted is the run's).
+  curl -fs "http://$addr/metrics" > "$OUT/subscribers-$n.prom" || { stop_node "$pid"; return 1; }
   wait_checkpoints "$addr"
   log "subscribers: the same load without subscribers"
   "$LT" "${load[@]}" --id-prefix "$name-b-" --json "$OUT/subscribers-none.json" > /dev/null ||
     { stop_node "$pid"; return 1; }
   stop_node "$pid"
+  # The floors under those costs on this machine (scripts/push_floor.py): the kernel's cost
+  # of as many small loopback writes a second as the run pushed frames, and the memory of
+  # an idle connection that stops at HTTP/1.1 or at the WebSocket upgrade (a fresh node each).
+  local frames
+  frames=$(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(max(1, d['subscribers']['frames'] // int(sys.argv[2])))" \
+    "$OUT/subscribers-$n.json" "$secs")
+  log "subscribers: floor: $frames loopback writes a second over $n sockets"
+  python3 scripts/push_floor.py writes --frames-per-sec "$frames" --secs 10 --sockets "$n" --bytes 300 \
+    --json "$OUT/subscribers-floor-writes.json" || return 1
+  local mode
+  for mode in http ws; do
+    start_node "${name}_floor_$mode"
+    python3 scripts/push_floor.py connections --node "$NODE_ADDR" --pid "$NODE_PID" --mode "$mode" \
+      --n $((n / 2)) --json "$OUT/subscribers-floor-$mode.json" || { stop_node "$NODE_PID"; return 1; }
+    stop_node "$NODE_PID"
+  done
   python3 - "$OUT" "$n" "$rate" "$secs" "$MACHINE" <<'PY'
 import json, sys
+sys.path.insert(0, "scripts")
+import stage_metrics
 out, n, rate, secs, machine = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 p = f"{out}/subscribers-{n}.json"
 d = json.load(open(p))
 none = json.load(open(f"{out}/subscribers-none.json"))
 d["machine"] = machine
+d["push_stages"] = [s for s in stage_metrics.split({}, stage_metrics.parse(open(f"{out}/subscribers-{n}.prom").read()))
+                    if s["family"] == "tally_push_stage_duration_seconds"]
+writes = json.load(open(f"{out}/subscribers-floor-writes.json"))
+writes["share_of_node_cpu_without"] = writes["kernel_cores"] / none["node"]["load_cpu_cores"]
+d["floor"] = {"writes": writes,
+              "connections": {m: json.load(open(f"{out}/subscribers-floor-{m}.json")) for m in ("http", "ws")}}
 d["without_subscribers"] = {k: none[k] for k in ("events_per_sec", "latency", "node")}
 with_cpu, without_cpu = d["node"]["cpu_us_per_event"], none["node"]["cpu_us_per_event"]
 d["cpu_per_event_increase"] = with_cpu / without_cpu - 1
@@ -342,6 +368,14 @@ print(f"subscribers: {n} on one node at {d['events_per_sec']:.0f} events/s: push
       f"{d['latency']['p50_ms']:.1f}/{d['latency']['p99_ms']:.1f} ms; node CPU per event {with_cpu:.2f} us vs "
       f"{without_cpu:.2f} us without ({100 * d['cpu_per_event_increase']:+.1f}%); "
       f"{u['bytes_per_idle_subscriber'] / 1024:.1f} KiB per idle subscriber; {len(s['mismatches'])} mismatches")
+for st in d["push_stages"]:
+    print(f"subscribers: push stage {st['labels']['stage']}: {st['count']} frames, mean {st['mean_ms']:.2f} ms, "
+          f"p50 <= {st['p50_le_ms']} ms, p99 <= {st['p99_le_ms']} ms")
+f = d["floor"]
+print(f"subscribers: floor: {f['writes']['writes']:,} loopback writes took the kernel {f['writes']['kernel_us_per_write']:.2f} us "
+      f"each, {f['writes']['kernel_cores']:.3f} cores = {100 * f['writes']['share_of_node_cpu_without']:.0f}% of the node "
+      f"without subscribers; an idle connection costs {f['connections']['http']['bytes_per_connection'] / 1024:.1f} KiB "
+      f"at HTTP/1.1, {f['connections']['ws']['bytes_per_connection'] / 1024:.1f} KiB upgraded to a WebSocket")
 PY
 }
 

@@ -140,6 +140,23 @@ for n, d in by_size("subscribers-*.json"):
          f"{u['rss_kib_idle_subscribers'] / 1024:,.0f} MiB); connecting them took {u['connect_cpu_secs']:.1f} CPU-s in "
          f"{s['connect_secs']:.0f} s, idle they cost {u['idle_cpu_cores_with_subscribers']:.3f} cores", cmd),
     ]
+    stages = {st["labels"]["stage"]: st for st in d.get("push_stages", [])}
+    if stages:
+        rows.append((f"Push stages on the node in that run (mean; p99 as a bucket bound)",
+                     "; ".join(f"{name.replace('_', ' ')} {st['mean_ms']:.1f} ms (p50 ≤ {st['p50_le_ms']:g} ms, p99 "
+                               + (f"≤ {st['p99_le_ms']:g} ms" if st['p99_le_ms'] is not None else "past the last bucket")
+                               + f", {st['count']:,} frames)" for name, st in sorted(stages.items(), reverse=True)), cmd))
+    f = d.get("floor")
+    if f:
+        w, c = f["writes"], f["connections"]
+        rows.append((f"Floors on this machine: as many 300-byte loopback TCP writes a second as that run pushed "
+                     f"frames ({w['writes'] // max(1, round(w['secs'])):,}/s over {w['sockets']:,} sockets); "
+                     f"an idle connection to the node",
+                     f"the kernel alone: {w['kernel_us_per_write']:.1f} µs per write, {w['kernel_cores']:.3f} cores = "
+                     f"{100 * w['share_of_node_cpu_without']:.0f}% of the node's CPU without subscribers (goal for "
+                     f"all of push: 10%); {c['http']['bytes_per_connection'] / 1024:.1f} KiB kept alive after one HTTP/1.1 "
+                     f"request, {c['ws']['bytes_per_connection'] / 1024:.1f} KiB upgraded to a WebSocket, nothing "
+                     f"subscribed (goal per idle subscriber: 16 KiB)", cmd))
 
 hist = load("history.json")
 if hist:

@@ -9,13 +9,15 @@ observations in between: their count, the exact mean (the difference of the sums
 difference of the counts), and p50 and p99 as the upper bound of the histogram bucket each
 falls in (the buckets double from 0.25 ms, so a quantile is only known to a factor of two).
 The ingest stages are observed per request, the record stages per applied batch, for its
-oldest record (docs/API.md). Not a general Prometheus parser: it reads these two families.
+oldest record, the push stages per frame (docs/API.md; their buckets double from 0.05 ms).
+Not a general Prometheus parser: it reads these three families.
 """
 import json
 import sys
 import urllib.request
 
-FAMILIES = ("tally_ingest_stage_duration_seconds", "tally_record_stage_duration_seconds")
+FAMILIES = ("tally_ingest_stage_duration_seconds", "tally_record_stage_duration_seconds",
+            "tally_push_stage_duration_seconds")
 
 
 def parse(text):
