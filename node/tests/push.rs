@@ -241,8 +241,8 @@ async fn subscriptions_reach_the_exact_state_coalesced_over_websocket_and_sse() 
         );
     }
 
-    // Every frame's stages were timed: each one the session queued, and each state the
-    // local shard published that made a frame.
+    // Every frame's stages were timed: each update the session queued (not the
+    // snapshots), and each state the local shard published that made a frame.
     let sent = node.metric("tally_push_frames_sent_total").await;
     let stage = |s: &str| format!("tally_push_stage_duration_seconds_count{{stage=\"{s}\"}}");
     let to_socket = node.metric(&stage("frame_to_socket")).await;

@@ -252,16 +252,18 @@ impl SessionState {
         let Some((_, sent)) = self.current.get_mut(name) else {
             return Ok(());
         };
-        let text = if *sent {
+        let update = std::mem::replace(sent, true);
+        let text = if update {
             frame.update.clone()
         } else {
             frame.snapshot()
         };
-        *sent = true;
         self.send(text).await?;
-        self.hub
-            .metrics()
-            .observe_frame_to_socket(frame.made.elapsed());
+        // A snapshot is the feed's frame as it stood, however old: no wait of the push.
+        if update {
+            let waited = frame.made.elapsed();
+            self.hub.metrics().observe_frame_to_socket(waited);
+        }
         Ok(())
     }
 
@@ -343,10 +345,12 @@ fn event_stream(state: &NodeState, hub: &Hub, feed: Feed, connection: Connection
                         } else {
                             ("update", frame.update.clone())
                         };
-                        open.first = false;
+                        let update = !std::mem::replace(&mut open.first, false);
                         let event = Bytes::from(format!("event: {kind}\ndata: {text}\n\n"));
                         open.metrics.frame_sent();
-                        open.metrics.observe_frame_to_socket(frame.made.elapsed());
+                        if update {
+                            open.metrics.observe_frame_to_socket(frame.made.elapsed());
+                        }
                         return Some((Ok::<_, Infallible>(event), open));
                     }
                 },

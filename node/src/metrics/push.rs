@@ -76,9 +76,9 @@ impl PushMetrics {
             "tally_push_stage_duration",
             "Time a pushed update spent in each stage on this node: shard_to_frame (the \
              owner's shard published the entity's state until its feed rendered the frame; \
-             local feeds only) and frame_to_socket (the frame rendered until a client's \
-             session queued it for the client's socket, per client; the socket write \
-             follows)",
+             local feeds only) and frame_to_socket (an update frame rendered until a \
+             client's session queued it for the client's socket, per client; the socket \
+             write follows; snapshots are not timed)",
             Unit::Seconds,
             stages.clone(),
         );
@@ -108,7 +108,7 @@ impl PushMetrics {
     pub fn observe_shard_to_frame(&self, waited: Duration) {
         self.stages[0].observe(waited.as_secs_f64());
     }
-    /// A session queued for its socket a frame rendered `waited` before.
+    /// A session queued for its socket an update frame rendered `waited` before.
     pub fn observe_frame_to_socket(&self, waited: Duration) {
         self.stages[1].observe(waited.as_secs_f64());
     }
