@@ -253,9 +253,10 @@ impl<E: Hosted> Actor for Shard<E> {
         });
         let extra = E::prepare(&args.store, args.partition, args.progress.is_some()).await?;
         myself.send_interval(args.cfg.checkpoint_interval(), || ShardMsg::Tick);
-        // Five ticks per push interval: a change waits at most a fifth of it past its turn.
-        let push_tick = (args.push_interval / 5)
-            .max(std::time::Duration::from_millis(10))
+        // Ten ticks per push interval: a change waits at most a tenth of it past its turn
+        // (25 ms at the default 250). A tick with nothing due is a scan of the watched.
+        let push_tick = (args.push_interval / 10)
+            .max(std::time::Duration::from_millis(5))
             .min(args.push_interval);
         myself.send_interval(push_tick, || ShardMsg::PushTick);
         info!(topic = %args.topic, partition = args.partition, resume_offset = durable.resume_offset, "shard started");

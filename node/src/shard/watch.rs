@@ -5,7 +5,7 @@
 //! watched (nothing while nothing is). After a batch, a watched entity it changed is
 //! published at once if it was not within the push interval; else a push tick publishes
 //! it once the interval has passed, so updates are coalesced to one per interval. The
-//! tick runs five times per interval (every 10 ms at least) and compares
+//! tick runs ten times per interval (every 5 ms at least) and compares
 //! every watched entity's applied offset with the one it last published (and, for a
 //! channel, the watermark, since viewers expire without events) and renders only those
 //! that changed. A slow reader only ever sees a newer state; the shard never blocks on it.
