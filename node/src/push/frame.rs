@@ -170,26 +170,6 @@ impl Frame {
         let rest = self.update.strip_prefix(UPDATE_PREFIX).unwrap_or_default();
         ByteString::from(format!("{SNAPSHOT_PREFIX}{rest}"))
     }
-
-    /// The frame of an entity's state.
-    pub fn of_entity(
-        subscription: &str,
-        state: &EntityState,
-        gap: bool,
-        served_by: String,
-    ) -> Arc<Frame> {
-        Frame::new(
-            subscription,
-            state.data.as_deref().unwrap_or(NULL),
-            Offsets::Entity {
-                offset: state.offset,
-                partition: state.partition,
-                partition_offset: state.partition_offset,
-            },
-            gap,
-            served_by,
-        )
-    }
 }
 
 /// What a feed publishes next, given what it published last: the frame to publish, or
