@@ -108,15 +108,26 @@ bench_node() {
   a1=$(metric "$addr" tally_records_applied_total); w1=$(metric "$addr" tally_checkpoint_rows_total)
   stop_node "$pid"
 
-  python3 - "$OUT" "$rss0" "$rss1" "$resident" "$a0" "$a1" "$w0" "$w1" "$STEADY_SECS" "$MACHINE" "$PLAYERS" "$EVENTS" "$STEADY_RATE" <<'PY'
+  # The same records once more, into a keyspace of its own (so from offset 0), by a node
+  # that pretouched a quarter more memory than the first one grew by (node.pretouch_mib).
+  local pretouch=$(( (rss1 - rss0) * 5 / 4 / 1024 + 64 ))
+  log "node: the same records again, node.pretouch_mib = $pretouch"
+  cassandra_quiet
+  NODE_ENV="TALLY_NODE__PRETOUCH_MIB=$pretouch TALLY_CASSANDRA__KEYSPACE=$(echo "${name}_pt" | tr -c 'a-z0-9_\n' '_')" \
+    start_node "$name" "" "$name"
+  "$LT" consume-rate --node "$NODE_ADDR" --records "$records" --json "$OUT/node-consume-pretouch.json" > /dev/null
+  stop_node "$NODE_PID"
+
+  python3 - "$OUT" "$rss0" "$rss1" "$resident" "$a0" "$a1" "$w0" "$w1" "$STEADY_SECS" "$MACHINE" "$PLAYERS" "$EVENTS" "$STEADY_RATE" "$pretouch" <<'PY'
 import json, sys
-out, rss0, rss1, resident, a0, a1, w0, w1, secs, machine, players, events, rate = sys.argv[1:]
+out, rss0, rss1, resident, a0, a1, w0, w1, secs, machine, players, events, rate, pretouch = sys.argv[1:]
 rss0, rss1, resident, a0, a1, w0, w1, secs = map(float, (rss0, rss1, resident, a0, a1, w0, w1, secs))
 bases = [json.load(open(f"{out}/{f}")) for f in ("baseline.json", "baseline-2.json")]
 base = max(bases, key=lambda b: b["records_per_sec"])
 batches = [json.load(open(f"{out}/{f}")) for f in ("baseline-batch.json", "baseline-batch-2.json")]
 batch = max(batches, key=lambda b: b["records_per_sec"])
 node = json.load(open(f"{out}/node-consume.json"))
+pretouched = json.load(open(f"{out}/node-consume-pretouch.json"))
 steady = json.load(open(f"{out}/node-steady.json"))
 res = {
   "machine": machine,
@@ -127,6 +138,9 @@ res = {
   "batch_baseline_records_per_sec": batch["records_per_sec"],
   "batch_baseline_runs_records_per_sec": [b["records_per_sec"] for b in batches],
   "node_vs_batch_baseline": node["records_per_sec"] / batch["records_per_sec"],
+  "pretouch_mib": int(pretouch),
+  "node_pretouched_records_per_sec": pretouched["records_per_sec"],
+  "node_pretouched_vs_batch_baseline": pretouched["records_per_sec"] / batch["records_per_sec"],
   "records": base["records"],
   "rss_before_kib": rss0, "rss_after_kib": rss1, "players_resident": resident,
   "bytes_per_player": (rss1 - rss0) * 1024 / max(resident, 1),
@@ -405,8 +419,13 @@ bench_history() {
   cmd+="scripts/bench.sh history"
 
   log "history: consume rate and memory per player, history on vs off, one pre-filled topic"
+  # And both again with their memory pretouched (node.pretouch_mib: 5 KiB per player, more
+  # than either takes), so the fresh pages the kernel zeroes count for neither.
+  local pretouch=$(( PLAYERS * 5 / 1024 + 64 ))
   BENCH_COMPARE_JSON="$OUT/history-compare.json" scripts/bench-compare.sh \
-    "history=$NODE_BIN" "nohistory=$NODE_BIN TALLY_HISTORY__ENABLED=false"
+    "history=$NODE_BIN" "nohistory=$NODE_BIN TALLY_HISTORY__ENABLED=false" \
+    "historypt=$NODE_BIN TALLY_NODE__PRETOUCH_MIB=$pretouch" \
+    "nohistorypt=$NODE_BIN TALLY_HISTORY__ENABLED=false TALLY_NODE__PRETOUCH_MIB=$pretouch"
 
   local name; name="bench_hist_$(date +%s)"
   start_node "$name"
@@ -448,9 +467,9 @@ bench_history() {
   curl -fs "http://$addr/metrics" > "$WORK/$name.steady1.prom"; s1=$(date +%s.%N)
   stop_node "$pid"
 
-  python3 - "$OUT" "$WORK/$name" "$t0" "$t1" "$c0" "$c1" "$s0" "$s1" "$half" "$MACHINE" "$cmd" <<'PY'
+  python3 - "$OUT" "$WORK/$name" "$t0" "$t1" "$c0" "$c1" "$s0" "$s1" "$half" "$MACHINE" "$cmd" "$pretouch" <<'PY'
 import json, sys
-out, prom, t0, t1, c0, c1, s0, s1, half, machine, cmd = sys.argv[1:]
+out, prom, t0, t1, c0, c1, s0, s1, half, machine, cmd, _pretouch = sys.argv[1:]
 t0, t1, c0, c1, s0, s1 = map(float, (t0, t1, c0, c1, s0, s1))
 load = lambda f: json.load(open(f"{out}/{f}"))
 
@@ -490,6 +509,13 @@ res = {
         "best_records_per_sec": best, "on_vs_off": best["history"] / best["nohistory"],
         "on_vs_off_by_round": [h["records_per_sec"] / n["records_per_sec"]
                                for h, n in zip(cmp["runs"]["history"], cmp["runs"]["nohistory"])],
+    },
+    "compare_pretouched": {
+        "pretouch_mib": int(sys.argv[-1]),
+        "best_records_per_sec": {"history": best["historypt"], "nohistory": best["nohistorypt"]},
+        "on_vs_off": best["historypt"] / best["nohistorypt"],
+        "on_vs_off_by_round": [h["records_per_sec"] / n["records_per_sec"]
+                               for h, n in zip(cmp["runs"]["historypt"], cmp["runs"]["nohistorypt"])],
     },
     "prefill": load("history-prefill.json"),
     "latency_idle": load("history-latency-idle.json"),

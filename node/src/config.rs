@@ -135,10 +135,19 @@ pub struct NodeConfig {
     /// at once with status 70; anything not checkpointed is replayed by the next owner.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// MiB of memory made resident at start and kept by the process (see
+    /// `crate::memory`): entity state built later (a restart's catch-up, a failover, a bulk
+    /// load) then needs no fresh pages from the kernel. 0 (the default): off, and freed
+    /// memory goes back to the OS as usual. At most 1048576.
+    #[serde(default)]
+    pub pretouch_mib: u64,
     /// `[node.tls]`: serve the API over HTTPS (see [`ApiTlsConfig`]). Unset: plain HTTP.
     #[serde(default)]
     pub tls: Option<ApiTlsConfig>,
 }
+
+/// The largest `node.pretouch_mib` (1 TiB).
+const MAX_PRETOUCH_MIB: u64 = 1 << 20;
 
 fn default_shutdown_grace_secs() -> u64 {
     30
@@ -347,6 +356,12 @@ impl Config {
     fn validate_kafka(&self) -> anyhow::Result<()> {
         if self.node.id.trim().is_empty() {
             bail!("node.id must not be empty");
+        }
+        if self.node.pretouch_mib > MAX_PRETOUCH_MIB {
+            bail!(
+                "node.pretouch_mib must be at most {MAX_PRETOUCH_MIB}, got {}",
+                self.node.pretouch_mib
+            );
         }
         if self.kafka.brokers.trim().is_empty() {
             bail!("kafka.brokers must not be empty");
@@ -564,6 +579,23 @@ mod tests {
         let f = write("[node]\nid = \"n1\"\napi_addr = \"0.0.0.0:8080\"\n");
         let err = format!("{:#}", Config::load(&f.0).unwrap_err());
         assert!(err.contains("node.advertise_api_addr"), "{err}");
+    }
+
+    #[test]
+    fn pretouch_is_off_by_default_and_bounded() {
+        let base = "[node]\nid = \"n1\"\napi_addr = \"127.0.0.1:0\"\n";
+        assert_eq!(Config::load(&write(base).0).unwrap().node.pretouch_mib, 0);
+        let at_max = write(&format!("{base}pretouch_mib = 1048576\n"));
+        assert_eq!(Config::load(&at_max.0).unwrap().node.pretouch_mib, 1 << 20);
+        let over = write(&format!("{base}pretouch_mib = 1048577\n"));
+        let err = format!("{:#}", Config::load(&over.0).unwrap_err());
+        assert!(
+            err.contains("node.pretouch_mib must be at most 1048576"),
+            "{err}"
+        );
+        let negative = write(&format!("{base}pretouch_mib = -1\n"));
+        let err = format!("{:#}", Config::load(&negative.0).unwrap_err());
+        assert!(err.contains("pretouch_mib"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! - [`kind`]: the shared vocabulary (shard kinds and ids, member status, change names).
 //! - [`config`], [`metrics`], [`telemetry`], `retry`: typed configuration; every metric
 //!   in one place; OpenTelemetry traces along an event's path; the one backoff policy.
+//! - [`memory`]: pretouching the process's memory at start (`node.pretouch_mib`).
 //! - `tls`: HTTPS for the API and forwarded queries (reloaded on SIGHUP), TLS to Cassandra.
 //!
 //! # Policies
@@ -74,6 +75,7 @@ pub mod history;
 pub mod ingest;
 pub mod kind;
 mod log_limit;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod partitioner;

@@ -71,6 +71,7 @@ impl TestNode {
                 api_addr: format!("127.0.0.1:{port}").parse().unwrap(),
                 advertise_api_addr: None,
                 shutdown_grace_secs: 30,
+                pretouch_mib: 0,
                 tls: None,
             },
             kafka: kafka.clone(),

@@ -96,6 +96,14 @@ async fn main() -> std::process::ExitCode {
         }
     };
     init_logging(traces.as_ref());
+    if cfg.node.pretouch_mib > 0 {
+        let took = tally_node::memory::pretouch(cfg.node.pretouch_mib);
+        tracing::info!(
+            mib = cfg.node.pretouch_mib,
+            secs = took.as_secs_f64(),
+            "memory pretouched"
+        );
+    }
     let grace = std::time::Duration::from_secs(cfg.node.shutdown_grace_secs);
     let shutdown = async move {
         shutdown_signal().await;
