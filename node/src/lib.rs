@@ -18,6 +18,8 @@
 //! - [`shard`]: one ractor actor per partition, generic over the hosted kind of entity:
 //!   record batches, activation and apply, checkpointing and passivation, queries.
 //! - [`entity`]: players and channels as pure state machines.
+//! - [`resident`]: the slab of resident entities (and of their history buckets), found by
+//!   key and prefetched ahead of the apply loop.
 //! - [`dirty`]: what changed since it was last written, oldest first, for checkpoints.
 //! - [`store`]: Cassandra statements, migrations, the channel log and the checkpoint write
 //!   order.
@@ -80,6 +82,7 @@ pub mod metrics;
 pub mod node;
 pub mod partitioner;
 pub mod push;
+pub mod resident;
 mod retry;
 pub mod shard;
 pub mod source;

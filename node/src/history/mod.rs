@@ -24,11 +24,12 @@ pub mod sketch;
 pub mod step;
 
 use compact_str::CompactString;
-use foldhash::HashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use crate::dirty::{DirtyQueue, Due};
+use crate::resident::Resident;
 
 pub use bucket::{ChannelBucket, GlobalBucket, PlayerBucket};
 pub use step::{Step, SAMPLE_MS};
@@ -92,19 +93,25 @@ struct Sealed {
     state: Box<[u8]>,
 }
 
-/// The buckets of one entity that are resident.
+/// The buckets of one entity that are resident. Its current bucket of each step is inline:
+/// found in the entity's slot of [`History::entities`], which the apply loop prefetches,
+/// rather than behind a pointer that would miss the cache for every record.
 #[derive(Debug)]
 struct Buckets<B> {
-    slots: Vec<Slot<B>>,
+    slots: SmallVec<[Slot<B>; 3]>,
     sealed: Vec<Sealed>,
+    /// No sealed bucket of a step (by `Step::index`) starts after this: a new bucket, the
+    /// usual case, is known not to be sealed without reading `sealed` (a cache miss).
+    sealed_upto: [i64; 3],
     dirty: bool,
 }
 
 impl<B> Default for Buckets<B> {
     fn default() -> Self {
         Buckets {
-            slots: Vec::with_capacity(3),
+            slots: SmallVec::new(),
             sealed: Vec::new(),
+            sealed_upto: [i64::MIN; 3],
             dirty: false,
         }
     }
@@ -116,10 +123,17 @@ impl<B> Buckets<B> {
         self.slots
             .iter()
             .any(|s| s.step == step && s.start == start)
-            || self
-                .sealed
-                .iter()
-                .any(|s| s.step == step && s.start == start)
+            || self.sealed_position(step, start).is_some()
+    }
+
+    /// Where in `sealed` the bucket of `step` at `start` is.
+    fn sealed_position(&self, step: Step, start: i64) -> Option<usize> {
+        if start > self.sealed_upto[step.index()] {
+            return None;
+        }
+        self.sealed
+            .iter()
+            .position(|s| s.step == step && s.start == start)
     }
 }
 
@@ -135,11 +149,7 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
         {
             return &mut self.slots[i];
         }
-        let slot = match self
-            .sealed
-            .iter()
-            .position(|s| s.step == step && s.start == start)
-        {
+        let slot = match self.sealed_position(step, start) {
             Some(i) => {
                 let s = self.sealed.swap_remove(i);
                 Slot {
@@ -184,6 +194,8 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
                 i += 1;
                 continue;
             }
+            let upto = &mut self.sealed_upto[step.index()];
+            *upto = (*upto).max(s.start);
             self.sealed.push(Sealed {
                 step,
                 start: s.start,
@@ -207,7 +219,8 @@ pub struct History<B> {
     pub enabled: bool,
     /// Retention of each step, milliseconds: older buckets take no more events.
     retention_ms: [i64; 3],
-    entities: HashMap<CompactString, Buckets<B>>,
+    /// Found like the shard's entities, and prefetched with them (see [`History::prefetch`]).
+    entities: Resident<Buckets<B>>,
     /// Entities with dirty buckets, oldest first change first (see `crate::dirty`).
     dirty_entities: DirtyQueue,
     /// The shard's clock as of the batch being applied, milliseconds: when a bucket's
@@ -232,7 +245,7 @@ impl<B> History<B> {
         History {
             enabled,
             retention_ms: [i64::MAX; 3],
-            entities: HashMap::default(),
+            entities: Resident::default(),
             dirty_entities: DirtyQueue::default(),
             now_ms: 0,
             global: Vec::new(),
@@ -264,18 +277,50 @@ impl<B> History<B> {
     /// one that is due writes them.
     pub fn mark_all_dirty(&mut self, durable_offset: i64) {
         self.dirty_entities.clear();
-        for (key, b) in self.entities.iter_mut() {
+        for slot in self.entities.iter_mut() {
+            let b = &mut slot.state;
             b.dirty = true;
             b.slots.iter_mut().for_each(|s| s.dirty = true);
             b.sealed.iter_mut().for_each(|s| s.dirty = true);
-            self.dirty_entities.push(key.clone(), durable_offset, 0);
+            self.dirty_entities
+                .push(slot.key.clone(), durable_offset, 0);
         }
         self.global.iter_mut().for_each(|s| s.dirty = true);
     }
 
+    /// The entity's resident buckets, made (empty) if it has none.
+    fn buckets_in<'a>(entities: &'a mut Resident<Buckets<B>>, key: &str) -> &'a mut Buckets<B> {
+        if !entities.contains_key(key) {
+            entities.insert(key.into(), Buckets::default(), -1, 0);
+        }
+        &mut entities.get_mut(key).expect("inserted if absent").state
+    }
+
+    fn buckets_mut(&mut self, key: &str) -> &mut Buckets<B> {
+        Self::buckets_in(&mut self.entities, key)
+    }
+
+    /// Starts loading the table line where the lookup of `key`'s buckets starts (call it
+    /// two records ahead), as [`Resident::prefetch_index`].
+    pub fn prefetch_index(&self, key: &str) {
+        if self.enabled {
+            self.entities.prefetch_index(key);
+        }
+    }
+
+    /// Starts loading `key`'s buckets into the cache (call it one record ahead), as
+    /// [`Resident::prefetch`].
+    pub fn prefetch(&self, key: &str) {
+        if self.enabled {
+            self.entities.prefetch(key);
+        }
+    }
+
     /// Whether the entity's bucket is resident (in a slot or sealed).
     pub fn contains(&self, key: &str, step: Step, start: i64) -> bool {
-        self.entities.get(key).is_some_and(|b| b.has(step, start))
+        self.entities
+            .get(key)
+            .is_some_and(|b| b.state.has(step, start))
     }
 
     pub fn contains_global(&self, step: Step, start: i64) -> bool {
@@ -323,17 +368,13 @@ impl<B> History<B> {
             return;
         }
         let (state, covered) = stored.map_or_else(|| (B::default(), -1), |s| (s.state, s.covered));
-        self.entities
-            .entry(key.into())
-            .or_default()
-            .slots
-            .push(Slot {
-                step,
-                start,
-                state,
-                covered,
-                dirty: false,
-            });
+        self.buckets_mut(key).slots.push(Slot {
+            step,
+            start,
+            state,
+            covered,
+            dirty: false,
+        });
     }
 
     pub fn insert_global(
@@ -379,10 +420,7 @@ impl<B> History<B> {
                 at[step.index()] = self.global_index(step, start);
             }
         }
-        let buckets = match self.entities.get_mut(key) {
-            Some(b) => b,
-            None => self.entities.entry(key.into()).or_default(),
-        };
+        let buckets = Self::buckets_in(&mut self.entities, key);
         let mut dirtied = false;
         for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = step.start(ts);
@@ -412,7 +450,7 @@ impl<B> History<B> {
         if wanted == [false; 3] {
             return [false; 3];
         }
-        let Some(b) = self.entities.get(key) else {
+        let Some(b) = self.entities.get(key).map(|s| &s.state) else {
             return [false; 3];
         };
         Step::ALL.map(|step| wanted[step.index()] && b.has(step, starts[step.index()]))
@@ -452,7 +490,7 @@ impl<B> History<B> {
         let mut rows = Vec::new();
         let keys = self.dirty_entities.take_due(due);
         for key in keys.iter().chain(with) {
-            let Some(buckets) = self.entities.get_mut(key) else {
+            let Some(buckets) = self.entities.get_mut(key).map(|s| &mut s.state) else {
                 continue;
             };
             if !buckets.dirty {
@@ -511,8 +549,9 @@ impl<B> History<B> {
     pub fn passivate(&mut self, watermark: i64, resident: impl Fn(&str) -> bool) -> usize {
         let over = |s: &Slot<_>| !s.dirty && s.end() <= s.step.start(watermark);
         let mut dropped = 0;
-        self.entities.retain(|key, b| {
-            let gone = !resident(key);
+        self.entities.retain_mut(|slot| {
+            let gone = !resident(&slot.key);
+            let b = &mut slot.state;
             let before = b.slots.len() + b.sealed.len();
             b.slots.retain(|s| s.dirty || !(gone || over(s)));
             // Sealed buckets are over: clean ones are written.
@@ -674,7 +713,7 @@ mod tests {
         take(&mut h, "p", 5, 0);
         take(&mut h, "p", 60_005, 1);
         take(&mut h, "p", 120_005, 2);
-        let b = &h.entities["p"];
+        let b = &h.entities.get("p").expect("resident").state;
         assert_eq!(b.slots.len(), 3, "one slot per step");
         assert_eq!(b.sealed.len(), 2);
         assert!(h.contains("p", Step::Minute, minute(5)));
@@ -716,7 +755,7 @@ mod tests {
         };
         h.insert("q", Step::Minute, 0, Some(stored));
         take(&mut h, "q", 60_005, 11);
-        assert_eq!(h.entities["q"].sealed.len(), 1);
+        assert_eq!(h.entities.get("q").expect("resident").state.sealed.len(), 1);
         assert!(!take(&mut h, "q", 5, 10)[Step::Minute.index()]);
         assert!(take(&mut h, "q", 5, 12)[Step::Minute.index()]);
     }

@@ -32,8 +32,19 @@ impl Step {
     }
 
     /// The start of the bucket holding `ts` (saturating at `i64::MIN`).
+    #[inline]
     pub fn start(self, ts: i64) -> i64 {
-        ts.div_euclid(self.millis()).saturating_mul(self.millis())
+        /// Each step's floor with its size a constant: a multiplication, not a division
+        /// (several per record).
+        #[inline(always)]
+        fn floor<const MS: i64>(ts: i64) -> i64 {
+            ts.div_euclid(MS).saturating_mul(MS)
+        }
+        match self {
+            Step::Minute => floor::<60_000>(ts),
+            Step::Hour => floor::<3_600_000>(ts),
+            Step::Day => floor::<86_400_000>(ts),
+        }
     }
 
     /// The name used in queries, JSON and table names.
@@ -89,6 +100,31 @@ mod tests {
         assert_eq!(Step::Hour.start(-1), -3_600_000);
         assert_eq!(Step::Day.start(86_400_000 * 3 + 5), 86_400_000 * 3);
         assert_eq!(Step::Day.start(i64::MAX), i64::MAX - i64::MAX % 86_400_000);
+        // Each step's constant floor is the floor by its size, at the limits too.
+        let edges = [
+            i64::MIN,
+            i64::MIN + 1,
+            -86_400_001,
+            -60_000,
+            -1,
+            0,
+            1,
+            59_999,
+            i64::MAX,
+        ];
+        for ts in edges
+            .into_iter()
+            .chain((0..1000).map(|i| i * 7_919_993 - 3_000_000_000))
+        {
+            for step in Step::ALL {
+                let m = step.millis();
+                assert_eq!(
+                    step.start(ts),
+                    ts.div_euclid(m).saturating_mul(m),
+                    "{step:?} {ts}"
+                );
+            }
+        }
     }
 
     #[test]

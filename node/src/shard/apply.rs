@@ -19,8 +19,8 @@ use crate::entity;
 use crate::event::Event;
 use crate::history::History;
 use crate::log_limit::LogLimit;
+use crate::resident::Resident;
 use crate::retry::Backoff;
-use crate::shard::resident::Resident;
 use crate::store::Progress;
 use crate::telemetry;
 use foldhash::HashSet;
@@ -56,13 +56,16 @@ pub(super) struct Deferred {
     watermark: i64,
 }
 
-/// Starts loading the entity of `next` and the table line of `after`.
-fn prefetch<E>(m: &Resident<E>, next: Option<&str>, after: Option<&str>) {
+/// Starts loading the entity (and its history buckets) of `next` and their table lines of
+/// `after`.
+fn prefetch<E, B>(m: &Resident<E>, h: &History<B>, next: Option<&str>, after: Option<&str>) {
     if let Some(k) = after {
         m.prefetch_index(k);
+        h.prefetch_index(k);
     }
     if let Some(k) = next {
         m.prefetch(k);
+        h.prefetch(k);
     }
 }
 
@@ -241,6 +244,7 @@ impl<E: Hosted> ShardState<E> {
             (next, after) = (after, keys.next());
             prefetch(
                 &self.entities,
+                &self.history,
                 next.and_then(Result::ok),
                 after.and_then(Result::ok),
             );

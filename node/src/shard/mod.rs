@@ -25,7 +25,6 @@ pub mod dedupe;
 mod history;
 pub mod hosted;
 pub mod query;
-pub mod resident;
 mod watch;
 
 use std::collections::{HashSet, VecDeque};
@@ -52,9 +51,9 @@ pub use hosted::{EventClock, Hosted, View};
 pub use query::{sort_top, Freshness, ShardStats, TopBy, TopEntry};
 pub use watch::{EntityState, StateFeed};
 
+use crate::resident::Resident;
 use apply::Deferred;
 use dedupe::DedupeWindow;
-use resident::Resident;
 use watch::Watchers;
 
 /// Why a query could not be answered.

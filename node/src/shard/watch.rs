@@ -21,9 +21,9 @@ use std::time::Instant;
 use compact_str::CompactString;
 use tokio::sync::watch;
 
-use super::resident::Slot;
 use super::{EventClock, Hosted, QueryError, ShardState};
 use crate::kind::ShardKind;
+use crate::resident::Slot;
 
 /// The state of one entity as its owner's shard publishes it.
 #[derive(Debug, Clone, PartialEq)]

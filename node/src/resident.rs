@@ -18,7 +18,7 @@
 //! Removing swaps the last slot into the hole, so slot numbers are not stable across
 //! removals; callers keep keys, never slot numbers, across anything that may remove.
 //!
-//! Not for: deciding what to evict or when (see `shard`).
+//! Not for: deciding what to evict or when (see `shard` and `history`).
 
 use compact_str::CompactString;
 
@@ -161,9 +161,13 @@ impl Index {
 }
 
 /// Prefetches the cache lines of `len` bytes at `p`, up to four.
+/// The most cache lines prefetched for one slot: a player's (3 lines) and its history
+/// buckets with their current minute, hour and day inline (11 lines) whole.
+const MAX_PREFETCH_LINES: usize = 12;
+
 fn prefetch_lines(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    for line in 0..len.div_ceil(64).min(4) {
+    for line in 0..len.div_ceil(64).min(MAX_PREFETCH_LINES) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         // SAFETY: a prefetch is a hint; it never faults or reads memory visibly, whatever
         // the address. SSE is part of every x86_64 target.
@@ -274,11 +278,23 @@ impl<E> Resident<E> {
         self.chunks.iter().flatten()
     }
 
+    /// Every resident slot, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot<E>> {
+        self.chunks.iter_mut().flatten()
+    }
+
     /// Removes every slot `keep` refuses.
     pub fn retain(&mut self, mut keep: impl FnMut(&Slot<E>) -> bool) {
+        self.retain_mut(|slot| keep(slot));
+    }
+
+    /// Removes every slot `keep` refuses; `keep` may change the slots it keeps (never
+    /// their keys).
+    pub fn retain_mut(&mut self, mut keep: impl FnMut(&mut Slot<E>) -> bool) {
         let mut i = 0;
         while i < self.len {
-            if keep(at(&self.chunks, i as u32)) {
+            let (ci, si) = (i / CHUNK, i % CHUNK);
+            if keep(&mut self.chunks[ci][si]) {
                 i += 1;
             } else {
                 self.remove_at(i as u32);
