@@ -13,7 +13,7 @@
 //! - `apply`: activation and the offset-ordered apply;
 //! - `checkpointing`: snapshots, their pace, passivation;
 //! - [`query`]: freshness, stats and the per-shard top-N;
-//! - [`resident`]: the slab and index that hold resident entities;
+//! - [`crate::resident`] (beside the shard): the slab and index that hold resident entities;
 //! - [`hosted`]: what each kind of entity supplies.
 //!
 //! Not for: talking to Kafka (see `source`) or deciding ownership.
