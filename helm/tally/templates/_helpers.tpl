@@ -44,3 +44,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "tally.cassandraSecretUsed" -}}
 {{- if or .Values.cassandraSecurity.username .Values.cassandraSecurity.tls }}true{{ end -}}
 {{- end -}}
+
+{{- /* The startup probe's pace: liveness waits until the API answers once. A start takes
+  migrations and Kafka's first metadata (seconds), plus node.pretouch_mib at about 3 s per
+  GiB where the host backs memory lazily: two minutes, and 5 s more per GiB pretouched. */}}
+{{- define "tally.startupProbeTiming" -}}
+periodSeconds: 5
+failureThreshold: {{ add 24 (div (int (.Values.node.pretouchMib | default 0)) 1024) }}
+{{- end -}}
