@@ -160,11 +160,11 @@ impl Index {
     }
 }
 
-/// Prefetches the cache lines of `len` bytes at `p`, up to four.
 /// The most cache lines prefetched for one slot: a player's (3 lines) and its history
 /// buckets with their current minute, hour and day inline (11 lines) whole.
 const MAX_PREFETCH_LINES: usize = 12;
 
+/// Prefetches the cache lines of `len` bytes at `p`, up to [`MAX_PREFETCH_LINES`].
 fn prefetch_lines(p: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     for line in 0..len.div_ceil(64).min(MAX_PREFETCH_LINES) {
@@ -254,6 +254,20 @@ impl<E> Resident<E> {
             slot.touched = touched;
             return;
         }
+        self.push(key, state, offset, touched);
+    }
+
+    /// The slot of `key`, made with `make()` (offset -1, touched 0) if absent: one lookup.
+    pub fn get_or_insert_with(&mut self, key: &str, make: impl FnOnce() -> E) -> &mut Slot<E> {
+        let i = match self.find(key) {
+            Some(i) => i,
+            None => self.push(key.into(), make(), -1, 0),
+        } as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// Adds a slot for `key`, which is not resident; returns its number.
+    fn push(&mut self, key: CompactString, state: E, offset: i64, touched: u32) -> u32 {
         let hash = self.hash(&key);
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
@@ -271,6 +285,7 @@ impl<E> Resident<E> {
             });
         self.len += 1;
         self.index.insert(hash, i);
+        i
     }
 
     /// Every resident slot, in no particular order.
@@ -341,6 +356,20 @@ impl<E> Resident<E> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn get_or_insert_with_makes_a_slot_once_and_finds_it_after() {
+        let mut m: Resident<u32> = Resident::default();
+        let long = "p/ü ?#%+1-".repeat(8); // past the 24 bytes kept inline
+        for key in ["a", long.as_str()] {
+            let slot = m.get_or_insert_with(key, || 7);
+            assert_eq!((slot.state, slot.offset, slot.touched), (7, -1, 0));
+            slot.state = 8;
+            assert_eq!(m.get_or_insert_with(key, || unreachable!()).state, 8);
+        }
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get(&long).map(|s| s.state), Some(8));
+    }
 
     #[test]
     fn behaves_like_a_map_through_inserts_and_removals() {

@@ -219,7 +219,8 @@ pub struct History<B> {
     pub enabled: bool,
     /// Retention of each step, milliseconds: older buckets take no more events.
     retention_ms: [i64; 3],
-    /// Found like the shard's entities, and prefetched with them (see [`History::prefetch`]).
+    /// Found like the shard's entities, and prefetched with them (see [`History::prefetch`]);
+    /// a slot's offset, touch time and dirty flag are not used here.
     entities: Resident<Buckets<B>>,
     /// Entities with dirty buckets, oldest first change first (see `crate::dirty`).
     dirty_entities: DirtyQueue,
@@ -289,15 +290,11 @@ impl<B> History<B> {
     }
 
     /// The entity's resident buckets, made (empty) if it has none.
-    fn buckets_in<'a>(entities: &'a mut Resident<Buckets<B>>, key: &str) -> &'a mut Buckets<B> {
-        if !entities.contains_key(key) {
-            entities.insert(key.into(), Buckets::default(), -1, 0);
-        }
-        &mut entities.get_mut(key).expect("inserted if absent").state
-    }
-
     fn buckets_mut(&mut self, key: &str) -> &mut Buckets<B> {
-        Self::buckets_in(&mut self.entities, key)
+        &mut self
+            .entities
+            .get_or_insert_with(key, Buckets::default)
+            .state
     }
 
     /// Starts loading the table line where the lookup of `key`'s buckets starts (call it
@@ -420,7 +417,10 @@ impl<B> History<B> {
                 at[step.index()] = self.global_index(step, start);
             }
         }
-        let buckets = Self::buckets_in(&mut self.entities, key);
+        let buckets = &mut self
+            .entities
+            .get_or_insert_with(key, Buckets::default)
+            .state;
         let mut dirtied = false;
         for step in Step::ALL.into_iter().filter(|s| live[s.index()]) {
             let start = step.start(ts);
