@@ -201,11 +201,12 @@ bench_viewers() {
   local flush=${BENCH_FLUSH_PERIOD_MS:-} file="$OUT/viewers-$viewers.json"
   [ -n "$flush" ] && file="$OUT/viewers-flush$flush-$viewers.json"
   NODE_ENV="${flush:+TALLY_SHARD__FLUSH_PERIOD_MS=$flush}" start_cluster "$base"
-  local services=() c0 s0 t0 c1 s1 t1 lt r0 r1
+  local services=() c0 s0 t0 c1 s1 t1 lt r0 r1 k0 k1
   for s in kafka cassandra; do services+=("$(cat ".services/run/$s.pid")"); done
+  # Kafka alone too, so Cassandra's share is the difference.
   log "viewers: $viewers viewers over 5000 channels for $secs s of event time at ${speedup}x${flush:+, flush period $flush ms}"
   r0=$(rows_written "${ADDRS[@]}")
-  c0=$(cpu_secs "${PIDS[@]}"); s0=$(cpu_secs "${services[@]}"); t0=$(date +%s.%N)
+  c0=$(cpu_secs "${PIDS[@]}"); s0=$(cpu_secs "${services[@]}"); k0=$(cpu_secs "${services[0]}"); t0=$(date +%s.%N)
   "$LT" viewers --viewers "$viewers" --channels 5000 --duration "$secs" --speedup "$speedup" --seed 4 \
     --id-prefix "$base-" --player-topic "$base.players" --channel-topic "$base.channels" \
     --nodes "${ADDRS[0]},${ADDRS[1]},${ADDRS[2]}" --probe-interval-ms 200 --verify --sample 5000 \
@@ -216,16 +217,21 @@ bench_viewers() {
   while kill -0 "$lt" 2>/dev/null; do lt_cpu=$(cpu_secs "$lt" 2>/dev/null || echo "$lt_cpu"); sleep 1; done
   wait "$lt"
   # The CPU window includes the short verification at the end (conservative).
-  c1=$(cpu_secs "${PIDS[@]}"); s1=$(cpu_secs "${services[@]}"); t1=$(date +%s.%N)
+  c1=$(cpu_secs "${PIDS[@]}"); s1=$(cpu_secs "${services[@]}"); k1=$(cpu_secs "${services[0]}"); t1=$(date +%s.%N)
   r1=$(rows_written "${ADDRS[@]}")
-  python3 - "$file" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" "$secs" "$speedup" "$viewers" "$r0" "$r1" "$flush" <<'PY'
+  python3 - "$file" "$c0" "$c1" "$s0" "$s1" "$t0" "$t1" "$lt_cpu" "$secs" "$speedup" "$viewers" "$r0" "$r1" "$k0" "$k1" "$flush" <<'PY'
 import json, sys
-p, c0, c1, s0, s1, t0, t1, lt, duration, speedup, viewers, r0, r1 = sys.argv[1], *map(float, sys.argv[2:14])
-flush = sys.argv[14]
+p, c0, c1, s0, s1, t0, t1, lt, duration, speedup, viewers, r0, r1, k0, k1 = sys.argv[1], *map(float, sys.argv[2:16])
+flush = sys.argv[16]
 viewers = int(viewers)
 d = json.load(open(p)); wall = t1 - t0
 d["cluster_cpu_cores_avg"] = (c1 - c0) / wall
 d["kafka_cassandra_cpu_cores_avg"] = (s1 - s0) / wall
+d["kafka_cpu_cores_avg"] = (k1 - k0) / wall
+d["cassandra_cpu_cores_avg"] = (s1 - s0 - (k1 - k0)) / wall
+rows = max(r1 - r0, 1)
+# Cassandra's CPU per row the nodes wrote (entity and bucket rows; reads are few here).
+d["cassandra_cpu_us_per_row"] = (s1 - s0 - (k1 - k0)) * 1e6 / rows
 d["loadtest_cpu_cores_avg"] = lt / wall
 # The whole stack but the load tester, per event: CPU over the window / events sent in it.
 d["stack_cpu_us_per_event"] = ((c1 - c0) + (s1 - s0)) * 1e6 / max(d["events_sent"], 1)
@@ -236,7 +242,8 @@ d["command"] = (f"BENCH_FLUSH_PERIOD_MS={flush} " if flush else "") + \
     f"BENCH_VIEWERS={viewers} BENCH_VIEWERS_SECS={duration:.0f} scripts/bench.sh viewers"
 json.dump(d, open(p, "w"), indent=2)
 print(f"viewers: for {d['events_per_sec']:.0f} events/s the 3 nodes used {d['cluster_cpu_cores_avg']:.3f} cores on average, "
-      f"Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.3f}, the load tester {d['loadtest_cpu_cores_avg']:.3f}; "
+      f"Kafka {d['kafka_cpu_cores_avg']:.3f} + Cassandra {d['cassandra_cpu_cores_avg']:.3f} "
+      f"({d['cassandra_cpu_us_per_row']:.1f} µs per row), the load tester {d['loadtest_cpu_cores_avg']:.3f}; "
       f"stack {d['stack_cpu_us_per_event']:.1f} µs and {d['cassandra_rows_per_event']:.2f} Cassandra rows per event")
 PY
   for pid in "${PIDS[@]}"; do stop_node "$pid"; done

@@ -35,6 +35,14 @@ def by_size(pattern):
     return sorted(found, key=lambda x: x[0])
 
 
+
+def services(d):
+    """Kafka's and Cassandra's CPU in a viewers run: apart when the run measured them apart."""
+    if "cassandra_cpu_cores_avg" in d:
+        return (f"Kafka {d['kafka_cpu_cores_avg']:.2f}, Cassandra {d['cassandra_cpu_cores_avg']:.2f} "
+                f"at {d['cassandra_cpu_us_per_row']:.0f} µs per row written")
+    return f"Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.2f}"
+
 rows = []
 machine = None
 
@@ -109,7 +117,7 @@ for n, d in by_size("viewers-*.json"):
                 f"{d['cassandra_rows_per_event']:.2f} Cassandra rows per event")
     rows.append((label,
                  f"{verdict}: {d['events_per_sec']:,.0f} events/s; the 3 nodes used {d['cluster_cpu_cores_avg']:.2f} cores "
-                 f"on average (Kafka + Cassandra {d['kafka_cassandra_cpu_cores_avg']:.2f}, load tester "
+                 f"on average ({services(d)}, load tester "
                  f"{d['loadtest_cpu_cores_avg']:.2f}){cost}; latency p50 / p99 {lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms",
                  d.get("command", f"BENCH_VIEWERS={n} scripts/bench.sh viewers")))
 
@@ -262,10 +270,14 @@ def merged(old_table, rows):
     for w, r, c in rows:
         new_by_command.setdefault(c, []).append(f"| {w} | {r} | `{c}` |")
     head, body, emitted = [], [], set()
+    old_machine = None
     for line in old_table.splitlines():
         m = re.match(r"^\|.*\| `([^`]*)` \|$", line)
         if not m:
-            if line.startswith("Machine: ") and machine:
+            if line.startswith("Machine: "):
+                # The rows kept from earlier runs may come from other machines: the line
+                # says which, and is kept; say when it does not name this one.
+                old_machine = line
                 continue
             if not line.startswith("|"):
                 head.append(line)
@@ -281,9 +293,13 @@ def merged(old_table, rows):
         else:
             body.append(line)
     body += [l for c, ls in new_by_command.items() if c not in emitted for l in ls]
-    if machine:
-        head = [f"Machine: {machine}. Every row is one run of the command beside it; the machine also "
-                "runs Kafka, Cassandra and the load tester.", ""] + [h for h in head if h.strip()]
+    if old_machine and machine and machine.split(",")[-1].strip() not in old_machine:
+        print(f"bench_table: the README's machine line does not name this machine ({machine}); "
+              "edit it to say which rows ran where", file=sys.stderr)
+    line = old_machine or (machine and f"Machine: {machine}. Every row is one run of the command beside "
+                           "it; the machine also runs Kafka, Cassandra and the load tester.")
+    if line:
+        head = [line, ""] + [h for h in head if h.strip()]
     while head and not head[-1].strip():
         head.pop()
     while head and not head[0].strip():

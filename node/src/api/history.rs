@@ -78,8 +78,10 @@ pub const METRICS: &[&str] = &[
     "events",
 ];
 
-/// Windows of `/v1/players/{id}/records` are at most this long (about three years).
-const MAX_WINDOW_MS: i64 = 3 * 366 * 86_400_000;
+/// Windows of `/v1/players/{id}/records` are at most this long: three years (36 months).
+const MAX_WINDOW_MS: i64 = 36 * MONTH_MS;
+/// A month of a records window: 1/12 of 365.25 days.
+const MONTH_MS: i64 = 2_629_800_000;
 
 /// `from`, `to` and `step` of a history query, checked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -600,7 +602,7 @@ pub fn window(value: &str) -> Result<i64, ApiError> {
     let unit_ms = match unit {
         "h" => 3_600_000,
         "d" => 86_400_000,
-        "mo" => 2_629_800_000,
+        "mo" => MONTH_MS,
         _ => {
             return Err(bad(
                 "window",
@@ -788,7 +790,21 @@ mod tests {
         assert_eq!(window("24h").unwrap(), 86_400_000);
         assert_eq!(window("30d").unwrap(), 30 * 86_400_000);
         assert_eq!(window("24mo").unwrap(), 24 * 2_629_800_000);
-        for bad in ["", "0d", "h", "5w", "-1d", "37mo", "99999999999999999999d"] {
+        // Three years: 36 months, 1095.75 days, 26298 hours.
+        assert_eq!(window("36mo").unwrap(), 94_672_800_000);
+        assert_eq!(window("1095d").unwrap(), 1095 * 86_400_000);
+        assert_eq!(window("26298h").unwrap(), 94_672_800_000);
+        for bad in [
+            "",
+            "0d",
+            "h",
+            "5w",
+            "-1d",
+            "37mo",
+            "1096d",
+            "26299h",
+            "99999999999999999999d",
+        ] {
             assert!(
                 window(bad).unwrap_err().to_string().starts_with("window:"),
                 "{bad}"

@@ -7,7 +7,7 @@
 //! path find the same id. Parameters not named here are ignored.
 //!
 //! A query is as long as the request head allows at most (`head`); an id is 1 to
-//! [`MAX_ID_LEN`] bytes once decoded, `limit` 1 to [`MAX_TOP_LIMIT`].
+//! [`MAX_ID_LEN`] bytes once decoded, without control characters, `limit` 1 to [`MAX_TOP_LIMIT`].
 //!
 //! Not for: routing (see `api`) or putting ids into URLs (see `entity_path`).
 
@@ -73,6 +73,10 @@ fn check_id(name: &str, id: &str) -> Result<(), ApiError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         let why = format!("must be 1 to {MAX_ID_LEN} bytes, got {}", id.len());
         return Err(bad(name, why));
+    }
+    // No event can carry one (ingest refuses them), so no entity has such an id.
+    if id.chars().any(char::is_control) {
+        return Err(bad(name, "must not hold control characters"));
     }
     Ok(())
 }
@@ -256,6 +260,9 @@ mod tests {
             ("id=", "id: must be 1 to 128 bytes, got 0"),
             ("id", "id: must be 1 to 128 bytes, got 0"),
             ("id=a&id=b", "id: given more than once"),
+            ("id=a%00b", "id: must not hold control characters"),
+            ("id=%0A", "id: must not hold control characters"),
+            ("id=%C2%85", "id: must not hold control characters"),
         ] {
             assert_eq!(id_of(query).unwrap_err(), error, "{query:?}");
         }
@@ -265,6 +272,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "channel id: must be 1 to 128 bytes, got 129");
+        let e = path_id(ShardKind::Players, "a\tb").unwrap_err().to_string();
+        assert_eq!(e, "player id: must not hold control characters");
+        assert!(path_id(ShardKind::Players, "\u{fffd} é/..").is_ok());
     }
 
     /// Keys a query is built from: the parameters, spelled plainly and encoded, and others.
