@@ -369,6 +369,7 @@ mod tests {
         match query_id(ShardKind::Channels, query) {
             Ok(id) => {
                 prop_assert!((1..=MAX_ID_LEN).contains(&id.len()), "{:?}", id);
+                prop_assert!(!id.chars().any(char::is_control), "{:?}", id);
                 if let Some(ids) = &ids {
                     prop_assert_eq!(ids, &vec![id]);
                 }
@@ -376,8 +377,10 @@ mod tests {
             Err(e) => {
                 check_error(&e, "id")?;
                 if let Some(ids) = &ids {
-                    let bad_length = |id: &String| id.is_empty() || id.len() > MAX_ID_LEN;
-                    prop_assert!(ids.len() != 1 || bad_length(&ids[0]), "{}: {:?}", e, ids);
+                    let bad = |id: &String| {
+                        id.is_empty() || id.len() > MAX_ID_LEN || id.chars().any(char::is_control)
+                    };
+                    prop_assert!(ids.len() != 1 || bad(&ids[0]), "{}: {:?}", e, ids);
                 }
             }
         }
