@@ -327,13 +327,27 @@ fn check_id(field: &str, value: &str, scan_chars: bool) -> Result<(), Rejection>
             format!("longer than {MAX_ID_LEN} bytes"),
         ));
     }
-    // Control characters are C0 (bytes below 0x20), DEL, and C1 (U+0080-U+009F, which
-    // UTF-8 writes as 0xC2 0x80-0x9F): only a string with such a byte needs the char scan.
-    let suspicious = scan_chars && value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
-    if suspicious && value.chars().any(|c| c.is_control()) {
+    if scan_chars && has_control(value) {
         return Err(Rejection::new(field, "must not contain control characters"));
     }
     Ok(())
+}
+
+/// Whether `value` holds a control character: C0 (bytes below 0x20), DEL, or C1
+/// (U+0080-U+009F, which UTF-8 writes as 0xC2 0x80-0x9F). Only a string with such a byte
+/// needs the char scan.
+pub fn has_control(value: &str) -> bool {
+    value.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && value.chars().any(char::is_control)
+}
+
+/// What keeps `id` from naming an entity in a query or a subscription (1 to
+/// [`MAX_ID_LEN`] bytes, no control characters, as ingest takes ids), or None. No event
+/// carries such an id, so no entity has it.
+pub fn id_problem(id: &str) -> Option<String> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Some(format!("must be 1 to {MAX_ID_LEN} bytes, got {}", id.len()));
+    }
+    has_control(id).then(|| "must not hold control characters".to_string())
 }
 
 /// The JSON Schema of [`Event`], as written to docs/event.schema.json.

@@ -7,7 +7,7 @@
 //! path find the same id. Parameters not named here are ignored.
 //!
 //! A query is as long as the request head allows at most (`head`); an id is 1 to
-//! [`MAX_ID_LEN`] bytes once decoded, without control characters, `limit` 1 to [`MAX_TOP_LIMIT`].
+//! [`crate::event::MAX_ID_LEN`] bytes once decoded, without control characters, `limit` 1 to [`MAX_TOP_LIMIT`].
 //!
 //! Not for: routing (see `api`) or putting ids into URLs (see `entity_path`).
 
@@ -16,7 +16,6 @@ use std::borrow::Cow;
 use percent_encoding::percent_decode_str;
 
 use super::ApiError;
-use crate::event::MAX_ID_LEN;
 use crate::ingest::clip;
 use crate::kind::ShardKind;
 use crate::shard::TopBy;
@@ -70,15 +69,7 @@ pub(super) fn path_id(kind: ShardKind, id: &str) -> Result<(), ApiError> {
 }
 
 fn check_id(name: &str, id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        let why = format!("must be 1 to {MAX_ID_LEN} bytes, got {}", id.len());
-        return Err(bad(name, why));
-    }
-    // No event can carry one (ingest refuses them), so no entity has such an id.
-    if id.chars().any(char::is_control) {
-        return Err(bad(name, "must not hold control characters"));
-    }
-    Ok(())
+    crate::event::id_problem(id).map_or(Ok(()), |why| Err(bad(name, why)))
 }
 
 /// The id of `?id=`: the form for ids a path segment cannot carry (`.`, `..`, the
@@ -165,6 +156,7 @@ pub(super) fn local(query: &str) -> Result<bool, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::MAX_ID_LEN;
     use crate::fuzz::{self, Input};
     use proptest::prelude::*;
     use proptest::sample::select;

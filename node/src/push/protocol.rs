@@ -5,7 +5,6 @@
 
 use serde_json::Value;
 
-use crate::event::MAX_ID_LEN;
 use crate::shard::TopBy;
 
 /// The most channels a top-N subscription may ask for (as `GET /v1/channels/top`).
@@ -91,16 +90,9 @@ fn malformed(field: &str, reason: impl Into<String>) -> Malformed {
     }
 }
 
-/// Checks an id: 1 to [`MAX_ID_LEN`] bytes, no control characters (no event can carry one).
+/// Checks an id as [`crate::event::id_problem`] does.
 pub fn check_id(field: &str, id: &str) -> Result<(), Malformed> {
-    if id.is_empty() || id.len() > MAX_ID_LEN {
-        let why = format!("must be 1 to {MAX_ID_LEN} bytes, got {}", id.len());
-        return Err(malformed(field, why));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(malformed(field, "must not hold control characters"));
-    }
-    Ok(())
+    crate::event::id_problem(id).map_or(Ok(()), |why| Err(malformed(field, why)))
 }
 
 /// Parses one text message.
