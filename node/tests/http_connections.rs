@@ -39,7 +39,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 let body: Vec<u8> = (0..n.into_inner()).map(|i| (i % 251) as u8).collect();
                 HttpResponse::Ok().body(body)
             }),
-        );
+        )
+        .route("/ws", web::get().to(raw_http::echo));
 }
 
 fn start_server() -> SocketAddr {
@@ -217,4 +218,32 @@ fn a_large_answer_read_slowly_arrives_whole_and_the_connection_goes_on() {
     );
     let (status, body) = read_response(&mut reader);
     assert_eq!((status, text(&body)), (200, "7"));
+}
+
+#[tokio::test]
+async fn websocket_messages_of_every_size_come_back_whole() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let addr = start_server();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("websocket");
+    // Around the frame header's length forms (125, 126, 65535) and the sizes where the
+    // read buffer copies a chunk or splits it off (1 KiB) and grows (8 KiB); the echo
+    // server takes frames up to 64 KiB.
+    for size in [
+        0, 1, 125, 126, 1023, 1024, 1025, 4000, 8191, 8192, 8193, 30_000, 65_000,
+    ] {
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        ws.send(Message::text(text.clone())).await.expect("send");
+        match ws.next().await {
+            Some(Ok(Message::Text(echo))) => {
+                assert_eq!(echo.as_str(), text, "the {size}-byte message comes back")
+            }
+            other => panic!("the {size}-byte message's echo, got {other:?}"),
+        }
+    }
 }

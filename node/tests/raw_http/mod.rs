@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::mpsc;
 use std::thread;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 /// Serves the routes `configure` adds, with one worker, on a thread of its own for the
 /// rest of the test process; returns the address once it accepts connections.
@@ -27,4 +27,19 @@ pub fn serve(configure: fn(&mut web::ServiceConfig)) -> SocketAddr {
     });
     started.recv().expect("server thread started");
     addr
+}
+
+/// A WebSocket that answers each text message with the same text.
+pub async fn echo(req: HttpRequest, body: web::Payload) -> actix_web::Result<HttpResponse> {
+    let (response, mut session, mut messages) = actix_ws::handle(&req, body)?;
+    actix_web::rt::spawn(async move {
+        while let Some(Ok(message)) = messages.recv().await {
+            if let actix_ws::Message::Text(text) = message {
+                if session.text(text).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Ok(response)
 }

@@ -161,10 +161,10 @@ impl ChunkedState {
         } else {
             let slice;
             if *rem > len {
-                slice = rdr.split().freeze();
+                slice = super::decoder::take_chunk(rdr, rdr.len());
                 *rem -= len;
             } else {
-                slice = rdr.split_to(*rem as usize).freeze();
+                slice = super::decoder::take_chunk(rdr, *rem as usize);
                 *rem = 0;
             }
             *buf = Some(slice);

@@ -1,7 +1,7 @@
 use std::{io, marker::PhantomData, mem::MaybeUninit, task::Poll};
 
 use actix_codec::Decoder;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::{
     header::{self, HeaderName, HeaderValue},
     Method, StatusCode, Uri, Version,
@@ -12,6 +12,24 @@ use super::chunked::ChunkedState;
 use crate::{error::ParseError, header::HeaderMap, ConnectionType, Request, ResponseHead};
 
 pub(crate) const MAX_BUFFER_SIZE: usize = 131_072;
+
+/// Payload chunks up to this size are copied out of the read buffer rather than split off
+/// it: a small chunk that shares the buffer's allocation keeps all of it alive for as long
+/// as the chunk lives (a WebSocket reader that buffers its first frame holds 8 KiB for the
+/// connection's life), and it stops the dispatcher from releasing the buffer while idle.
+const SMALL_CHUNK: usize = 1024;
+
+/// The first `n` bytes of `src`, taken off it: copied when small (see [`SMALL_CHUNK`]),
+/// split off (no copy) otherwise.
+pub(crate) fn take_chunk(src: &mut BytesMut, n: usize) -> Bytes {
+    if n <= SMALL_CHUNK {
+        let chunk = Bytes::copy_from_slice(&src[..n]);
+        src.advance(n);
+        chunk
+    } else {
+        src.split_to(n).freeze()
+    }
+}
 const MAX_HEADERS: usize = 96;
 
 /// Incoming message decoder
@@ -566,10 +584,10 @@ impl Decoder for PayloadDecoder {
                     let len = src.len() as u64;
                     let buf;
                     if *remaining > len {
-                        buf = src.split().freeze();
+                        buf = take_chunk(src, src.len());
                         *remaining -= len;
                     } else {
-                        buf = src.split_to(*remaining as usize).freeze();
+                        buf = take_chunk(src, *remaining as usize);
                         *remaining = 0;
                     };
                     trace!("Length read: {}", buf.len());
@@ -607,7 +625,7 @@ impl Decoder for PayloadDecoder {
                 if src.is_empty() {
                     Ok(None)
                 } else {
-                    Ok(Some(PayloadItem::Chunk(src.split().freeze())))
+                    Ok(Some(PayloadItem::Chunk(take_chunk(src, src.len()))))
                 }
             }
         }
