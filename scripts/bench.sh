@@ -42,6 +42,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 LOG_PREFIX=bench OUT=bench/results WORK=.services/bench
+MODE=${1:-all}
+# Results files written since then are this run's (see the table at the end).
+BENCH_STARTED=$(date +%s)
 # shellcheck source=lib/nodes.sh
 source scripts/lib/nodes.sh
 release_binaries
@@ -627,7 +630,7 @@ PY
   stop_node "$pid"
 }
 
-case "${1:-all}" in
+case "$MODE" in
   node) bench_node ;;
   idle) bench_idle ;;
   cluster) bench_cluster "${BENCH_CLUSTER_PLAYERS:-300000}" ;;
@@ -652,5 +655,10 @@ case "${1:-all}" in
     ;;
   *) echo "usage: $0 [node|cluster|viewers|idle|generator|subscribers|dedupe|history|latency|table|all]" >&2; exit 2 ;;
 esac
-# The table of everything measured so far, into README.md's Performance section.
-python3 scripts/bench_table.py "$OUT" README.md
+# The rows this run measured, into README.md's Performance section (`table`: the rows of
+# every results file there is); the README's other rows stay as they are.
+if [ "$MODE" = table ]; then
+  python3 scripts/bench_table.py "$OUT" README.md
+else
+  BENCH_TABLE_SINCE=$BENCH_STARTED python3 scripts/bench_table.py "$OUT" README.md
+fi

@@ -2,6 +2,11 @@
 """Builds the Performance table from bench/results/*.json and puts it into README.md.
 
 Usage: scripts/bench_table.py [RESULTS_DIR] [README]
+       BENCH_TABLE_SINCE=EPOCH_SECONDS scripts/bench_table.py ...
+
+With BENCH_TABLE_SINCE, results files written before that time are left out, as if they
+were not there: `scripts/bench.sh MODE` sets it to its own start, so a run renders only
+the rows it measured, never rows from an older run's files still in RESULTS_DIR.
 
 Each row says what was measured, the result and the command that reproduces it. In the
 README, rows of this run replace the rows of the same command, in their place; rows of
@@ -20,15 +25,23 @@ out = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
 readme = sys.argv[2] if len(sys.argv) > 2 else "README.md"
 
 
+since = float(os.environ.get("BENCH_TABLE_SINCE") or 0)
+
+
+def fresh(path):
+    """Whether a results file counts: it exists and was written at or after `since`."""
+    return os.path.exists(path) and os.path.getmtime(path) >= since
+
+
 def load(name):
     path = os.path.join(out, name)
-    return json.load(open(path)) if os.path.exists(path) else None
+    return json.load(open(path)) if fresh(path) else None
 
 
 def by_size(pattern):
     """[(n, json)] for files like viewers-500000.json, smallest n first."""
     found = []
-    for p in glob.glob(os.path.join(out, pattern)):
+    for p in filter(fresh, glob.glob(os.path.join(out, pattern))):
         m = re.search(r"-(\d+)\.json$", p)
         if m:
             found.append((int(m.group(1)), json.load(open(p))))
