@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tally_node::config::{IngestConfig, KafkaConfig};
 use tally_node::event::Event;
-use tally_node::ingest::{records_for, Ingest};
+use tally_node::ingest::{records_for, Ingest, IngestError};
 use tally_node::metrics::Metrics;
 
 pub const KAFKA: &str = "127.0.0.1:9092";
@@ -252,11 +252,27 @@ keyspace = "{}"
     }
 }
 
-/// Produces `events` in transactions of `per_txn` events each.
+/// Produces `events` in transactions of `per_txn` events each. A transaction Kafka did not
+/// take (nothing of it written: a broker slowed by the tests around it) is tried again,
+/// up to `PRODUCE_ATTEMPTS` times in all, as a client of ingest would; any other failure,
+/// and one that may have written, fails the test.
 pub async fn produce(ingest: &Ingest, events: &[Event], per_txn: usize) {
+    const PRODUCE_ATTEMPTS: usize = 3;
     for chunk in events.chunks(per_txn) {
-        let records = chunk.iter().flat_map(records_for).collect();
-        ingest.produce(records).await.expect("produce to kafka");
+        let records: Vec<_> = chunk.iter().flat_map(records_for).collect();
+        let mut attempt = 1;
+        loop {
+            match ingest.produce(records.clone()).await {
+                Ok(()) => break,
+                Err(e @ (IngestError::NotWritten(_) | IngestError::TimedOut(_)))
+                    if attempt < PRODUCE_ATTEMPTS =>
+                {
+                    eprintln!("produce to kafka: attempt {attempt}: {e}; trying again");
+                    attempt += 1;
+                }
+                Err(e) => panic!("produce to kafka: {e:?}"),
+            }
+        }
     }
 }
 
