@@ -276,7 +276,14 @@ pub fn currency_code(currency: &str) -> [u8; 3] {
 pub fn add_revenue(revenue: &mut Vec<([u8; 3], u128)>, code: [u8; 3], amount: u128) {
     match revenue.binary_search_by(|(c, _)| c.cmp(&code)) {
         Ok(i) => revenue[i].1 = revenue[i].1.saturating_add(amount),
-        Err(i) => revenue.insert(i, (code, amount)),
+        Err(i) => {
+            // One more place while there are few, not the four a vector's first growth
+            // takes: most players and buckets see one currency.
+            if revenue.len() < 4 {
+                revenue.reserve_exact(1);
+            }
+            revenue.insert(i, (code, amount))
+        }
     }
 }
 
@@ -408,6 +415,30 @@ mod tests {
         assert_eq!(v.purchases, 3);
         assert_eq!(v.revenue["USD"], 150);
         assert_eq!(v.revenue["EUR"], 250);
+    }
+
+    #[test]
+    fn revenue_takes_exactly_its_room_for_a_few_currencies_and_stays_sorted() {
+        let mut revenue = Vec::new();
+        for (i, code) in [*b"USD", *b"EUR", *b"JPY", *b"USD"].into_iter().enumerate() {
+            add_revenue(&mut revenue, code, 10 + i as u128);
+        }
+        assert_eq!(revenue.len(), 3);
+        assert_eq!(revenue.capacity(), 3, "no room beyond the currencies seen");
+        assert_eq!(
+            revenue,
+            vec![(*b"EUR", 11), (*b"JPY", 12), (*b"USD", 10 + 13)]
+        );
+        // Many currencies: amortized growth again, still sorted, every amount kept.
+        for i in 0..200u8 {
+            add_revenue(&mut revenue, [b'X', i / 26 + b'A', i % 26 + b'A'], 1);
+        }
+        assert_eq!(revenue.len(), 203);
+        assert!(revenue.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(
+            revenue.iter().map(|(_, a)| a).sum::<u128>(),
+            11 + 12 + 23 + 200
+        );
     }
 
     #[test]

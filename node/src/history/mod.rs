@@ -77,7 +77,7 @@ pub struct BucketRow {
     pub id: CompactString,
     pub step: Step,
     pub start: i64,
-    pub state: Vec<u8>,
+    pub state: Box<[u8]>,
     pub covered: i64,
 }
 
@@ -196,6 +196,11 @@ impl<B: Default + Clone + Serialize + DeserializeOwned> Buckets<B> {
             }
             let upto = &mut self.sealed_upto[step.index()];
             *upto = (*upto).max(s.start);
+            if self.sealed.len() < 8 {
+                // Exactly the room needed while the list is short (an entity seals a
+                // handful between checkpoints), not the doubling a vector grows by.
+                self.sealed.reserve_exact(1);
+            }
             self.sealed.push(Sealed {
                 step,
                 start: s.start,
@@ -487,8 +492,12 @@ impl<B> History<B> {
         B: Serialize + Clone,
     {
         let covered = next_offset - 1;
-        let mut rows = Vec::new();
         let keys = self.dirty_entities.take_due(due);
+        // Room for a slot of each step and one sealed bucket per entity, taken up front: a
+        // catch-up checkpoint takes a row for most of a million entities, and growing the
+        // vector by doubling would copy it (and fault in fresh pages) several times over.
+        // Capacity never written costs no memory.
+        let mut rows = Vec::with_capacity((keys.len() + with.len()) * (Step::ALL.len() + 1));
         for key in keys.iter().chain(with) {
             let Some(buckets) = self.entities.get_mut(key).map(|s| &mut s.state) else {
                 continue;
@@ -505,7 +514,7 @@ impl<B> History<B> {
                     id: key.clone(),
                     step: slot.step,
                     start: slot.start,
-                    state: crate::entity::encode_boxed(&slot.state).into_vec(),
+                    state: crate::entity::encode_boxed(&slot.state),
                     covered,
                 });
             }
@@ -516,7 +525,7 @@ impl<B> History<B> {
                     id: key.clone(),
                     step: sealed.step,
                     start: sealed.start,
-                    state: sealed.state.to_vec(),
+                    state: sealed.state.clone(),
                     covered,
                 });
             }
@@ -530,7 +539,7 @@ impl<B> History<B> {
                 id: partition.to_string().into(),
                 step: slot.step,
                 start: slot.start,
-                state: crate::entity::encode(&slot.state),
+                state: crate::entity::encode_boxed(&slot.state),
                 covered,
             });
         }
@@ -716,6 +725,7 @@ mod tests {
         let b = &h.entities.get("p").expect("resident").state;
         assert_eq!(b.slots.len(), 3, "one slot per step");
         assert_eq!(b.sealed.len(), 2);
+        assert_eq!(b.sealed.capacity(), 2, "a short list has no spare room");
         assert!(h.contains("p", Step::Minute, minute(5)));
         assert_eq!(h.resident("p", [0, 0, 0], [true; 3]), [true, true, true]);
         assert_eq!(
@@ -729,6 +739,7 @@ mod tests {
         };
         let (_, rows) = h.snapshot(SCOPES, 3, NOW, &[]);
         assert_eq!(rows.len(), 5, "three minutes, an hour, a day");
+        assert!(rows.capacity() >= 5, "taken up front, never grown");
         assert_eq!(first_minute(&rows).kills, 1);
         // A late event opens the sealed minute with its state.
         assert_eq!(take(&mut h, "p", 10, 3), [true, true, true]);

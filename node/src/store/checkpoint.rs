@@ -93,7 +93,8 @@ pub fn player_row<T: Serialize + Clone>(key: String, state: &T, offset: i64) -> 
     SnapshotEntity::Player {
         key,
         row: EntityRow {
-            state: entity::encode(state),
+            // Exactly its size: a catch-up checkpoint holds a row for most entities.
+            state: entity::encode_boxed(state).into_vec(),
             applied_offset: offset,
         },
     }
@@ -283,7 +284,7 @@ mod tests {
             id: "p".into(),
             step: crate::history::Step::Minute,
             start: 0,
-            state: vec![0; bytes],
+            state: vec![0; bytes].into(),
             covered: 0,
         };
         let rows: Vec<BucketRow> =
