@@ -148,6 +148,8 @@ def latency(args):
     rnd = random.Random(args.seed)
     conn = connect(args.node)
     times = {k: [] for k in kinds}
+    # By where the node took the buckets from (x-tally-history-source): hit, fill, cassandra.
+    by_source = {k: {} for k in kinds}
     errors, filled, size = {}, {}, {}
     deadline = time.monotonic() + args.secs
     done = 0
@@ -170,11 +172,13 @@ def latency(args):
                     conn = connect(args.node)
                 continue
             times[kind].append(ms)
+            by_source[kind].setdefault(r.getheader("x-tally-history-source", "none"), []).append(ms)
             if kind not in filled:
                 buckets = json.loads(body)["buckets"]
                 filled[kind] = {"buckets": len(buckets), "with_data": sum(1 for b in buckets if b.get(field))}
                 size[kind] = len(body)
-    res = {k: {**percentiles(v), "answer_bytes": size.get(k), "first_answer": filled.get(k)}
+    res = {k: {**percentiles(v), "answer_bytes": size.get(k), "first_answer": filled.get(k),
+               "by_source": {src: percentiles(t) for src, t in sorted(by_source[k].items())}}
            for k, v in times.items()}
     res["errors"] = errors
     res["fields"] = args.fields
@@ -184,7 +188,8 @@ def latency(args):
         if d["samples"]:
             print(f"bench_history: {k}: {d['samples']} queries, p50 / p99 / max {d['p50_ms']:.1f} / "
                   f"{d['p99_ms']:.1f} / {d['max_ms']:.1f} ms, {d['answer_bytes']:,} bytes, "
-                  f"{d['first_answer']['with_data']} of {d['first_answer']['buckets']} buckets with data",
+                  f"{d['first_answer']['with_data']} of {d['first_answer']['buckets']} buckets with data; "
+                  + ", ".join(f"{src} {b['samples']} (p99 {b['p99_ms']:.1f} ms)" for src, b in d["by_source"].items()),
                   file=sys.stderr)
     if errors:
         print(f"bench_history: answers other than 200: {errors}", file=sys.stderr)

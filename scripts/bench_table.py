@@ -211,7 +211,13 @@ if hist:
     rows.append((f"Resident memory per player, history on vs off ({on[-1]['players_resident']:,} players resident)",
                  f"{bpp(on):,.0f} vs {bpp(off):,.0f} bytes (the lower of the rounds)", cmd))
     p, li, lo, w = hist["prefill"], hist["latency_idle"], hist["latency_load"], hist["load_window"]
-    lat = lambda d: f"{d['p50_ms']:.1f} / {d['p99_ms']:.1f} / {d['max_ms']:.1f} ms"
+    def lat(d):
+        out = f"{d['p50_ms']:.1f} / {d['p99_ms']:.1f} / {d['max_ms']:.1f} ms"
+        src = d.get("by_source")
+        if src:  # where the owner took the buckets from: its cache (hit) or Cassandra
+            out += " (" + ", ".join(f"{n} {b['samples']}: {b['p50_ms']:.1f} / {b['p99_ms']:.1f} / {b['max_ms']:.1f}"
+                                    for n, b in src.items()) + ")"
+        return out
     rows.append((f"History queries, one at a time, while the node applies {w['records_per_sec']:,.0f} records/s "
                  f"(aimed at half of the {hist['live_max']['events_per_sec']:,.0f} events/s it sustains live, "
                  f"{hist['load_target_events_per_sec']:,} events/s; the load tester sent {w['sent_events_per_sec']:,.0f}; "

@@ -56,7 +56,38 @@ pub fn entity_path(kind: ShardKind, id: &str) -> String {
 /// (`http` or `https`). Checks that the parsed URL kept exactly the path and query built:
 /// the encoding guarantees it, and a changed path would answer another question with a 200.
 pub fn entity_url(scheme: &str, addr: &str, kind: ShardKind, id: &str) -> Result<Url, String> {
-    let path = entity_path(kind, id);
+    checked_url(scheme, addr, kind, id, entity_path(kind, id))
+}
+
+/// The URL of `id`'s history query (`/v1/players/{id}/history?{query}`), checked as
+/// [`entity_url`]'s; ids that cannot be a path segment have none.
+pub fn history_url(
+    scheme: &str,
+    addr: &str,
+    kind: ShardKind,
+    id: &str,
+    query: &str,
+) -> Result<Url, String> {
+    if !fits_path(kind, id) {
+        return Err(format!(
+            "{} {id:?}: no history path for this id",
+            kind.entity_name()
+        ));
+    }
+    let mut path = format!("{}/{}/history", kind.api_path(), encode(id));
+    if !query.is_empty() {
+        path = format!("{path}?{query}");
+    }
+    checked_url(scheme, addr, kind, id, path)
+}
+
+fn checked_url(
+    scheme: &str,
+    addr: &str,
+    kind: ShardKind,
+    id: &str,
+    path: String,
+) -> Result<Url, String> {
     let url = Url::parse(&format!("{scheme}://{addr}{path}"))
         .map_err(|e| format!("{} {id:?}: url for {addr}: {e}", kind.entity_name()))?;
     let kept = match url.query() {

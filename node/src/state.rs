@@ -24,6 +24,7 @@ use crate::auth::Auth;
 use crate::cluster::membership::Membership;
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
+use crate::history::cache::HistoryCache;
 use crate::ingest::Ingest;
 use crate::kind::{ChangeKind, ShardId, ShardKind};
 use crate::metrics::Metrics;
@@ -197,6 +198,8 @@ pub struct NodeState {
     pub tls: Option<Arc<ApiTls>>,
     /// Events this node's ingest acknowledged recently (answering retries as such).
     pub acknowledged: Acknowledged,
+    /// Stored history buckets of the partitions this node owns, for repeated queries.
+    pub history_cache: Arc<HistoryCache>,
     /// The root of the shutdown tree: cancelled once, when the node starts to stop; every
     /// background task (start-up, the dependency monitor, the controller) holds a child.
     pub shutdown: CancellationToken,
@@ -224,7 +227,9 @@ impl NodeState {
             Duration::from_secs(cfg.shard.dedupe_window_secs),
             ACKNOWLEDGED_KEPT,
         );
+        let history_cache = Arc::new(cfg.history.cache());
         Ok(Arc::new(NodeState {
+            history_cache,
             cfg,
             auth,
             metrics: Arc::new(Metrics::default()),

@@ -54,6 +54,7 @@ async fn start(
         dead_letters: None,
         push_interval: Duration::from_millis(250),
         history: Default::default(),
+        history_cache: None,
     })
     .await
     .unwrap()

@@ -653,10 +653,19 @@ async fn history_stays_exact_in_a_3_node_cluster_when_a_node_is_killed() {
     cluster.nodes[1].kill9();
     cluster.wait_owned_by(&["n1", "n3"], 0).await;
     produce(&ingest, &events[half..], 50).await;
-    // History is read from Cassandra: every node answers alike, the killed one's partitions
-    // included once their new owners have caught up.
+    // Every node answers alike (a history query is forwarded to the owner, whose cache and
+    // Cassandra agree), the killed one's partitions included once their new owners have
+    // caught up.
     assert_converges(&cluster.nodes[2], &model, Duration::from_secs(120)).await;
     assert!(compare(&cluster.nodes[0], &model).await.is_empty());
+    for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+        assert!(node.metric("tally_queries_forwarded_total").await > 0);
+        assert!(
+            node.metric("tally_history_queries_total{source=\"hit\"}")
+                .await
+                > 0
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -805,4 +814,107 @@ async fn history_queries_refuse_bad_parameters_naming_them() {
     assert_eq!(body["buckets"].as_array().unwrap().len(), 2);
     assert_eq!(body["buckets"][0]["kills"], 0);
     assert_eq!(body["buckets"][1]["time"], "1970-01-01T01:00:00Z");
+}
+
+/// One player's hourly history from `from`, with where the owner took it from.
+async fn hourly(node: &NodeProcess, player: &str, from: i64, to: i64) -> (String, Value) {
+    let url = node.url(&format!(
+        "/v1/players/{player}/history?step=hour&from={from}&to={to}&fields=kills,matches"
+    ));
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let source = r.headers()["x-tally-history-source"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (source, r.json().await.unwrap())
+}
+
+fn kills_at(body: &Value, start: i64) -> i64 {
+    let b = body["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["start"] == start)
+        .unwrap_or_else(|| panic!("no bucket {start}: {body}"));
+    num(b, "kills")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_owners_cache_answers_repeated_queries_and_sees_late_events_through_its_checkpoints() {
+    let env = TestEnv::new("history-cache", PARTITIONS);
+    let now = tally_node::event::now_ms();
+    let old = floor(now - 2 * DAY, HOUR);
+    let (from, to) = (old - 5 * HOUR, floor(now, HOUR) + HOUR);
+    let ingest = env.producer();
+    let node = NodeProcess::start(&env, "hc1", CONFIG);
+    node.wait_ready(Duration::from_secs(90)).await;
+    let end = |id: &str, ts: i64, kills: u32| {
+        let body = EventBody::MatchEnd {
+            match_id: format!("m-{id}").into(),
+            kills,
+            deaths: 0,
+            survival_secs: 30,
+            placement: 1,
+        };
+        event(id.into(), ts, "cached/ü 1", body)
+    };
+    produce(&ingest, &[end("c1", old + 1_000, 2), end("c2", now, 1)], 2).await;
+    let player = "cached%2F%C3%BC%201";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = hourly(&node, player, from, to).await;
+        if kills_at(&body, old) == 2 && kills_at(&body, floor(now, HOUR)) == 1 {
+            break;
+        }
+        let last: Vec<&Value> = body["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .take(3)
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "never converged: {last:?} now={now}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (source, _) = hourly(&node, player, from, to).await;
+    assert_eq!(source, "hit", "a repeated query is answered by the cache");
+    let (source, _) = hourly(&node, player, from + HOUR, to - HOUR).await;
+    assert_eq!(source, "hit", "and so is any range within it");
+    let fills = node
+        .metric("tally_history_queries_total{source=\"fill\"}")
+        .await;
+    assert!(fills >= 1);
+
+    // A late event for the old bucket: the checkpoint writes it through, no refill.
+    produce(&ingest, &[end("c3", old + 60_000, 5)], 1).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (source, body) = hourly(&node, player, from, to).await;
+        assert_eq!(source, "hit");
+        if kills_at(&body, old) == 7 {
+            break;
+        }
+        assert_eq!(kills_at(&body, old), 2, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the late event never showed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        node.metric("tally_history_queries_total{source=\"fill\"}")
+            .await,
+        fills,
+        "the entry was never read again"
+    );
+    // A range starting before the entry's is read from Cassandra again, alike.
+    let (source, body) = hourly(&node, player, from - DAY, to).await;
+    assert_eq!(source, "fill");
+    assert_eq!(kills_at(&body, old), 7);
+    assert_eq!(kills_at(&body, floor(now, HOUR)), 1);
+    assert!(node.metric("tally_history_cache_bytes").await > 0);
 }

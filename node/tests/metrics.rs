@@ -131,6 +131,8 @@ tally_entity_loads_total counter 1
 tally_entity_passivations_total counter 1
 tally_history_bucket_loads_total counter 1
 tally_history_bucket_writes_total counter 2
+tally_history_cache_bytes gauge 1
+tally_history_queries_total counter 3
 tally_http_request_duration_seconds histogram 1
 tally_http_requests_total counter 2
 tally_ingest_events_accepted_total counter 1

@@ -57,6 +57,7 @@ async fn start_shard_of(
         dead_letters: None,
         push_interval: Duration::from_millis(250),
         history: Default::default(),
+        history_cache: None,
     };
     shard::spawn(args).await.unwrap()
 }
@@ -495,6 +496,7 @@ async fn undecodable_records_are_skipped_counted_and_dead_lettered_and_neighbour
         dead_letters: Some(dead_letters.clone()),
         push_interval: Duration::from_millis(250),
         history: Default::default(),
+        history_cache: None,
     };
     let shard = shard::spawn(args).await.unwrap();
     feed(&shard, &recs).await;

@@ -1,10 +1,13 @@
 //! History queries: a player's or a channel's buckets, the whole game's metrics, and a
 //! player's records. See docs/API.md, "History".
 //!
-//! Every answer is read from Cassandra, as of the owners' last checkpoints (at most
-//! `shard.checkpoint_interval_ms` behind the live counters), so any node answers any
-//! history query the same way, without asking the owner, and a busy shard never slows
-//! one. Global metrics merge every partition's partial bucket. Empty buckets are zeros.
+//! Every answer is what Cassandra holds, as of the owners' last checkpoints (at most
+//! `shard.checkpoint_interval_ms` behind the live counters). An entity's history is
+//! answered by the partition's owner, from its cache of stored buckets
+//! (`history::cache`, written through by its checkpoints) or from Cassandra; another node
+//! forwards to it, and reads Cassandra itself when the owner does not answer, so every
+//! node answers alike and a busy shard never slows one (the shard is not asked). Global
+//! metrics merge every partition's partial bucket, from Cassandra. Empty buckets are zeros.
 //!
 //! Not for: building buckets (see `history`).
 
@@ -14,13 +17,20 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 
+use tracing::warn;
+
 use super::params::{self, bad, param};
-use super::{core, ApiError, Data};
+use super::{auth, core, ApiError, Data};
+use crate::cluster::routing::{get_raw, owner_api};
 use crate::entity;
+use crate::entity_path::history_url;
 use crate::event::KINDS;
 use crate::history::bucket::MatchRecords;
+use crate::history::cache::Durable;
 use crate::history::{ChannelBucket, GlobalBucket, PlayerBucket, Scope, Step};
+use crate::kind::ShardId;
 use crate::kind::ShardKind;
+use crate::metrics::HistorySource;
 use crate::partitioner::partition_for;
 use crate::state::{Core, NodeState};
 
@@ -252,13 +262,6 @@ pub fn channel_field(b: &ChannelBucket, step: Step, field: &str) -> Value {
     }
 }
 
-/// How far a partition's history is durable: its watermark and resume offset.
-#[derive(Debug, Clone, Copy, Default)]
-struct Durable {
-    watermark: i64,
-    offset: i64,
-}
-
 async fn durable(
     state: &NodeState,
     core: &Core,
@@ -293,8 +296,80 @@ fn open_from(range: &Range, watermark: i64, grace_ms: i64) -> Option<i64> {
         .find(|s| open(*s, range.step, watermark, grace_ms))
 }
 
-/// Stored buckets of one scope and id over `range`, decoded, by start.
+/// Stored buckets of one scope and id over `range`, decoded, by start, and where they came
+/// from.
+struct Stored<B> {
+    buckets: BTreeMap<i64, B>,
+    source: HistorySource,
+}
+
+/// The shard that owns `(scope, id)`.
+fn shard_of(core: &Core, scope: Scope, id: &str) -> ShardId {
+    let kind = match scope {
+        Scope::Channel | Scope::ChannelsPartition => ShardKind::Channels,
+        Scope::Player | Scope::PlayersPartition => ShardKind::Players,
+    };
+    (kind, partition_for(id, core.partitions(kind)))
+}
+
+/// The stored buckets of `(scope, id)` over `range`: from the owner's cache when this node
+/// owns the partition and the cache holds them, else from Cassandra (kept in the cache
+/// when this node owns the partition and the rows from `range.first` to now are at most
+/// `history.max_points`).
 async fn read<B: serde::de::DeserializeOwned>(
+    state: &NodeState,
+    core: &Core,
+    scope: Scope,
+    id: &str,
+    range: &Range,
+) -> Result<Stored<B>, ApiError> {
+    let shard = shard_of(core, scope, id);
+    let cache = &state.history_cache;
+    let key = (scope, id, range.step);
+    // Only entities' rows are written through; the partitions' global rows never are.
+    let cached = matches!(scope, Scope::Player | Scope::Channel);
+    let owner = cached && core.shard(shard).is_some();
+    let answer = |buckets, source| {
+        state.metrics.add_history_query(source, cache.bytes());
+        Ok(Stored { buckets, source })
+    };
+    if owner {
+        if let Some(hit) = cache.get(shard, key, range.first, range.to) {
+            let buckets = hit
+                .rows
+                .iter()
+                .map(|(start, s)| decode(*start, s))
+                .collect::<Result<_, _>>()?;
+            return answer(buckets, HistorySource::Cache);
+        }
+        let step = range.step.millis();
+        let now = crate::event::now_ms();
+        let kept = (state.cfg.history.max_points as i64).saturating_mul(step);
+        if range.first >= now.saturating_sub(kept) {
+            if let Some(fill) = cache.fill(shard, key, range.first) {
+                let rows = core
+                    .store
+                    .read_bucket_range(scope, id, range.step, range.first, i64::MAX)
+                    .await
+                    .map_err(unavailable)?;
+                let buckets = rows
+                    .iter()
+                    .filter(|(start, ..)| *start < range.to)
+                    .map(|(start, _, s)| decode(*start, s))
+                    .collect::<Result<_, _>>()?;
+                cache.finish(fill, &rows);
+                return answer(buckets, HistorySource::Fill);
+            }
+        }
+    }
+    answer(
+        read_stored(core, scope, id, range).await?,
+        HistorySource::Cassandra,
+    )
+}
+
+/// The stored buckets of `(scope, id)` over `range`, from Cassandra.
+async fn read_stored<B: serde::de::DeserializeOwned>(
     core: &Core,
     scope: Scope,
     id: &str,
@@ -305,17 +380,25 @@ async fn read<B: serde::de::DeserializeOwned>(
         .read_bucket_range(scope, id, range.step, range.first, range.to)
         .await
         .map_err(unavailable)?;
-    rows.into_iter()
-        .map(|(start, state)| Ok((start, entity::decode::<B>(&state)?)))
-        .collect::<anyhow::Result<_>>()
+    rows.iter().map(|(start, _, s)| decode(*start, s)).collect()
+}
+
+fn decode<B: serde::de::DeserializeOwned>(start: i64, state: &[u8]) -> Result<(i64, B), ApiError> {
+    entity::decode::<B>(state)
+        .map(|b| (start, b))
         .map_err(|e| ApiError::Internal(format!("history: stored bucket does not decode: {e:#}")))
 }
+
+/// The header naming where a history answer's stored buckets came from (`hit`, `fill`,
+/// `cassandra`; see [`HistorySource`]).
+pub const HISTORY_SOURCE: &str = "x-tally-history-source";
 
 fn grace_ms(state: &NodeState) -> i64 {
     state.cfg.history.grace_secs.saturating_mul(1000) as i64
 }
 
-/// `GET /v1/players/{id}/history` and `/v1/channels/{id}/history`.
+/// `GET /v1/players/{id}/history` and `/v1/channels/{id}/history`: answered by the owner
+/// (forwarded there, as live queries are), else from Cassandra.
 async fn entity_history(
     state: &NodeState,
     req: &HttpRequest,
@@ -332,24 +415,39 @@ async fn entity_history(
     let range = range(query, crate::event::now_ms(), state.cfg.history.max_points)?;
     let core = core(state)?;
     let partition = partition_for(&id, core.partitions(kind));
+    let shard = (kind, partition);
+    let local = core.shard(shard).is_some();
+    if !local && !auth::caller(req).is_peer() {
+        if let Some(answer) = forward(state, core, shard, &id, query).await {
+            return Ok(answer);
+        }
+    }
     let grace = grace_ms(state);
     let step = range.step;
-    // The partition's progress and the buckets are read at once: one round trip.
-    let progress = durable(state, core, kind, partition);
-    let (durable, buckets) = match kind {
+    // The owner knows its partition's progress; another node reads it beside the buckets.
+    let owned = state.history_cache.durable(shard).filter(|_| local);
+    let progress = async {
+        match owned {
+            Some(d) => Ok(d),
+            None => durable(state, core, kind, partition).await,
+        }
+    };
+    let (durable, buckets, source) = match kind {
         ShardKind::Players => {
             let (durable, stored) =
-                futures::try_join!(progress, read(core, Scope::Player, &id, &range))?;
+                futures::try_join!(progress, read(state, core, Scope::Player, &id, &range))?;
             let field = |b: &PlayerBucket, f: &str| player_field(b, f);
             let open = (durable.watermark, grace);
-            (durable, buckets_json(stored, &range, open, &fields, field))
+            let buckets = buckets_json(stored.buckets, &range, open, &fields, field);
+            (durable, buckets, stored.source)
         }
         ShardKind::Channels => {
             let (durable, stored) =
-                futures::try_join!(progress, read(core, Scope::Channel, &id, &range))?;
+                futures::try_join!(progress, read(state, core, Scope::Channel, &id, &range))?;
             let field = |b: &ChannelBucket, f: &str| channel_field(b, step, f);
             let open = (durable.watermark, grace);
-            (durable, buckets_json(stored, &range, open, &fields, field))
+            let buckets = buckets_json(stored.buckets, &range, open, &fields, field);
+            (durable, buckets, stored.source)
         }
     };
     let out = HistoryOut {
@@ -369,7 +467,46 @@ async fn entity_history(
         ],
         buckets,
     };
-    Ok(HttpResponse::Ok().json(out))
+    Ok(HttpResponse::Ok()
+        .insert_header((HISTORY_SOURCE, source.label()))
+        .json(out))
+}
+
+/// The owner's answer to this history query, passed on as it came: a 200 or a 400 (the
+/// same parameters are wrong everywhere). None when there is no other owner or it did
+/// not answer so: then this node answers from Cassandra.
+async fn forward(
+    state: &NodeState,
+    core: &Core,
+    shard: ShardId,
+    id: &str,
+    query: &str,
+) -> Option<HttpResponse> {
+    let addr = owner_api(core, shard)?;
+    state.metrics.add_forwarded(shard.0);
+    let answer = match history_url(state.api_scheme(), &addr, shard.0, id, query) {
+        Ok(url) => get_raw(state, url).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((status @ (200 | 400), content_type, body)) => {
+            let status = actix_web::http::StatusCode::from_u16(status).ok()?;
+            let mut out = HttpResponse::build(status);
+            if let Some(ct) = content_type {
+                out.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
+            }
+            Some(out.body(body))
+        }
+        Ok((status, _, body)) => {
+            let body = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            warn!(%addr, status, %body, "owner answered a history query with an error; answering from cassandra");
+            None
+        }
+        Err(e) => {
+            warn!(%addr, error = %e, "owner unreachable for a history query; answering from cassandra");
+            None
+        }
+    }
 }
 
 /// Every bucket of `range` of one entity, `stored` or empty, with the `fields` asked for;
@@ -467,7 +604,8 @@ async fn global(
     };
     let partitions = core.partitions(kind);
     let parts = futures::future::join_all((0..partitions).map(|p| async move {
-        let rows: BTreeMap<i64, GlobalBucket> = read(core, scope, &p.to_string(), range).await?;
+        let rows: BTreeMap<i64, GlobalBucket> =
+            read_stored(core, scope, &p.to_string(), range).await?;
         let d = durable(state, core, kind, p).await?;
         Ok::<_, ApiError>((rows, d.watermark))
     }))
@@ -662,11 +800,15 @@ pub async fn player_records(
         to: now.saturating_add(1),
     };
     let by_step: BTreeMap<i64, PlayerBucket> =
-        read(core, Scope::Player, &id, &matches_range).await?;
+        read(&state, core, Scope::Player, &id, &matches_range)
+            .await?
+            .buckets;
     let by_day: BTreeMap<i64, PlayerBucket> = if step == Step::Day {
         by_step.clone()
     } else {
-        read(core, Scope::Player, &id, &days_range).await?
+        read(&state, core, Scope::Player, &id, &days_range)
+            .await?
+            .buckets
     };
     let mut best = MatchRecords::default();
     for b in by_step.values() {

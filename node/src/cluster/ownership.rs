@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::cluster::membership::{rendezvous_owner, Member, Membership};
 use crate::config::ClusterConfig;
+use crate::history::cache::Durable;
 use crate::kind::{ChangeKind, MemberStatus, ShardId, ShardKind};
 use crate::shard::{self, ShardArgs, ShardMsg};
 use crate::source::Assignment;
@@ -318,10 +319,18 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
         dead_letters: Some(core.dead_letters.clone()),
         push_interval: state.cfg.push.interval(),
         history: state.cfg.history.clone(),
+        history_cache: Some(state.history_cache.clone()),
     };
+    // Before the shard writes anything: what the cache held of an earlier ownership goes.
+    let durable = progress.map_or(Durable::default(), |p| Durable {
+        watermark: p.watermark_ms,
+        offset: p.resume_offset,
+    });
+    state.history_cache.acquire(shard, durable);
     let actor = match shard::spawn(args).await {
         Ok(a) => a,
         Err(e) => {
+            state.history_cache.release(shard);
             error!(%topic, partition, error = %e, "shard failed to start; will retry");
             return;
         }
@@ -354,6 +363,8 @@ async fn release(state: &NodeState, core: &Core, shard: ShardId, why: &str) {
     let Some(actor) = core.remove_shard(shard) else {
         return;
     };
+    // The next owner writes its rows from now on.
+    state.history_cache.release(shard);
     let offset = match ractor::call_t!(actor, ShardMsg::Flush, 60_000) {
         Ok(Ok(p)) => p.resume_offset,
         Ok(Err(e)) => {

@@ -106,14 +106,31 @@ pub fn signed(
 
 /// GET `url` on another node, signed, on the main runtime; returns status and JSON body.
 async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
+    let shown = url.to_string();
+    let (status, _, body) = get_raw(state, url).await?;
+    let body = serde_json::from_slice(&body).map_err(|e| format!("{shown}: {e}"))?;
+    Ok((status, body))
+}
+
+/// An answer as another node sent it: status, content type and body.
+pub type RawAnswer = (u16, Option<String>, Vec<u8>);
+
+/// GET `url` on another node, signed, on the main runtime; the answer is passed on as
+/// sent (a history answer can be megabytes: not parsed to be written again).
+pub async fn get_raw(state: &NodeState, url: Url) -> Result<RawAnswer, String> {
     let request = signed(state, state.http.get(url.clone()), &url);
     state
         .runtime
         .spawn(async move {
             let r = request.send().await.map_err(|e| format!("{url}: {e}"))?;
             let status = r.status().as_u16();
-            let body = r.json::<Value>().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok((status, body))
+            let content_type = r
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok((status, content_type, body.to_vec()))
         })
         .await
         .map_err(|e| e.to_string())?

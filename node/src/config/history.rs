@@ -26,6 +26,11 @@ pub struct HistoryConfig {
     /// Buckets ending less than this long before the partition's watermark are reported
     /// as `open`: late events are still expected there, seconds.
     pub grace_secs: u64,
+    /// Bytes of stored buckets the owner keeps for repeated history queries, MiB (0: none;
+    /// see `history::cache`).
+    pub cache_mib: usize,
+    /// How long a cached entity's buckets are answered before they are read again, seconds.
+    pub cache_secs: u64,
 }
 
 impl Default for HistoryConfig {
@@ -37,6 +42,8 @@ impl Default for HistoryConfig {
             day_retention_secs: 3 * 365 * 86_400,
             max_points: 20_000,
             grace_secs: 3_600,
+            cache_mib: 64,
+            cache_secs: 300,
         }
     }
 }
@@ -80,7 +87,27 @@ impl HistoryConfig {
                 self.grace_secs
             );
         }
+        if self.cache_mib > 65_536 {
+            bail!(
+                "history.cache_mib must be at most 65536 (64 GiB), got {}",
+                self.cache_mib
+            );
+        }
+        if !(1..=86_400).contains(&self.cache_secs) {
+            bail!(
+                "history.cache_secs must be 1-86400 (one second to a day), got {}",
+                self.cache_secs
+            );
+        }
         Ok(())
+    }
+
+    /// The owner's cache of stored buckets this configures.
+    pub fn cache(&self) -> crate::history::cache::HistoryCache {
+        crate::history::cache::HistoryCache::new(
+            self.cache_mib << 20,
+            std::time::Duration::from_secs(self.cache_secs),
+        )
     }
 }
 
@@ -108,6 +135,9 @@ mod tests {
         bad(|c| c.hour_retention_secs = 0, "history.hour_retention_secs");
         bad(|c| c.max_points = 0, "history.max_points");
         bad(|c| c.grace_secs = u64::MAX, "history.grace_secs");
+        bad(|c| c.cache_mib = 65_537, "history.cache_mib");
+        bad(|c| c.cache_secs = 0, "history.cache_secs");
+        bad(|c| c.cache_secs = 86_401, "history.cache_secs");
         assert_eq!(HistoryConfig::default().ttl_secs(Step::Day), 94_608_000);
     }
 }

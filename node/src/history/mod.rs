@@ -20,6 +20,7 @@
 //! Not for: the HTTP answers (see `api::history`) or the storage format (see `store`).
 
 pub mod bucket;
+pub mod cache;
 pub mod sketch;
 pub mod step;
 

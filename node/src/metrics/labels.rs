@@ -26,6 +26,46 @@ pub(super) struct WaitLabel {
     pub on: WaitedOn,
 }
 
+/// The `source` label of `tally_history_queries_total`: where an answer's buckets came from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct HistorySourceLabel {
+    pub source: HistorySource,
+}
+
+/// Where a history answer's stored buckets came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum HistorySource {
+    /// The owner's cache (`hit`).
+    Cache,
+    /// Cassandra, keeping them in the owner's cache (`fill`).
+    Fill,
+    /// Cassandra only: not the owner, the range too long to keep, or another query filling
+    /// the same entry (`cassandra`).
+    Cassandra,
+}
+
+impl HistorySource {
+    pub const ALL: [HistorySource; 3] = [
+        HistorySource::Cache,
+        HistorySource::Fill,
+        HistorySource::Cassandra,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            HistorySource::Cache => "hit",
+            HistorySource::Fill => "fill",
+            HistorySource::Cassandra => "cassandra",
+        }
+    }
+}
+
+impl EncodeLabelValue for HistorySource {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.label())
+    }
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub(super) enum WaitedOn {
     /// Records to arrive.

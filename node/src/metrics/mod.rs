@@ -32,10 +32,11 @@ mod push;
 mod shard;
 mod stages;
 
+pub use labels::HistorySource;
 pub use labels::RejectReason;
 use labels::{
-    ChangeLabels, HttpLabels, KindLabel, ReasonLabel, RouteLabel, ShardLabels, StatusLabel,
-    WaitLabel, WaitedOn,
+    ChangeLabels, HistorySourceLabel, HttpLabels, KindLabel, ReasonLabel, RouteLabel, ShardLabels,
+    StatusLabel, WaitLabel, WaitedOn,
 };
 pub use push::PushMetrics;
 pub use shard::ShardMetrics;
@@ -52,6 +53,9 @@ pub struct Metrics {
     applied: [Counter; 2],
     /// `tally_history_bucket_writes_total`, by kind: bucket rows checkpoints wrote.
     bucket_writes: [Counter; 2],
+    /// `tally_history_queries_total`, by [`HistorySource`] (in its order).
+    history_queries: [Counter; 3],
+    history_cache_bytes: Gauge,
     /// `tally_history_bucket_loads_total`: buckets read back from Cassandra.
     bucket_loads: Counter,
     consumed_records: Counter,
@@ -393,6 +397,21 @@ impl Default for Metrics {
             "History bucket rows written by checkpoints (global partials included)",
             bucket_writes.clone(),
         );
+        let history_queries = Family::<HistorySourceLabel, Counter>::default();
+        registry.register(
+            "tally_history_queries",
+            "Entity history and records queries answered here, by where their stored buckets \
+             came from: source=hit (the owner's cache), fill (Cassandra, then kept), cassandra \
+             (Cassandra only)",
+            history_queries.clone(),
+        );
+        let history_cache_bytes = Gauge::default();
+        registry.register_with_unit(
+            "tally_history_cache",
+            "Bytes of stored buckets the owner's history cache holds (history.cache_mib)",
+            Unit::Bytes,
+            history_cache_bytes.clone(),
+        );
         let bucket_loads = Counter::default();
         registry.register(
             "tally_history_bucket_loads",
@@ -426,6 +445,9 @@ impl Default for Metrics {
         Metrics {
             applied: per_kind(&applied),
             bucket_writes: per_kind(&bucket_writes),
+            history_queries: HistorySource::ALL
+                .map(|source| history_queries.get_or_create_owned(&HistorySourceLabel { source })),
+            history_cache_bytes,
             bucket_loads,
             consumed_records,
             invalid_records,
@@ -492,6 +514,11 @@ impl Metrics {
     pub fn add_dead_letters(&self, sent: u64, dropped: u64) {
         self.dead_letters.inc_by(sent);
         self.dead_letters_dropped.inc_by(dropped);
+    }
+    /// A history query answered with buckets from `source`; the cache then held `bytes`.
+    pub fn add_history_query(&self, source: HistorySource, cache_bytes: usize) {
+        self.history_queries[source as usize].inc();
+        self.history_cache_bytes.set(cache_bytes as i64);
     }
     pub fn add_bucket_writes(&self, kind: ShardKind, n: u64) {
         self.bucket_writes[at(kind)].inc_by(n);

@@ -20,6 +20,7 @@ use tracing::{debug, error};
 use super::{CheckpointError, Hosted, ResumeMark, ShardMsg, ShardState};
 use crate::config::ShardConfig;
 use crate::dirty::Due;
+use crate::history::cache::Durable;
 use crate::history::Step;
 use crate::store::checkpoint::{self, Snapshot};
 use crate::store::Progress;
@@ -236,11 +237,27 @@ impl<E: Hosted> ShardState<E> {
         let metrics = self.args.metrics.clone();
         let myself = myself.clone();
         let traced = std::mem::take(&mut self.traced);
+        let cache = self.args.history_cache.clone();
         tokio::spawn(async move {
             let started = std::time::SystemTime::now();
             let keys: Vec<String> = snap.entities.iter().map(|e| e.key().to_string()).collect();
-            let result = checkpoint::write(&store, &snap, &metrics)
-                .await
+            let written = checkpoint::write(&store, &snap, &metrics).await;
+            // Through to the owner's cache once Cassandra has it all; after a failure part
+            // of it may be there, so the cache forgets the partition.
+            if let Some(cache) = &cache {
+                let shard = (snap.kind, snap.partition);
+                match &written {
+                    Ok(()) => {
+                        let durable = Durable {
+                            watermark: snap.progress.watermark_ms,
+                            offset: snap.progress.resume_offset,
+                        };
+                        cache.written(shard, &snap.buckets, durable)
+                    }
+                    Err(_) => cache.write_failed(shard),
+                }
+            }
+            let result = written
                 .map(|_| snap.progress)
                 .map_err(|source| CheckpointError {
                     partition: snap.partition,

@@ -126,6 +126,9 @@ pub struct ShardArgs {
     pub push_interval: std::time::Duration,
     /// `[history]`: whether buckets are kept, and for how long.
     pub history: crate::config::HistoryConfig,
+    /// The node's cache of stored buckets, which its checkpoints write through to (None:
+    /// no cache, as in tests).
+    pub history_cache: Option<Arc<crate::history::cache::HistoryCache>>,
 }
 
 /// Starts the shard of `args.kind` for `args.partition`.
