@@ -220,45 +220,47 @@ fn kinds_json<T: Copy + Into<u64>>(by_kind: &[T]) -> Value {
     Value::Object(map)
 }
 
-/// One field of a player bucket.
-pub fn player_field(b: &PlayerBucket, field: &str) -> Value {
+/// How one field of a bucket of type `B` is answered (the step: for averages over it).
+pub type Getter<B> = fn(&B, Step) -> Value;
+
+/// The getter of a player bucket's `field` (one of [`PLAYER_FIELDS`]).
+pub fn player_getter(field: &str) -> Getter<PlayerBucket> {
     match field {
-        "events" => json!(b.events()),
-        "events_by_kind" => kinds_json(&b.events_by_kind),
-        "sessions_started" => json!(b.sessions_started),
-        "sessions" => json!(b.sessions),
-        "playtime_ms" => json!(b.playtime_ms),
-        "matches" => json!(b.matches),
-        "kills" => json!(b.kills),
-        "deaths" => json!(b.deaths),
-        "survival_secs" => json!(b.survival_secs),
-        "survival_count" => json!(b.matches),
-        "survival_max" => json!(b.survival_max),
-        "best_placement" => json!((b.best_placement > 0).then_some(b.best_placement)),
-        "purchases" => json!(b.purchases),
-        "revenue" => revenue_json(&b.revenue),
-        "levels_gained" => json!(b.levels_gained),
-        "achievements" => json!(b.achievements),
-        "chat_messages" => json!(b.chat_messages),
-        "follows" => json!(b.follows),
-        "watch_ms" => json!(b.watch_ms),
-        _ => Value::Null,
+        "events" => |b, _| json!(b.events()),
+        "events_by_kind" => |b, _| kinds_json(&b.events_by_kind),
+        "sessions_started" => |b, _| json!(b.sessions_started),
+        "sessions" => |b, _| json!(b.sessions),
+        "playtime_ms" => |b, _| json!(b.playtime_ms),
+        "matches" | "survival_count" => |b, _| json!(b.matches),
+        "kills" => |b, _| json!(b.kills),
+        "deaths" => |b, _| json!(b.deaths),
+        "survival_secs" => |b, _| json!(b.survival_secs),
+        "survival_max" => |b, _| json!(b.survival_max),
+        "best_placement" => |b, _| json!((b.best_placement > 0).then_some(b.best_placement)),
+        "purchases" => |b, _| json!(b.purchases),
+        "revenue" => |b, _| revenue_json(&b.revenue),
+        "levels_gained" => |b, _| json!(b.levels_gained),
+        "achievements" => |b, _| json!(b.achievements),
+        "chat_messages" => |b, _| json!(b.chat_messages),
+        "follows" => |b, _| json!(b.follows),
+        "watch_ms" => |b, _| json!(b.watch_ms),
+        _ => |_, _| Value::Null,
     }
 }
 
-/// One field of a channel bucket of `step`.
-pub fn channel_field(b: &ChannelBucket, step: Step, field: &str) -> Value {
+/// The getter of a channel bucket's `field` (one of [`CHANNEL_FIELDS`]).
+pub fn channel_getter(field: &str) -> Getter<ChannelBucket> {
     match field {
-        "joins" => json!(b.joins),
-        "leaves" => json!(b.leaves),
-        "expirations" => json!(b.expirations),
-        "follows" => json!(b.follows),
-        "unique_viewers" => json!(b.viewers.as_ref().map_or(0, |s| s.estimate())),
-        "views_ended" => json!(b.views_ended),
-        "watch_ms" => json!(b.watch_ms),
-        "concurrent_avg" => json!(b.concurrent_sum as f64 / step.samples() as f64),
-        "concurrent_peak" => json!(b.concurrent_peak),
-        _ => Value::Null,
+        "joins" => |b, _| json!(b.joins),
+        "leaves" => |b, _| json!(b.leaves),
+        "expirations" => |b, _| json!(b.expirations),
+        "follows" => |b, _| json!(b.follows),
+        "unique_viewers" => |b, _| json!(b.viewers.as_ref().map_or(0, |s| s.estimate())),
+        "views_ended" => |b, _| json!(b.views_ended),
+        "watch_ms" => |b, _| json!(b.watch_ms),
+        "concurrent_avg" => |b, step| json!(b.concurrent_sum as f64 / step.samples() as f64),
+        "concurrent_peak" => |b, _| json!(b.concurrent_peak),
+        _ => |_, _| Value::Null,
     }
 }
 
@@ -423,7 +425,6 @@ async fn entity_history(
         }
     }
     let grace = grace_ms(state);
-    let step = range.step;
     // The owner knows its partition's progress; another node reads it beside the buckets.
     let owned = state.history_cache.durable(shard).filter(|_| local);
     let progress = async {
@@ -432,44 +433,72 @@ async fn entity_history(
             None => durable(state, core, kind, partition).await,
         }
     };
-    let (durable, buckets, source) = match kind {
+    let size = answer_size(range.starts().count(), fields.len());
+    let (body, source) = match kind {
         ShardKind::Players => {
             let (durable, stored) =
                 futures::try_join!(progress, read(state, core, Scope::Player, &id, &range))?;
-            let field = |b: &PlayerBucket, f: &str| player_field(b, f);
-            let open = (durable.watermark, grace);
-            let buckets = buckets_json(stored.buckets, &range, open, &fields, field);
-            (durable, buckets, stored.source)
+            let getters = fields.iter().map(|f| (*f, player_getter(f))).collect();
+            let buckets =
+                BucketsOut::new(stored.buckets, &range, (durable.watermark, grace), getters);
+            let head = head(kind, &id, &range, &fields, durable, partition, grace);
+            (to_json(HistoryOut { head, buckets }, size)?, stored.source)
         }
         ShardKind::Channels => {
             let (durable, stored) =
                 futures::try_join!(progress, read(state, core, Scope::Channel, &id, &range))?;
-            let field = |b: &ChannelBucket, f: &str| channel_field(b, step, f);
-            let open = (durable.watermark, grace);
-            let buckets = buckets_json(stored.buckets, &range, open, &fields, field);
-            (durable, buckets, stored.source)
+            let getters = fields.iter().map(|f| (*f, channel_getter(f))).collect();
+            let buckets =
+                BucketsOut::new(stored.buckets, &range, (durable.watermark, grace), getters);
+            let head = head(kind, &id, &range, &fields, durable, partition, grace);
+            (to_json(HistoryOut { head, buckets }, size)?, stored.source)
         }
-    };
-    let out = HistoryOut {
-        head: vec![
-            (kind.entity_name(), json!(id)),
-            ("step", json!(step.label())),
-            ("from", json!(range.first)),
-            ("to", json!(range.to)),
-            ("fields", json!(fields)),
-            ("watermark", json!(durable.watermark)),
-            ("durable_offset", json!(durable.offset)),
-            ("partition", json!(partition)),
-            (
-                "open_from",
-                json!(open_from(&range, durable.watermark, grace)),
-            ),
-        ],
-        buckets,
     };
     Ok(HttpResponse::Ok()
         .insert_header((HISTORY_SOURCE, source.label()))
-        .json(out))
+        .content_type("application/json")
+        .body(body))
+}
+
+/// The answer as JSON bytes, written into room for about `size_hint` bytes (a history
+/// answer runs to megabytes: growing the buffer by doubling copied it over and over).
+fn to_json(out: impl serde::Serialize, size_hint: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::with_capacity(size_hint.min(64 << 20));
+    serde_json::to_writer(&mut body, &out)
+        .map_err(|e| ApiError::Internal(format!("history: answer does not serialize: {e}")))?;
+    Ok(body)
+}
+
+/// About the bytes of an answer of `buckets` buckets with `fields` fields each: a bucket's
+/// start, time and open flag take about 60, a field about 20.
+fn answer_size(buckets: usize, fields: usize) -> usize {
+    buckets.saturating_mul(64 + 20 * fields) + 512
+}
+
+/// The scalar members of an entity's history answer, in order.
+fn head(
+    kind: ShardKind,
+    id: &str,
+    range: &Range,
+    fields: &[&'static str],
+    durable: Durable,
+    partition: i32,
+    grace: i64,
+) -> Vec<(&'static str, Value)> {
+    vec![
+        (kind.entity_name(), json!(id)),
+        ("step", json!(range.step.label())),
+        ("from", json!(range.first)),
+        ("to", json!(range.to)),
+        ("fields", json!(fields)),
+        ("watermark", json!(durable.watermark)),
+        ("durable_offset", json!(durable.offset)),
+        ("partition", json!(partition)),
+        (
+            "open_from",
+            json!(open_from(range, durable.watermark, grace)),
+        ),
+    ]
 }
 
 /// The owner's answer to this history query, passed on as it came: a 200 or a 400 (the
@@ -509,60 +538,91 @@ async fn forward(
     }
 }
 
-/// Every bucket of `range` of one entity, `stored` or empty, with the `fields` asked for;
-/// `(watermark, grace)` say which are open.
-fn buckets_json<B: Default>(
+/// Every bucket of `range` of one entity, `stored` or empty, with the fields `getters`
+/// answer; `(watermark, grace)` say which are open. Serialized as it is written, a bucket
+/// at a time, with no JSON tree and no string per bucket built first.
+struct BucketsOut<B> {
     stored: BTreeMap<i64, B>,
-    range: &Range,
-    (watermark, grace): (i64, i64),
-    fields: &[&'static str],
-    field: impl Fn(&B, &str) -> Value,
-) -> Vec<BucketOut> {
-    let empty = B::default();
-    range
-        .starts()
-        .map(|s| {
-            let b = stored.get(&s).unwrap_or(&empty);
-            BucketOut {
-                start: s,
-                time: rfc3339(s),
-                open: open(s, range.step, watermark, grace),
-                fields: fields.iter().map(|f| (*f, field(b, f))).collect(),
-            }
-        })
-        .collect()
+    range: Range,
+    open: (i64, i64),
+    getters: Vec<(&'static str, Getter<B>)>,
 }
 
-/// One bucket of an entity's history answer, serialized as a JSON object without first
-/// building one: `start`, `time`, `open`, then the fields asked for.
-struct BucketOut {
+impl<B: Default> BucketsOut<B> {
+    fn new(
+        stored: BTreeMap<i64, B>,
+        range: &Range,
+        open: (i64, i64),
+        getters: Vec<(&'static str, Getter<B>)>,
+    ) -> Self {
+        BucketsOut {
+            stored,
+            range: *range,
+            open,
+            getters,
+        }
+    }
+}
+
+impl<B: Default> serde::Serialize for BucketsOut<B> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let empty = B::default();
+        let step = self.range.step;
+        let (watermark, grace) = self.open;
+        let mut stored = self.stored.iter().peekable();
+        let mut seq = ser.serialize_seq(None)?;
+        for start in self.range.starts() {
+            // Both ascend: the stored buckets are walked once.
+            while stored.next_if(|(s, _)| **s < start).is_some() {}
+            let b = stored
+                .next_if(|(s, _)| **s == start)
+                .map_or(&empty, |(_, b)| b);
+            seq.serialize_element(&BucketOut {
+                start,
+                open: open(start, step, watermark, grace),
+                bucket: b,
+                step,
+                getters: &self.getters,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+/// One bucket of an entity's history answer: `start`, `time`, `open`, then the fields.
+struct BucketOut<'a, B> {
     start: i64,
-    time: Value,
     open: bool,
-    fields: Vec<(&'static str, Value)>,
+    bucket: &'a B,
+    step: Step,
+    getters: &'a [(&'static str, Getter<B>)],
 }
 
-impl serde::Serialize for BucketOut {
+impl<B> serde::Serialize for BucketOut<'_, B> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut m = ser.serialize_map(Some(3 + self.fields.len()))?;
+        let mut m = ser.serialize_map(Some(3 + self.getters.len()))?;
         m.serialize_entry("start", &self.start)?;
-        m.serialize_entry("time", &self.time)?;
+        match utc_secs(self.start) {
+            Some(time) => m.serialize_entry("time", time.as_str())?,
+            None => m.serialize_entry("time", &rfc3339(self.start))?,
+        }
         m.serialize_entry("open", &self.open)?;
-        for (k, v) in &self.fields {
-            m.serialize_entry(k, v)?;
+        for (name, get) in self.getters {
+            m.serialize_entry(name, &get(self.bucket, self.step))?;
         }
         m.end()
     }
 }
 
 /// An entity's history answer: the scalar members in order, then `buckets`.
-struct HistoryOut {
+struct HistoryOut<T> {
     head: Vec<(&'static str, Value)>,
-    buckets: Vec<BucketOut>,
+    buckets: T,
 }
 
-impl serde::Serialize for HistoryOut {
+impl<T: serde::Serialize> serde::Serialize for HistoryOut<T> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = ser.serialize_map(Some(self.head.len() + 1))?;
@@ -574,6 +634,49 @@ impl serde::Serialize for HistoryOut {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of epoch milliseconds (UTC, seconds truncated) for the years
+/// 0000-9999, written without allocating; what [`rfc3339`] writes for them.
+fn utc_secs(ms: i64) -> Option<TimeText> {
+    let secs = ms.div_euclid(1000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to the civil date (H. Hinnant's algorithm, proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, sod / 3600, 2);
+    put(14, sod / 60 % 60, 2);
+    put(17, sod % 60, 2);
+    Some(TimeText(out))
+}
+
+/// The text [`utc_secs`] wrote: ASCII digits and separators.
+struct TimeText([u8; 20]);
+
+impl TimeText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
 pub async fn player_history(
     state: Data,
     req: HttpRequest,
@@ -861,6 +964,40 @@ pub async fn player_records(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_times_are_written_as_chrono_writes_them() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut cases = vec![
+            0,
+            -1,
+            999,
+            -62_167_219_200_000, // 0000-01-01
+            -62_167_219_200_001, // before year 0: chrono's form
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01: chrono's form
+            951_782_400_000,     // 2000-02-29
+            4_107_542_400_000,   // 2100-02-28 (2100 is no leap year)
+            i64::MIN,
+            i64::MAX,
+        ];
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            cases.push((rng % 600_000_000_000_000) as i64 - 200_000_000_000_000);
+        }
+        for ms in cases {
+            let chrono = rfc3339(ms);
+            match utc_secs(ms) {
+                Some(t) => assert_eq!(json!(t.as_str()), chrono, "{ms}"),
+                None => assert!(
+                    !(-62_167_219_200_000..253_402_300_800_000).contains(&ms),
+                    "{ms}: {chrono}"
+                ),
+            }
+        }
+    }
 
     #[test]
     fn times_are_rfc3339_or_epoch_milliseconds() {
