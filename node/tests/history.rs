@@ -339,7 +339,8 @@ async fn compare(node: &NodeProcess, model: &Model) -> Vec<String> {
     for ((player, si), (from, last)) in &ranges {
         let (step, len) = STEPS[*si];
         let url = node.url(&format!(
-            "/v1/players/{player}/history?step={step}&from={from}&to={}",
+            "/v1/players/{}/history?step={step}&from={from}&to={}",
+            tally_node::entity_path::encode(player),
             last + len
         ));
         let body = match get_json(&client, &url).await {
@@ -643,7 +644,29 @@ async fn history_stays_exact_in_a_3_node_cluster_when_a_node_is_killed() {
     let env = TestEnv::new("history-cluster", 6);
     let mut cluster = Cluster::start(env.clone(), 3, 864_000).await;
     let base = floor(tally_node::event::now_ms() - 4 * DAY, DAY) + 2 * HOUR + 7_000;
-    let events = stream(11, base);
+    let mut events = stream(11, base);
+    // Ids at the edges of what a path carries, read through non-owners (forwarded): every
+    // reserved URL character, escapes, unicode, the longest id (128 bytes).
+    let edge_ids = [
+        "a/b?c#d%e f&g=h+i".to_string(),
+        "%2F..%3F\\\"'<>".to_string(),
+        "ü 🎮 日本".to_string(),
+        "x".repeat(128),
+        format!("{}é", "y".repeat(126)),
+    ];
+    for (i, id) in edge_ids.iter().enumerate() {
+        for k in 0..3 {
+            let body = EventBody::MatchEnd {
+                match_id: format!("edge-{i}-{k}").into(),
+                kills: 1 + k,
+                deaths: 1,
+                survival_secs: 40,
+                placement: 3,
+            };
+            let ts = base + i as i64 * HOUR + i64::from(k) * 61 * MIN;
+            events.push(event(format!("edge-{i}-{k}"), ts, id, body));
+        }
+    }
     let mut model = Model::new(6);
     events.iter().for_each(|e| model.apply(e));
     let ingest = env.producer();
