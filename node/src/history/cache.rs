@@ -30,6 +30,9 @@ use crate::kind::ShardId;
 /// its header, and the tree's share.
 const ROW_OVERHEAD: usize = 64;
 
+/// Bytes an entry costs beyond its rows: itself, its id and its place in the maps.
+const ENTRY_OVERHEAD: usize = 192;
+
 /// How far a partition's history is durable: its watermark and resume offset, as of the
 /// last checkpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -337,7 +340,7 @@ impl HistoryCache {
             filled_at: Instant::now(),
             used: 0,
             rows: BTreeMap::new(),
-            bytes: 0,
+            bytes: ENTRY_OVERHEAD,
         };
         let mut freed = 0;
         match list.iter_mut().find(|e| e.scope == scope && e.step == step) {
@@ -349,7 +352,7 @@ impl HistoryCache {
             }
             None => list.push(entry),
         }
-        inner.bytes -= freed;
+        inner.bytes = inner.bytes - freed + ENTRY_OVERHEAD;
         Some(Fill {
             cache: self,
             key: (scope, step, shard, gen),
@@ -490,7 +493,7 @@ mod tests {
         let hit = c.get(P0, KEY, 10, 100).unwrap();
         assert_eq!(states(&hit)[0], (10, vec![2, 2]));
         assert_eq!(hit.durable, durable, "an older progress does not go back");
-        assert_eq!(c.bytes(), 2 * ROW_OVERHEAD + 3);
+        assert_eq!(c.bytes(), ENTRY_OVERHEAD + 2 * ROW_OVERHEAD + 3);
     }
 
     #[test]
@@ -561,7 +564,8 @@ mod tests {
         filled(&c, 0, &[(1, 1, vec![1])]);
         assert!(c.get(P0, KEY, 0, 100).is_none(), "aged out");
 
-        // Four entries of 10 rows of 1000 bytes fit a budget of 48,000; the fifth evicts.
+        // Four entries of 10 rows of 1000 bytes (10,832 bytes each) fit a budget of 48,000;
+        // the fifth evicts.
         let c = HistoryCache::new(48_000, Duration::from_secs(300));
         c.acquire(P0, Durable::default());
         let rows: Vec<StoredRow> = (0..10).map(|i| (i, 1, vec![0; 1000])).collect();
@@ -579,8 +583,27 @@ mod tests {
             .copied()
             .filter(|id| c.get(P0, (Scope::Player, id, Step::Hour), 0, 10).is_some())
             .collect();
-        assert_eq!(kept, ["a", "c", "d", "e"], "b was used least recently");
+        assert_eq!(kept, ["a", "d", "e"], "b and c were used least recently");
         assert!(c.bytes() <= 48_000 / 10 * 9);
+
+        // Many small entries (one row each): the budget holds, counting each entry's own
+        // cost, and the latest stay.
+        let c = HistoryCache::new(100_000, Duration::from_secs(300));
+        c.acquire(P0, Durable::default());
+        for i in 0..10_000 {
+            let id = format!("small-{i}");
+            let fill = c.fill(P0, (Scope::Player, &id, Step::Hour), 0).unwrap();
+            c.finish(fill, &[(0, 1, vec![1; 8])]);
+            assert!(c.bytes() <= 100_000, "{} bytes after {i}", c.bytes());
+        }
+        assert!(c
+            .get(P0, (Scope::Player, "small-9999", Step::Hour), 0, 1)
+            .is_some());
+        assert!(c
+            .get(P0, (Scope::Player, "small-0", Step::Hour), 0, 1)
+            .is_none());
+        let c = HistoryCache::new(48_000, Duration::from_secs(300));
+        c.acquire(P0, Durable::default());
 
         // An entry larger than a quarter of the budget is not kept.
         let big: Vec<StoredRow> = (0..20).map(|i| (i, 1, vec![0; 1000])).collect();
