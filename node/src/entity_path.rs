@@ -59,13 +59,14 @@ pub fn entity_url(scheme: &str, addr: &str, kind: ShardKind, id: &str) -> Result
     checked_url(scheme, addr, kind, id, entity_path(kind, id))
 }
 
-/// The URL of `id`'s history query (`/v1/players/{id}/history?{query}`), checked as
-/// [`entity_url`]'s; ids that cannot be a path segment have none.
+/// The URL of `id`'s history or records query (`/v1/players/{id}/{what}?{query}`, `what`
+/// being `history` or `records`), checked as [`entity_url`]'s; ids that cannot be a path
+/// segment have none.
 pub fn history_url(
     scheme: &str,
     addr: &str,
-    kind: ShardKind,
-    id: &str,
+    (kind, id): (ShardKind, &str),
+    what: &str,
     query: &str,
 ) -> Result<Url, String> {
     if !fits_path(kind, id) {
@@ -74,7 +75,7 @@ pub fn history_url(
             kind.entity_name()
         ));
     }
-    let mut path = format!("{}/{}/history", kind.api_path(), encode(id));
+    let mut path = format!("{}/{}/{what}", kind.api_path(), encode(id));
     if !query.is_empty() {
         path = format!("{path}?{query}");
     }

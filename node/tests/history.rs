@@ -681,6 +681,27 @@ async fn history_stays_exact_in_a_3_node_cluster_when_a_node_is_killed() {
     // caught up.
     assert_converges(&cluster.nodes[2], &model, Duration::from_secs(120)).await;
     assert!(compare(&cluster.nodes[0], &model).await.is_empty());
+    // Every answer came from an owner (its cache, or Cassandra read by it), none from a
+    // non-owner's own read: records as well as history are forwarded.
+    let client = reqwest::Client::new();
+    for node in [&cluster.nodes[0], &cluster.nodes[2]] {
+        for id in edge_ids
+            .iter()
+            .cloned()
+            .chain((0..12).map(|p| format!("player-{p}")))
+        {
+            let id = tally_node::entity_path::encode(&id);
+            for path in [
+                format!("/v1/players/{id}/records?window=30d"),
+                format!("/v1/players/{id}/history?step=day&from={}", base - DAY),
+            ] {
+                let r = client.get(node.url(&path)).send().await.unwrap();
+                assert_eq!(r.status(), 200, "{path}");
+                let source = r.headers()["x-tally-history-source"].to_str().unwrap();
+                assert!(source == "hit" || source == "fill", "{path}: {source}");
+            }
+        }
+    }
     for node in [&cluster.nodes[0], &cluster.nodes[2]] {
         assert!(node.metric("tally_queries_forwarded_total").await > 0);
         assert!(

@@ -420,7 +420,7 @@ async fn entity_history(
     let shard = (kind, partition);
     let local = core.shard(shard).is_some();
     if !local && !auth::caller(req).is_peer() {
-        if let Some(answer) = forward(state, core, shard, &id, query).await {
+        if let Some(answer) = forward(state, core, (shard, &id), "history", query).await {
             return Ok(answer);
         }
     }
@@ -501,28 +501,32 @@ fn head(
     ]
 }
 
-/// The owner's answer to this history query, passed on as it came: a 200 or a 400 (the
-/// same parameters are wrong everywhere). None when there is no other owner or it did
-/// not answer so: then this node answers from Cassandra.
+/// The owner's answer to this history (`what`: `history`) or records (`records`) query,
+/// passed on as it came: a 200 or a 400 (the same parameters are wrong everywhere). None
+/// when there is no other owner or it did not answer so: then this node answers from
+/// Cassandra.
 async fn forward(
     state: &NodeState,
     core: &Core,
-    shard: ShardId,
-    id: &str,
+    (shard, id): (ShardId, &str),
+    what: &str,
     query: &str,
 ) -> Option<HttpResponse> {
     let addr = owner_api(core, shard)?;
     state.metrics.add_forwarded(shard.0);
-    let answer = match history_url(state.api_scheme(), &addr, shard.0, id, query) {
+    let answer = match history_url(state.api_scheme(), &addr, (shard.0, id), what, query) {
         Ok(url) => get_raw(state, url).await,
         Err(e) => Err(e),
     };
     match answer {
-        Ok((status @ (200 | 400), content_type, body)) => {
+        Ok((status @ (200 | 400), headers, body)) => {
             let status = actix_web::http::StatusCode::from_u16(status).ok()?;
             let mut out = HttpResponse::build(status);
-            if let Some(ct) = content_type {
-                out.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
+            // What the answer is and where the owner took it from, as the owner said.
+            for name in ["content-type", HISTORY_SOURCE] {
+                if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+                    out.insert_header((name, v.to_string()));
+                }
             }
             Some(out.body(body))
         }
@@ -885,6 +889,15 @@ pub async fn player_records(
         None => crate::event::now_ms(),
     };
     let core = core(&state)?;
+    let shard = (
+        ShardKind::Players,
+        partition_for(&id, core.partitions(ShardKind::Players)),
+    );
+    if core.shard(shard).is_none() && !auth::caller(&req).is_peer() {
+        if let Some(answer) = forward(&state, core, (shard, &id), "records", query).await {
+            return Ok(answer);
+        }
+    }
     let since = now.saturating_sub(window_ms);
     // Matches: hour buckets for windows up to two days, day buckets beyond.
     let step = if window_ms <= 2 * 86_400_000 {
@@ -902,10 +915,9 @@ pub async fn player_records(
         first: Step::Day.start(since),
         to: now.saturating_add(1),
     };
-    let by_step: BTreeMap<i64, PlayerBucket> =
-        read(&state, core, Scope::Player, &id, &matches_range)
-            .await?
-            .buckets;
+    let matches = read(&state, core, Scope::Player, &id, &matches_range).await?;
+    let source = matches.source;
+    let by_step: BTreeMap<i64, PlayerBucket> = matches.buckets;
     let by_day: BTreeMap<i64, PlayerBucket> = if step == Step::Day {
         by_step.clone()
     } else {
@@ -942,23 +954,25 @@ pub async fn player_records(
             |(s, v)| json!({ "day": s, "time": rfc3339(s), "value": v }),
         )
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "player": id,
-        "window_ms": window_ms,
-        "from": since,
-        "to": now,
-        "best_match": {
-            "most_kills": record_json(&best.most_kills),
-            "longest_survival": record_json(&best.longest_survival),
-            "best_placement": record_json(&best.best_placement),
-        },
-        "best_day": {
-            "kills": best_day(|b| b.kills),
-            "matches": best_day(|b| b.matches as u64),
-            "playtime_ms": best_day(|b| b.playtime_ms),
-            "events": best_day(|b| b.events()),
-        },
-    })))
+    Ok(HttpResponse::Ok()
+        .insert_header((HISTORY_SOURCE, source.label()))
+        .json(json!({
+            "player": id,
+            "window_ms": window_ms,
+            "from": since,
+            "to": now,
+            "best_match": {
+                "most_kills": record_json(&best.most_kills),
+                "longest_survival": record_json(&best.longest_survival),
+                "best_placement": record_json(&best.best_placement),
+            },
+            "best_day": {
+                "kills": best_day(|b| b.kills),
+                "matches": best_day(|b| b.matches as u64),
+                "playtime_ms": best_day(|b| b.playtime_ms),
+                "events": best_day(|b| b.events()),
+            },
+        })))
 }
 
 #[cfg(test)]

@@ -112,8 +112,8 @@ async fn get_url(state: &NodeState, url: Url) -> Result<Answer, String> {
     Ok((status, body))
 }
 
-/// An answer as another node sent it: status, content type and body.
-pub type RawAnswer = (u16, Option<String>, Vec<u8>);
+/// An answer as another node sent it: status, headers and body.
+pub type RawAnswer = (u16, reqwest::header::HeaderMap, Vec<u8>);
 
 /// GET `url` on another node, signed, on the main runtime; the answer is passed on as
 /// sent (a history answer can be megabytes: not parsed to be written again).
@@ -124,13 +124,9 @@ pub async fn get_raw(state: &NodeState, url: Url) -> Result<RawAnswer, String> {
         .spawn(async move {
             let r = request.send().await.map_err(|e| format!("{url}: {e}"))?;
             let status = r.status().as_u16();
-            let content_type = r
-                .headers()
-                .get(reqwest::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let headers = r.headers().clone();
             let body = r.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok((status, content_type, body.to_vec()))
+            Ok((status, headers, body.to_vec()))
         })
         .await
         .map_err(|e| e.to_string())?
