@@ -275,10 +275,7 @@ async fn durable(
         .read_progress(state.topic(kind), partition)
         .await
         .map_err(unavailable)?;
-    Ok(progress.map_or(Durable::default(), |p| Durable {
-        watermark: p.watermark_ms,
-        offset: p.resume_offset,
-    }))
+    Ok(progress.map(Durable::from).unwrap_or_default())
 }
 
 fn unavailable(e: anyhow::Error) -> ApiError {
@@ -424,7 +421,14 @@ async fn entity_history(
             return Ok(answer);
         }
     }
-    let grace = grace_ms(state);
+    let q = EntityQuery {
+        kind,
+        id: &id,
+        range,
+        fields,
+        partition,
+        grace: grace_ms(state),
+    };
     // The owner knows its partition's progress; another node reads it beside the buckets.
     let owned = state.history_cache.durable(shard).filter(|_| local);
     let progress = async {
@@ -433,31 +437,56 @@ async fn entity_history(
             None => durable(state, core, kind, partition).await,
         }
     };
-    let size = answer_size(range.starts().count(), fields.len());
     let (body, source) = match kind {
         ShardKind::Players => {
-            let (durable, stored) =
-                futures::try_join!(progress, read(state, core, Scope::Player, &id, &range))?;
-            let getters = fields.iter().map(|f| (*f, player_getter(f))).collect();
-            let buckets =
-                BucketsOut::new(stored.buckets, &range, (durable.watermark, grace), getters);
-            let head = head(kind, &id, &range, &fields, durable, partition, grace);
-            (to_json(HistoryOut { head, buckets }, size)?, stored.source)
+            entity_answer(state, core, Scope::Player, &q, player_getter, progress).await?
         }
         ShardKind::Channels => {
-            let (durable, stored) =
-                futures::try_join!(progress, read(state, core, Scope::Channel, &id, &range))?;
-            let getters = fields.iter().map(|f| (*f, channel_getter(f))).collect();
-            let buckets =
-                BucketsOut::new(stored.buckets, &range, (durable.watermark, grace), getters);
-            let head = head(kind, &id, &range, &fields, durable, partition, grace);
-            (to_json(HistoryOut { head, buckets }, size)?, stored.source)
+            entity_answer(state, core, Scope::Channel, &q, channel_getter, progress).await?
         }
     };
     Ok(HttpResponse::Ok()
         .insert_header((HISTORY_SOURCE, source.label()))
         .content_type("application/json")
         .body(body))
+}
+
+/// An entity history query, checked.
+struct EntityQuery<'a> {
+    kind: ShardKind,
+    id: &'a str,
+    range: Range,
+    fields: Vec<&'static str>,
+    partition: i32,
+    grace: i64,
+}
+
+/// The JSON answer to `q` and where its buckets came from: the buckets (of `scope`,
+/// answered by the getters `getter` resolves) read beside the partition's `progress`.
+async fn entity_answer<B: serde::de::DeserializeOwned + Default>(
+    state: &NodeState,
+    core: &Core,
+    scope: Scope,
+    q: &EntityQuery<'_>,
+    getter: fn(&str) -> Getter<B>,
+    progress: impl std::future::Future<Output = Result<Durable, ApiError>>,
+) -> Result<(Vec<u8>, HistorySource), ApiError> {
+    let (durable, stored) =
+        futures::try_join!(progress, read::<B>(state, core, scope, q.id, &q.range))?;
+    let buckets = BucketsOut {
+        stored: stored.buckets,
+        range: q.range,
+        open: (durable.watermark, q.grace),
+        getters: q.fields.iter().map(|f| (*f, getter(f))).collect(),
+    };
+    let out = HistoryOut {
+        head: head(q, durable),
+        buckets,
+    };
+    Ok((
+        to_json(out, answer_size(&q.range, q.fields.len()))?,
+        stored.source,
+    ))
 }
 
 /// The answer as JSON bytes, written into room for about `size_hint` bytes (a history
@@ -469,34 +498,26 @@ fn to_json(out: impl serde::Serialize, size_hint: usize) -> Result<Vec<u8>, ApiE
     Ok(body)
 }
 
-/// About the bytes of an answer of `buckets` buckets with `fields` fields each: a bucket's
+/// About the bytes of an answer over `range` with `fields` fields per bucket: a bucket's
 /// start, time and open flag take about 60, a field about 20.
-fn answer_size(buckets: usize, fields: usize) -> usize {
-    buckets.saturating_mul(64 + 20 * fields) + 512
+fn answer_size(range: &Range, fields: usize) -> usize {
+    range.starts().count().saturating_mul(64 + 20 * fields) + 512
 }
 
 /// The scalar members of an entity's history answer, in order.
-fn head(
-    kind: ShardKind,
-    id: &str,
-    range: &Range,
-    fields: &[&'static str],
-    durable: Durable,
-    partition: i32,
-    grace: i64,
-) -> Vec<(&'static str, Value)> {
+fn head(q: &EntityQuery<'_>, durable: Durable) -> Vec<(&'static str, Value)> {
     vec![
-        (kind.entity_name(), json!(id)),
-        ("step", json!(range.step.label())),
-        ("from", json!(range.first)),
-        ("to", json!(range.to)),
-        ("fields", json!(fields)),
+        (q.kind.entity_name(), json!(q.id)),
+        ("step", json!(q.range.step.label())),
+        ("from", json!(q.range.first)),
+        ("to", json!(q.range.to)),
+        ("fields", json!(q.fields)),
         ("watermark", json!(durable.watermark)),
         ("durable_offset", json!(durable.offset)),
-        ("partition", json!(partition)),
+        ("partition", json!(q.partition)),
         (
             "open_from",
-            json!(open_from(range, durable.watermark, grace)),
+            json!(open_from(&q.range, durable.watermark, q.grace)),
         ),
     ]
 }
@@ -550,22 +571,6 @@ struct BucketsOut<B> {
     range: Range,
     open: (i64, i64),
     getters: Vec<(&'static str, Getter<B>)>,
-}
-
-impl<B: Default> BucketsOut<B> {
-    fn new(
-        stored: BTreeMap<i64, B>,
-        range: &Range,
-        open: (i64, i64),
-        getters: Vec<(&'static str, Getter<B>)>,
-    ) -> Self {
-        BucketsOut {
-            stored,
-            range: *range,
-            open,
-            getters,
-        }
-    }
 }
 
 impl<B: Default> serde::Serialize for BucketsOut<B> {
@@ -889,10 +894,7 @@ pub async fn player_records(
         None => crate::event::now_ms(),
     };
     let core = core(&state)?;
-    let shard = (
-        ShardKind::Players,
-        partition_for(&id, core.partitions(ShardKind::Players)),
-    );
+    let shard = shard_of(core, Scope::Player, &id);
     if core.shard(shard).is_none() && !auth::caller(&req).is_peer() {
         if let Some(answer) = forward(&state, core, (shard, &id), "records", query).await {
             return Ok(answer);

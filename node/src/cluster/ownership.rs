@@ -322,10 +322,7 @@ async fn acquire(state: &NodeState, core: &Core, shard: ShardId, note: String) {
         history_cache: Some(state.history_cache.clone()),
     };
     // Before the shard writes anything: what the cache held of an earlier ownership goes.
-    let durable = progress.map_or(Durable::default(), |p| Durable {
-        watermark: p.watermark_ms,
-        offset: p.resume_offset,
-    });
+    let durable = progress.map(Durable::from).unwrap_or_default();
     state.history_cache.acquire(shard, durable);
     let actor = match shard::spawn(args).await {
         Ok(a) => a,

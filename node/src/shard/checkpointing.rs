@@ -20,7 +20,6 @@ use tracing::{debug, error};
 use super::{CheckpointError, Hosted, ResumeMark, ShardMsg, ShardState};
 use crate::config::ShardConfig;
 use crate::dirty::Due;
-use crate::history::cache::Durable;
 use crate::history::Step;
 use crate::store::checkpoint::{self, Snapshot};
 use crate::store::Progress;
@@ -247,13 +246,7 @@ impl<E: Hosted> ShardState<E> {
             if let Some(cache) = &cache {
                 let shard = (snap.kind, snap.partition);
                 match &written {
-                    Ok(()) => {
-                        let durable = Durable {
-                            watermark: snap.progress.watermark_ms,
-                            offset: snap.progress.resume_offset,
-                        };
-                        cache.written(shard, &snap.buckets, durable)
-                    }
+                    Ok(()) => cache.written(shard, &snap.buckets, snap.progress.into()),
                     Err(_) => cache.write_failed(shard),
                 }
             }

@@ -146,6 +146,15 @@ pub struct Progress {
     pub watermark_ms: i64,
 }
 
+impl From<Progress> for crate::history::cache::Durable {
+    fn from(p: Progress) -> Self {
+        crate::history::cache::Durable {
+            watermark: p.watermark_ms,
+            offset: p.resume_offset,
+        }
+    }
+}
+
 /// Summary columns of a channel row, enough for top-N views without loading the state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelSummary {
